@@ -1,0 +1,202 @@
+"""Load a config: built-in defaults < preset < YAML/JSON file < `--set a.b=c` overrides.
+
+All problems are gathered into one `ConfigError` that names, for each, where the value came from (file,
+preset or --set), the dotted field, the bad value, and the nearest valid key when a key is unknown.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from sftpipe.config.schema import Config
+from sftpipe.errors import SftpipeError
+
+PRESETS = ("default", "fast_test", "full_training", "low_memory")
+
+
+class ConfigError(SftpipeError):
+    """One or more config problems; `problems` holds one line per problem."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid config:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass(frozen=True)
+class _Layer:
+    origin: str  # shown in errors: a file path, "preset 'x'" or "--set"
+    values: dict[str, Any]
+
+
+def load_config(
+    path: str | Path | None = None,
+    preset: str | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+) -> Config:
+    """Build the resolved config.
+
+    Args:
+        path: YAML or JSON config file; it may name a preset with a top-level `preset:` key.
+        preset: preset name; overrides the file's `preset:` key.
+        overrides: `dotted.key=value` strings; values are parsed as YAML scalars/lists.
+
+    Returns:
+        The validated `Config`.
+
+    Raises:
+        ConfigError: every problem found, at once.
+    """
+    layers: list[_Layer] = []
+    file_values: dict[str, Any] = {}
+    if path is not None:
+        file_values = _read_file(Path(path))
+        preset = preset or file_values.pop("preset", None)
+    if preset is not None:
+        layers.append(_Layer(f"preset '{preset}'", _read_preset(preset)))
+    if path is not None:
+        layers.append(_Layer(str(path), file_values))
+    if overrides:
+        layers.append(_Layer("--set", parse_overrides(overrides)))
+
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = deep_merge(merged, layer.values)
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError([_describe(err, layers) for err in exc.errors()]) from None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError([f"{path}: config file not found"])
+    text = path.read_text(encoding="utf-8")
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError([f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"]) from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of sections, got {type(values).__name__}"])
+    return values
+
+
+def _read_preset(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        hint = difflib.get_close_matches(name, PRESETS, n=1)
+        raise ConfigError(
+            [f"preset '{name}' does not exist; choose one of {', '.join(PRESETS)}"
+             + (f" (did you mean '{hint[0]}'?)" if hint else "")]
+        )
+    text = resources.files("sftpipe.config").joinpath("presets", f"{name}.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text) or {}
+
+
+def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Turn `["train.lr=1e-4", "lora.target_modules=[q_proj,v_proj]"]` into a nested dict."""
+    result: dict[str, Any] = {}
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"--set {item!r}: expected dotted.key=value, e.g. --set train.lr=1e-4")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = result
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                problems.append(f"--set {item!r}: {part} is set to a value and used as a section")
+                break
+        else:
+            node[parts[-1]] = value
+    if problems:
+        raise ConfigError(problems)
+    return result
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """Return `base` updated by `update`, merging nested mappings instead of replacing them."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _describe(err: dict[str, Any], layers: list[_Layer]) -> str:
+    loc = tuple(err["loc"])
+    dotted = ".".join(str(p) for p in loc) or "<top level>"
+    origin = _origin_of(loc, layers)
+    if err["type"] == "extra_forbidden":
+        valid = _valid_keys(loc[:-1])
+        hint = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+        suggestion = f"did you mean '{hint[0]}'?" if hint else f"valid keys here: {', '.join(valid)}"
+        return f"{origin}: {dotted}: unknown key ({suggestion})"
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) else f" = {value!r}"
+    return f"{origin}: {dotted}{shown}: {err['msg']}"
+
+
+def _origin_of(loc: tuple[Any, ...], layers: list[_Layer]) -> str:
+    """The last layer that set the value at `loc` (or its nearest parent), for error messages."""
+    for depth in range(len(loc), 0, -1):
+        for layer in reversed(layers):
+            node: Any = layer.values
+            for part in loc[:depth]:
+                if isinstance(node, dict) and part in node:
+                    node = node[part]
+                elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+                    node = node[part]
+                else:
+                    break
+            else:
+                return layer.origin
+    return "defaults"
+
+
+def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        model = _model_in(field.annotation) or model
+    return sorted(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def dump_config(cfg: Config) -> str:
+    """The resolved config as YAML, in section order."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    path.write_text(dump_config(cfg), encoding="utf-8")

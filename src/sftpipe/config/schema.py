@@ -1,0 +1,159 @@
+"""Typed configuration: one model per config section, unknown keys are errors.
+
+Every field carries its help text in `description`, which `sftpipe show-config --help-fields` and the
+error messages reuse, so the schema is the single source of documentation for the config file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class ModelConfig(Section):
+    name_or_path: str = Field(
+        "tiny/model",
+        description="Hugging Face model id or local directory. `sftpipe init-tiny --out tiny` builds the "
+        "embedded tiny model used by the demo and tests.",
+    )
+    tokenizer: str | None = Field(None, description="Tokenizer id or directory; defaults to name_or_path.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype when loading. auto: bfloat16 on a GPU that supports it, else float32."
+    )
+    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
+        "auto", description="Attention kernel. auto: sdpa (flash_attention_2 must be asked for explicitly)."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run Python code shipped with a hub model. Off by default: only enable for models you trust."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+
+
+class SourceConfig(Section):
+    path: str | None = Field(None, description="File (json, jsonl, csv, parquet, txt) or local dataset directory.")
+    hf_dataset: str | None = Field(None, description="Dataset name for datasets.load_dataset (hub or local script).")
+    hf_config: str | None = Field(None, description="Dataset config name for hf_dataset.")
+    hf_split: str = Field("train", description="Split of hf_dataset to read.")
+    format: Literal["auto", "alpaca", "messages", "sharegpt", "qa", "prompt_completion", "text", "code"] = Field(
+        "auto", description="Record format; auto detects it from the fields of the first record."
+    )
+    fields: dict[str, str] = Field(
+        default_factory=dict,
+        description="Map canonical field names to the names in your data, e.g. {instruction: prompt, output: answer}.",
+    )
+    name: str | None = Field(None, description="Source name used in reports; defaults to the file name.")
+    system_prompt: str | None = Field(None, description="System message added to every record of this source.")
+    code_language: str = Field("haskell", description="Language of `code` records (used by the instruction template).")
+
+    @model_validator(mode="after")
+    def _one_location(self) -> "SourceConfig":
+        if (self.path is None) == (self.hf_dataset is None):
+            raise ValueError("give exactly one of `path` or `hf_dataset`")
+        return self
+
+    @property
+    def display_name(self) -> str:
+        if self.name:
+            return self.name
+        return Path(self.path).name if self.path else str(self.hf_dataset)
+
+
+class SplitConfig(Section):
+    train: float = Field(0.8, ge=0, le=1, description="Fraction of records in the train split.")
+    val: float = Field(0.1, ge=0, le=1, description="Fraction of records in the validation split.")
+    test: float = Field(0.1, ge=0, le=1, description="Fraction of records in the test split.")
+    seed: int = Field(1234, description="Seed of the deterministic split.")
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> "SplitConfig":
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + val + test must sum to 1.0, got {total:g}")
+        return self
+
+
+class DataConfig(Section):
+    sources: list[SourceConfig] = Field(default_factory=list, description="Input datasets.")
+    output_dir: str = Field("data/prepared", description="Where `prepare` writes the data dir; `train` reads it.")
+    template: Literal["tokenizer", "chatml", "instruct", "chat", "alpaca", "custom"] = Field(
+        "chatml", description="Chat template used to render conversations."
+    )
+    custom_template: str | None = Field(None, description="Jinja chat template, required when template is custom.")
+    system_prompt: str | None = Field(None, description="System message added to records that have none.")
+    max_length: int = Field(1024, gt=8, description="Maximum tokens per example.")
+    overlong: Literal["drop", "truncate"] = Field(
+        "drop", description="What to do with examples longer than max_length. Both are counted and reported."
+    )
+    on_error: Literal["skip", "raise"] = Field(
+        "skip", description="skip: reject bad records (counted, written to rejected.jsonl); raise: stop at the first."
+    )
+    split: SplitConfig = Field(default_factory=SplitConfig)
+
+    @model_validator(mode="after")
+    def _custom_needs_template(self) -> "DataConfig":
+        if self.template == "custom" and not self.custom_template:
+            raise ValueError("template is custom but custom_template is empty: give a Jinja chat template")
+        return self
+
+
+class LoraConfig(Section):
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt, or all-linear for every linear layer but the LM head."
+    )
+
+
+class TrainConfig(Section):
+    method: Literal["full", "lora"] = Field("lora", description="full fine-tune or LoRA adapters.")
+    output_dir: str = Field("runs/sftpipe", description="Run directory: checkpoints, logs, final model.")
+    epochs: float = Field(1.0, gt=0, description="Passes over the train split (ignored when max_steps > 0).")
+    max_steps: int = Field(0, ge=0, description="Optimizer steps to run; 0 means use epochs.")
+    micro_batch_size: int = Field(4, gt=0, description="Examples per forward pass.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not applied to biases and norms).")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    scheduler: Literal["linear", "cosine", "constant"] = Field("cosine", description="LR schedule after warmup.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps spent warming up linearly.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Clip the global gradient norm; 0 disables clipping.")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="Mixed precision mode.")
+    eval_every: int = Field(0, ge=0, description="Validate every N optimizer steps; 0 only at the end.")
+    save_every: int = Field(0, ge=0, description="Checkpoint every N optimizer steps; 0 only at the end.")
+    save_total_limit: int = Field(2, ge=1, description="Complete checkpoints kept (newest and best always kept).")
+    log_every: int = Field(1, gt=0, description="Log metrics every N optimizer steps.")
+    seed: int = Field(42, description="Seed for initialisation, dropout and shuffling.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    progress_bar: bool = Field(True, description="Show a progress bar with loss, tokens/s and ETA.")
+
+
+class EvalConfig(Section):
+    split: Literal["val", "test"] = Field("test", description="Prepared split to evaluate on.")
+    batch_size: int = Field(8, gt=0, description="Examples per forward pass during evaluation.")
+    max_new_tokens: int = Field(256, gt=0, description="Generation length limit.")
+
+
+class ExportConfig(Section):
+    output_dir: str = Field("runs/sftpipe/merged", description="Where `merge` writes the merged model.")
+    logits_atol: float = Field(1e-4, gt=0, description="Max |merged - adapter| logit difference allowed.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype of the saved weights.")
+
+
+class Config(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)

@@ -1,0 +1,161 @@
+"""Turn raw records of each supported format into canonical `Conversation`s.
+
+Field names are mapped by config (`SourceConfig.fields`: canonical name -> name in the data), so the same
+converter serves every dataset that has the shape, whatever its column names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sftpipe.config.schema import SourceConfig
+from sftpipe.data.records import Conversation, RecordError, validate_messages
+
+# Fields that identify each format; the first format whose fields are all present wins in auto mode.
+FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
+    "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "alpaca": ("instruction", "output"),
+    "qa": ("question", "answer"),
+    "prompt_completion": ("prompt", "completion"),
+    "code": ("code",),
+    "text": ("text",),
+}
+META_FIELDS = ("id", "tests", "entry_point", "topic")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
+
+
+def detect_format(record: dict[str, Any], source: SourceConfig) -> str:
+    """The format named in config, or the first whose identifying fields the record has."""
+    if source.format != "auto":
+        return source.format
+    for fmt, required in FORMAT_FIELDS.items():
+        if all(source.fields.get(name, name) in record for name in required):
+            return fmt
+    raise RecordError(
+        "unknown_format",
+        f"fields {sorted(record)} match no known format; set data.sources[].format and map field names "
+        "with data.sources[].fields",
+    )
+
+
+def to_conversation(
+    record: dict[str, Any], fmt: str, source: SourceConfig, location: str, system_prompt: str | None
+) -> Conversation:
+    """Convert one raw record.
+
+    Raises:
+        RecordError: missing or mistyped fields, bad role order, empty response.
+    """
+    get = _FieldGetter(record, source.fields)
+    if fmt == "text":
+        text = get.text("text")
+        return Conversation([{"role": "assistant", "content": text}], source.display_name, location, kind="text")
+    messages = _CONVERTERS[fmt](get, source)
+    system = source.system_prompt or system_prompt
+    if system and messages[0]["role"] != "system":
+        messages.insert(0, {"role": "system", "content": system})
+    validate_messages(messages)
+    meta = {name: record[get.name(name)] for name in META_FIELDS if get.name(name) in record}
+    return Conversation(messages, source.display_name, location, meta)
+
+
+class _FieldGetter:
+    """Reads canonical fields through the configured mapping, with typed errors naming the data's field."""
+
+    def __init__(self, record: dict[str, Any], mapping: dict[str, str]):
+        self.record = record
+        self.mapping = mapping
+
+    def name(self, canonical: str) -> str:
+        return self.mapping.get(canonical, canonical)
+
+    def raw(self, canonical: str) -> Any:
+        name = self.name(canonical)
+        if name not in self.record:
+            raise RecordError("missing_field", f"field {name!r} is missing (present: {sorted(self.record)})")
+        return self.record[name]
+
+    def text(self, canonical: str, optional: bool = False) -> str:
+        name = self.name(canonical)
+        if optional and self.record.get(name) is None:
+            return ""
+        value = self.raw(canonical)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # CSV-like numeric answers are legitimate text
+        if not isinstance(value, str):
+            raise RecordError("wrong_type", f"field {name!r} must be a string, got {type(value).__name__}")
+        return value
+
+
+def _alpaca(get: _FieldGetter, source: SourceConfig) -> list[dict[str, str]]:
+    instruction = get.text("instruction")
+    extra = get.text("input", optional=True)
+    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+    messages = []
+    system = get.text("system", optional=True)
+    if system.strip():
+        messages.append({"role": "system", "content": system})
+    return messages + [{"role": "user", "content": user}, {"role": "assistant", "content": get.text("output")}]
+
+
+def _messages(get: _FieldGetter, source: SourceConfig) -> list[dict[str, str]]:
+    return _message_list(get, "messages", role_key="role", content_key="content", roles=None)
+
+
+def _sharegpt(get: _FieldGetter, source: SourceConfig) -> list[dict[str, str]]:
+    return _message_list(get, "conversations", role_key="from", content_key="value", roles=SHAREGPT_ROLES)
+
+
+def _message_list(
+    get: _FieldGetter, field: str, role_key: str, content_key: str, roles: dict[str, str] | None
+) -> list[dict[str, str]]:
+    value = get.raw(field)
+    name = get.name(field)
+    if not isinstance(value, list):
+        raise RecordError("wrong_type", f"field {name!r} must be a list of messages, got {type(value).__name__}")
+    messages = []
+    for i, msg in enumerate(value):
+        if not isinstance(msg, dict) or role_key not in msg or content_key not in msg:
+            raise RecordError("bad_message", f"{name}[{i}] must be an object with {role_key!r} and {content_key!r}")
+        role, content = msg[role_key], msg[content_key]
+        if not isinstance(role, str) or not isinstance(content, str):
+            raise RecordError("wrong_type", f"{name}[{i}]: {role_key} and {content_key} must be strings")
+        if roles is not None:
+            if role not in roles:
+                raise RecordError("unknown_role", f"{name}[{i}] has {role_key}={role!r}; expected one of {sorted(roles)}")
+            role = roles[role]
+        messages.append({"role": role, "content": content})
+    return messages
+
+
+def _qa(get: _FieldGetter, source: SourceConfig) -> list[dict[str, str]]:
+    return [{"role": "user", "content": get.text("question")}, {"role": "assistant", "content": get.text("answer")}]
+
+
+def _prompt_completion(get: _FieldGetter, source: SourceConfig) -> list[dict[str, str]]:
+    return [{"role": "user", "content": get.text("prompt")}, {"role": "assistant", "content": get.text("completion")}]
+
+
+def _code(get: _FieldGetter, source: SourceConfig) -> list[dict[str, str]]:
+    """Code records: the code becomes a fenced answer; without an instruction, a generic one is used."""
+    language = source.code_language
+    code = get.text("code").strip("\n")
+    instruction = get.text("instruction", optional=True) or f"Write idiomatic {language.capitalize()} code."
+    system = f"You are an expert {language.capitalize()} programmer. Answer with code in a fenced block."
+    return [
+        {"role": "system", "content": system},
+        {"role": "user", "content": instruction},
+        {"role": "assistant", "content": f"```{language}\n{code}\n```"},
+    ]
+
+
+_CONVERTERS: dict[str, Callable[[_FieldGetter, SourceConfig], list[dict[str, str]]]] = {
+    "alpaca": _alpaca,
+    "messages": _messages,
+    "sharegpt": _sharegpt,
+    "qa": _qa,
+    "prompt_completion": _prompt_completion,
+    "code": _code,
+}
