@@ -40,9 +40,7 @@ class ConversationTokenizer:
         self.overlong = overlong
         self.bos_id = tokenizer.bos_token_id
         self.eos_id = tokenizer.eos_token_id
-        # Prepend BOS only for tokenizers that add one themselves (Llama-style); never twice.
-        probe = tokenizer("a").input_ids
-        self.add_bos = self.bos_id is not None and len(probe) > 0 and probe[0] == self.bos_id
+        self.add_bos = tokenizer_adds_bos(tokenizer)
 
     def __call__(self, conv: Conversation) -> TokenizedExample:
         if conv.kind == "text":
@@ -101,3 +99,19 @@ class ConversationTokenizer:
             raise RecordError("empty_mask_after_truncation", f"{n} tokens; nothing trained in the first "
                               f"{self.max_length} (data.overlong: truncate)")
         return cut
+
+
+def tokenizer_adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the tokenizer itself starts sequences with BOS (Llama-style); then we prepend it, never twice."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a").input_ids[:1] == [bos]
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], template: str | None = None
+                  ) -> list[int]:
+    """Token ids of a generation prompt, built exactly as training built its prompts (one BOS)."""
+    text = render(tokenizer, template or tokenizer.chat_template, messages, add_generation_prompt=True)
+    ids = tokenizer(text, add_special_tokens=False).input_ids
+    if tokenizer_adds_bos(tokenizer) and ids[:1] != [tokenizer.bos_token_id]:
+        ids = [tokenizer.bos_token_id, *ids]
+    return ids

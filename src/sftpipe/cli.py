@@ -1,0 +1,193 @@
+"""Command line: parse, load config, call the stage's `run`, print its figures, set the exit code.
+
+Problems the user can fix (`SftpipeError`, including every config error) are printed as one clean
+message with exit code 2; no traceback reaches the user for bad input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # silence fork warnings; we batch ourselves
+
+from sftpipe.errors import SftpipeError  # noqa: E402
+
+
+def _config_args(p: argparse.ArgumentParser, required: bool = True) -> None:
+    p.add_argument("config", nargs=None if required else "?", help="YAML or JSON config file")
+    p.add_argument("--preset", help="preset applied under the file: default, fast_test, full_training, low_memory")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config field, e.g. --set train.lr=1e-4 (repeatable)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sftpipe", description="Supervised fine-tuning pipeline for LLMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare", help="read, split, template and tokenize data into a data dir")
+    _config_args(p)
+    p = sub.add_parser("train", help="train (full or LoRA) on a prepared data dir")
+    _config_args(p)
+    p.add_argument("--resume", default="auto", help="auto (newest complete checkpoint), never, or a checkpoint dir")
+    p = sub.add_parser("eval", help="loss, perplexity and accuracy of a model on a prepared split")
+    _config_args(p)
+    p.add_argument("--model", help="run dir, adapter dir or model dir (default: train.output_dir)")
+    p.add_argument("--out", help="output dir for metrics.json (default: <run dir>/eval)")
+    p = sub.add_parser("merge", help="merge a LoRA adapter into its base model (checked by logits)")
+    _config_args(p)
+    p.add_argument("--adapter", help="run dir or adapter dir (default: train.output_dir)")
+    p.add_argument("--out", help="output dir (default: export.output_dir)")
+    p = sub.add_parser("infer", help="generate with a trained model using its training template")
+    p.add_argument("--model", required=True, help="run dir, adapter dir, merged or base model dir")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--prompt", help="one user prompt")
+    group.add_argument("--prompts-file", type=Path, help='JSONL of {"prompt": ...} or {"messages": [...]}')
+    p.add_argument("--system", help="system message for --prompt")
+    p.add_argument("--output", type=Path, help="write JSONL results here (default: print)")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p = sub.add_parser("show-config", help="print the resolved config (defaults < preset < file < --set)")
+    _config_args(p, required=False)
+    p = sub.add_parser("init-tiny", help="build the embedded tiny Llama and tokenizer (no download)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--size", default="small", choices=["small", "micro"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--corpus", type=Path, action="append", help="text/JSONL files or dirs (default: examples/)")
+    p = sub.add_parser("demo", help="init-tiny -> prepare -> train LoRA -> eval -> merge -> infer, on CPU")
+    p.add_argument("--out", type=Path, default=Path("demo_out"))
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bar and figures are the output; hide the libraries' load/save bars and notices."""
+    import warnings
+
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command != "show-config":
+        _quiet_libraries()
+    try:
+        return COMMANDS[args.command](args)
+    except SftpipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _load(args: argparse.Namespace):
+    from sftpipe.config import load_config
+
+    return load_config(args.config, preset=args.preset, overrides=args.overrides)
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from sftpipe.data.prepare import run
+    from sftpipe.report import print_prepare
+
+    print_prepare(run(_load(args)))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sftpipe.report import print_train
+    from sftpipe.train.loop import run
+
+    print_train(run(_load(args), resume=args.resume))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from sftpipe.evaluate.run import run
+    from sftpipe.report import print_eval
+
+    cfg = _load(args)
+    print_eval(run(cfg, args.model or cfg.train.output_dir, args.out))
+    return 0
+
+
+def cmd_merge(args: argparse.Namespace) -> int:
+    from sftpipe.export.merge import run
+
+    cfg = _load(args)
+    result = run(cfg, args.adapter or cfg.train.output_dir, args.out)
+    print(f"merged model: {result.output_dir} ({result.num_params:,} params, "
+          f"max |merged - adapter| logit diff {result.max_abs_logit_diff:.2e})")
+    return 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    import json
+
+    from sftpipe.infer.generate import GenerationSettings, read_prompts, run
+
+    if args.prompt is not None:
+        system = [{"role": "system", "content": args.system}] if args.system else []
+        prompts = [system + [{"role": "user", "content": args.prompt}]]
+    else:
+        prompts = read_prompts(args.prompts_file)
+    settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.batch_size)
+    outputs = run(args.model, prompts, settings, device=args.device)
+    if args.output:
+        with args.output.open("w", encoding="utf-8") as fh:
+            for messages, text in zip(prompts, outputs):
+                fh.write(json.dumps({"messages": messages, "completion": text}, ensure_ascii=False) + "\n")
+        print(f"wrote {len(outputs)} completions to {args.output}")
+    else:
+        for text in outputs:
+            print(text)
+    return 0
+
+
+def cmd_show_config(args: argparse.Namespace) -> int:
+    from sftpipe.config import dump_config, load_config
+
+    print(dump_config(load_config(args.config, preset=args.preset, overrides=args.overrides)), end="")
+    return 0
+
+
+def cmd_init_tiny(args: argparse.Namespace) -> int:
+    from sftpipe.tiny import init_tiny
+
+    result = init_tiny(args.out, size=args.size, seed=args.seed, corpus=args.corpus)
+    print(f"tiny model: {result.out_dir} ({result.num_params:,} params, vocab {result.vocab_size})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sftpipe.demo import run
+
+    run(args.out)
+    return 0
+
+
+COMMANDS = {
+    "prepare": cmd_prepare,
+    "train": cmd_train,
+    "eval": cmd_eval,
+    "merge": cmd_merge,
+    "infer": cmd_infer,
+    "show-config": cmd_show_config,
+    "init-tiny": cmd_init_tiny,
+    "demo": cmd_demo,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

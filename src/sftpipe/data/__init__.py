@@ -1,0 +1,1 @@
+"""Data preparation: readers, formats, templates, tokenization with loss masks, data dir writer."""

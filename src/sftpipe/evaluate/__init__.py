@@ -1,0 +1,1 @@
+"""Evaluation: teacher-forced metrics on prepared splits (generation and code execution build on it)."""

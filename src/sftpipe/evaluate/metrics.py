@@ -1,0 +1,75 @@
+"""Teacher-forced metrics on a prepared split: loss, perplexity, token and sequence accuracy."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+from datasets import Dataset
+
+from sftpipe.data.tokenize import IGNORE_INDEX
+from sftpipe.train.batching import collate
+from sftpipe.train.loss import shifted_targets
+
+
+@dataclass
+class LossMetrics:
+    loss: float
+    perplexity: float
+    token_accuracy: float
+    sequence_accuracy: float
+    tokens: int
+    examples: int
+
+    def as_dict(self, prefix: str = "") -> dict[str, float | int]:
+        return {f"{prefix}{k}": v for k, v in asdict(self).items()}
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    batch_size: int,
+    pad_id: int,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    reduce=None,
+) -> LossMetrics:
+    """Token-weighted metrics over `dataset` (this rank's shard; `reduce` sums tensors over ranks).
+
+    Sequence accuracy: fraction of examples whose every supervised token is predicted correctly (greedy).
+    """
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(5, dtype=torch.float64, device=device)  # loss, tokens, correct, exact, examples
+    indices = list(range(rank, len(dataset), world_size))
+    for start in range(0, len(indices), batch_size):
+        rows = dataset.select(indices[start : start + batch_size])
+        batch = {k: v.to(device) for k, v in collate(list(rows), pad_id).items()}
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        targets = shifted_targets(batch["labels"])
+        supervised = targets != IGNORE_INDEX
+        token_loss = torch.nn.functional.cross_entropy(
+            logits.transpose(1, 2), targets, ignore_index=IGNORE_INDEX, reduction="none"
+        )
+        correct = (logits.argmax(-1) == targets) & supervised
+        totals[0] += token_loss.sum().double()
+        totals[1] += supervised.sum()
+        totals[2] += correct.sum()
+        totals[3] += (correct.sum(1) == supervised.sum(1)).sum()
+        totals[4] += len(rows)
+    if reduce is not None:
+        totals = reduce(totals)
+    model.train(was_training)
+    loss_sum, tokens, correct, exact, examples = totals.tolist()
+    loss = loss_sum / tokens if tokens else float("nan")
+    return LossMetrics(
+        loss=loss,
+        perplexity=math.exp(min(loss, 50.0)) if tokens else float("nan"),
+        token_accuracy=correct / tokens if tokens else float("nan"),
+        sequence_accuracy=exact / examples if examples else float("nan"),
+        tokens=int(tokens),
+        examples=int(examples),
+    )

@@ -1,0 +1,1 @@
+"""Merge LoRA adapters into their base model and save a standalone model."""

@@ -1,0 +1,1 @@
+"""Generation with the template a model was trained with."""

@@ -1,0 +1,1 @@
+"""Models: loading, tokenizer fingerprints, trainable model construction (full / LoRA)."""

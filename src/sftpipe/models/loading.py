@@ -1,0 +1,124 @@
+"""Load tokenizers and models the same way in every stage; fingerprint tokenizers for the data manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from sftpipe.config.schema import ModelConfig
+from sftpipe.errors import SftpipeError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with a pad token guaranteed (eos when it has none)."""
+    source = cfg.tokenizer or cfg.name_or_path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except (OSError, ValueError) as exc:
+        raise SftpipeError(
+            f"model.tokenizer/name_or_path {source!r}: cannot load a tokenizer ({exc}). "
+            "For the embedded tiny model run `sftpipe init-tiny --out tiny` first."
+        ) from None
+    if tokenizer.pad_token is None:
+        # Labels are masked by position, not by pad id, so pad == eos never hides the trained eos token.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
+    """Hash of everything that decides token ids: vocab, merges, normalizer, pre-tokenizer, special tokens."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise SftpipeError(f"tokenizer {tokenizer.name_or_path!r} is a slow tokenizer; sftpipe needs a fast one")
+    payload = {
+        "backend": json.loads(backend.to_str()),
+        "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 on CUDA devices that support it, fp32 elsewhere."""
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return DTYPES[name]
+
+
+def resolve_attn(name: str) -> str:
+    if name == "flash_attention_2":
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError:
+            raise SftpipeError(
+                "model.attn_implementation is flash_attention_2 but flash-attn is not installed; "
+                "`pip install flash-attn --no-build-isolation` or use sdpa"
+            ) from None
+    return "sdpa" if name == "auto" else name
+
+
+def load_model(cfg: ModelConfig, device: torch.device, path: str | Path | None = None) -> PreTrainedModel:
+    """Load the causal LM from `path` (default: cfg.name_or_path) with the configured dtype and attention."""
+    source = str(path or cfg.name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            revision=None if path else cfg.revision,
+            dtype=resolve_dtype(cfg.dtype, device),
+            attn_implementation=resolve_attn(cfg.attn_implementation),
+            trust_remote_code=cfg.trust_remote_code,
+            use_safetensors=True,
+        )
+    except (OSError, ValueError) as exc:
+        raise SftpipeError(
+            f"model.name_or_path {source!r}: cannot load the model ({exc}). "
+            "For the embedded tiny model run `sftpipe init-tiny --out tiny` first."
+        ) from None
+    return model.to(device)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SftpipeError("train.device is cuda but no CUDA GPU is visible; use device: auto or cpu")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_model_dir(path: str | Path) -> Path | str:
+    """A run dir means its final/ model; anything else (model dir, adapter dir, hub id) is used as given."""
+    p = Path(path)
+    if (p / "final").is_dir() and (p / "run_manifest.json").is_file():
+        return p / "final"
+    return p if p.exists() else str(path)
+
+
+def load_trained(path: str | Path, device: torch.device, dtype: str = "auto",
+                 trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a model for inference: a run dir, a LoRA adapter dir (base loaded from its config), or a full model.
+
+    The tokenizer comes from the same directory, so it carries the template the model was trained with.
+    """
+    import peft
+
+    source = resolve_model_dir(path)
+    adapter = Path(source) / "adapter_config.json" if isinstance(source, Path) else None
+    if adapter is not None and adapter.is_file():
+        base_id = json.loads(adapter.read_text(encoding="utf-8"))["base_model_name_or_path"]
+        base = load_model(ModelConfig(name_or_path=base_id, dtype=dtype, trust_remote_code=trust_remote_code), device)
+        model = peft.PeftModel.from_pretrained(base, str(source)).to(device)
+    else:
+        model = load_model(ModelConfig(name_or_path=str(source), dtype=dtype, trust_remote_code=trust_remote_code),
+                           device)
+    tokenizer = load_tokenizer(ModelConfig(name_or_path=str(source), trust_remote_code=trust_remote_code))
+    model.eval()
+    return model, tokenizer

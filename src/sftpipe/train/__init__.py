@@ -1,0 +1,1 @@
+"""Training: the loop, loss, batching, checkpoints, run bookkeeping."""

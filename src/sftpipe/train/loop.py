@@ -1,0 +1,221 @@
+"""The `train` stage: one compact loop on accelerate for full fine-tuning and LoRA.
+
+Reads the data dir written by `prepare` (refusing one made with another tokenizer), writes a run dir:
+config.yaml, run_manifest.json, checkpoints/, final/, logs/metrics.jsonl + TensorBoard events.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import get_scheduler
+
+from sftpipe.config.loader import save_config
+from sftpipe.config.schema import Config
+from sftpipe.data.writer import load_split, read_manifest
+from sftpipe.errors import SftpipeError
+from sftpipe.evaluate.metrics import LossMetrics, evaluate_loss
+from sftpipe.models.adapters import build_trainable_model, count_parameters
+from sftpipe.models.loading import load_tokenizer, pick_device, tokenizer_sha256
+from sftpipe.train.batching import BatchPlan, collate
+from sftpipe.train.checkpoint import (
+    TrainerState,
+    latest_complete,
+    load_optimizer_and_scheduler,
+    load_trainer_state,
+    load_weights,
+    restore_rng,
+    save_checkpoint,
+)
+from sftpipe.train.tracking import MetricsLogger, write_run_manifest
+from sftpipe.train.loss import token_loss_sum
+from sftpipe.train.saving import save_final
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    final_dir: Path
+    train_loss: float
+    val: LossMetrics | None
+    val_before: LossMetrics | None
+    trainable_params: int
+    total_params: int
+    tokens_per_s: float
+    wall_s: float
+    resumed_from: Path | None
+
+
+def check_tokenizer_matches(manifest: dict, tokenizer, cfg: Config, data_dir: Path) -> None:
+    """Refuse data tokenized with a different tokenizer: its ids would mean other tokens."""
+    expected = manifest["tokenizer"]["sha256"]
+    actual = tokenizer_sha256(tokenizer)
+    if expected != actual:
+        raise SftpipeError(
+            f"{data_dir}/manifest.json: the data was tokenized with {manifest['tokenizer']['name_or_path']!r} "
+            f"(tokenizer SHA-256 {expected[:12]}…) but model {cfg.model.tokenizer or cfg.model.name_or_path!r} "
+            f"has tokenizer SHA-256 {actual[:12]}…. Re-run `sftpipe prepare` with this model's config, or set "
+            "model.name_or_path to the model the data was prepared for."
+        )
+
+
+def run(cfg: Config, resume: str = "auto") -> TrainResult:
+    """Train as configured. `resume`: auto (newest complete checkpoint if any), never, or a checkpoint path."""
+    t0 = time.perf_counter()
+    tc = cfg.train
+    device = pick_device(tc.device)
+    accelerator = Accelerator(
+        cpu=device.type == "cpu",
+        mixed_precision="bf16" if tc.precision == "bf16" else "no",
+        log_with="tensorboard",
+        project_dir=str(Path(tc.output_dir) / "logs"),
+    )
+    device = accelerator.device
+    set_seed(tc.seed)
+    run_dir = Path(tc.output_dir)
+    data_dir = Path(cfg.data.output_dir)
+    manifest = read_manifest(data_dir)
+    tokenizer = load_tokenizer(cfg.model)
+    check_tokenizer_matches(manifest, tokenizer, cfg, data_dir)
+    train_ds, val_ds = load_split(data_dir, "train"), load_split(data_dir, "val")
+    if len(train_ds) == 0:
+        raise SftpipeError(f"{data_dir}/train is empty: every record was rejected or split away (see DATA_CARD.md)")
+
+    model = build_trainable_model(cfg, device)
+    trainable, total = count_parameters(model)
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.adam_betas, foreach=device.type == "cuda"
+    )
+    plan = BatchPlan(len(train_ds), tc.micro_batch_size, tc.seed, accelerator.num_processes,
+                     accelerator.process_index)
+    total_micro = tc.max_steps * tc.grad_accum if tc.max_steps else math.ceil(tc.epochs * plan.micro_batches_per_epoch)
+    total_steps = math.ceil(total_micro / tc.grad_accum)
+    scheduler = get_scheduler(tc.scheduler, optimizer, num_warmup_steps=int(tc.warmup_ratio * total_steps),
+                              num_training_steps=total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    state, resumed_from = TrainerState(), _resume_point(run_dir, resume)
+    if resumed_from is not None:
+        load_weights(resumed_from, accelerator.unwrap_model(model))
+        load_optimizer_and_scheduler(resumed_from, optimizer, scheduler)
+        state = load_trainer_state(resumed_from)
+        restore_rng(resumed_from)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        save_config(cfg, run_dir / "config.yaml")
+        write_run_manifest(run_dir, cfg, manifest, accelerator.num_processes, str(device))
+    accelerator.init_trackers("tensorboard")
+    logger = MetricsLogger(run_dir / "logs" / "metrics.jsonl", accelerator, enabled=accelerator.is_main_process)
+
+    def validate() -> LossMetrics | None:
+        if len(val_ds) == 0:
+            return None
+        return evaluate_loss(model, val_ds, cfg.eval.batch_size, tokenizer.pad_token_id, device,
+                             accelerator.process_index, accelerator.num_processes,
+                             reduce=lambda t: accelerator.reduce(t, "sum"))
+
+    val_before = validate() if state.step == 0 else None
+    if val_before is not None:
+        logger.log(0, val_before.as_dict("val_"))
+
+    model.train()
+    bar = tqdm(total=total_steps, initial=state.step, disable=not (tc.progress_bar and accelerator.is_main_process),
+               desc="train", dynamic_ncols=True)
+    window_tokens, window_t = 0, time.perf_counter()
+    step_loss = float("nan")
+    last_val = None
+    while state.step < total_steps:
+        micro_ids = range(state.micro_batch, min(state.micro_batch + tc.grad_accum, total_micro))
+        batches = []
+        for g in micro_ids:
+            idx, real = plan.indices(g)
+            batches.append(collate(list(train_ds.select(idx)), tokenizer.pad_token_id, real))
+        local_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+        step_tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=device), "sum"))
+        loss_total = torch.zeros((), device=device, dtype=torch.float64)
+        for i, batch in enumerate(batches):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            sync = i == len(batches) - 1
+            with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                loss_sum, _, _ = token_loss_sum(logits, batch["labels"])
+                # DDP averages gradients over ranks; scaling by world size turns that into a global token sum.
+                loss = loss_sum * accelerator.num_processes / max(step_tokens, 1)
+                accelerator.backward(loss)
+            loss_total += loss_sum.detach().double()
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm) if tc.max_grad_norm else None
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        step_loss = float(accelerator.reduce(loss_total, "sum")) / max(step_tokens, 1)
+        seen = sum(int(b["attention_mask"].sum()) for b in batches)
+        seen = int(accelerator.reduce(torch.tensor(seen, device=device), "sum"))
+        state.step += 1
+        state.micro_batch = micro_ids.stop
+        state.tokens_seen += seen
+        state.trained_tokens_seen += step_tokens
+        window_tokens += seen
+        if state.step % tc.log_every == 0 or state.step == total_steps:
+            elapsed = time.perf_counter() - window_t
+            tps = window_tokens / elapsed if elapsed > 0 else 0.0
+            record = {"loss": step_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tps,
+                      "epoch": state.micro_batch / plan.micro_batches_per_epoch,
+                      "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                      "tokens": state.tokens_seen, "trained_tokens": state.trained_tokens_seen}
+            logger.log(state.step, record)
+            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tps:.0f}")
+            window_tokens, window_t = 0, time.perf_counter()
+        bar.update(1)
+        is_last = state.step == total_steps
+        if (tc.eval_every and state.step % tc.eval_every == 0) or is_last:
+            last_val = validate()
+            if last_val is not None:
+                logger.log(state.step, last_val.as_dict("val_"))
+                if state.best_val_loss is None or last_val.loss < state.best_val_loss:
+                    state.best_val_loss, state.best_step = last_val.loss, state.step
+        if (tc.save_every and state.step % tc.save_every == 0) or is_last:
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:
+                save_checkpoint(run_dir, state, accelerator.unwrap_model(model), optimizer, scheduler,
+                                tc.save_total_limit)
+            accelerator.wait_for_everyone()
+    bar.close()
+
+    final_dir = run_dir / "final"
+    if accelerator.is_main_process:
+        save_final(final_dir, accelerator.unwrap_model(model), tokenizer, manifest, cfg)
+    accelerator.end_training()
+    wall = time.perf_counter() - t0
+    return TrainResult(run_dir, state.step, final_dir, step_loss, last_val, val_before, trainable, total,
+                       state.tokens_seen / wall if wall else 0.0, wall, resumed_from)
+
+
+def _resume_point(run_dir: Path, resume: str) -> Path | None:
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return latest_complete(run_dir)
+    path = Path(resume)
+    if not (path / "COMPLETE").is_file():
+        raise SftpipeError(f"--resume {resume}: not a complete checkpoint dir (no COMPLETE marker)")
+    return path
+
+
+def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and norm weights (1-D tensors), as is standard for transformers."""
+    decay, no_decay = [], []
+    for _, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

@@ -1,0 +1,53 @@
+"""Write `final/`: adapter or full model, the tokenizer carrying the training template, generation config.
+
+The tokenizer saved here has `chat_template` set to the exact template used in training, so any tool
+that calls `apply_chat_template` on this directory (sftpipe infer, transformers, vLLM) prompts the model
+the way it was trained.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import peft
+import torch
+from transformers import GenerationConfig, PreTrainedTokenizerBase
+
+from sftpipe import __version__
+from sftpipe.config.schema import Config
+from sftpipe.data.templates import stop_token_ids
+
+INFO = "sftpipe.json"
+
+
+def save_final(out: Path, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, manifest: dict,
+               cfg: Config) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    save_tokenizer_with_template(tokenizer, manifest["template"]["text"], out)
+    base = model.get_base_model() if isinstance(model, peft.PeftModel) else model
+    generation_config(base.generation_config, tokenizer).save_pretrained(out)
+    info = {
+        "sftpipe_version": __version__,
+        "method": cfg.train.method,
+        "base_model": cfg.model.name_or_path,
+        "template": manifest["template"]["name"],
+        "tokenizer_sha256": manifest["tokenizer"]["sha256"],
+    }
+    (out / INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
+
+
+def save_tokenizer_with_template(tokenizer: PreTrainedTokenizerBase, template: str, out: Path) -> None:
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(out)
+
+
+def generation_config(base: GenerationConfig | None, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+    """The model's generation config with every end-of-turn token as a stop token."""
+    config = copy.deepcopy(base) if base is not None else GenerationConfig()
+    config.eos_token_id = stop_token_ids(tokenizer)
+    config.pad_token_id = tokenizer.pad_token_id
+    return config

@@ -1,0 +1,83 @@
+"""Run bookkeeping: metrics.jsonl + TensorBoard (through accelerate's tracker), and run_manifest.json."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from sftpipe import __version__
+from sftpipe.config.schema import Config
+
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "tokenizers", "safetensors", "pydantic")
+
+
+class MetricsLogger:
+    """Appends one JSON object per log call to metrics.jsonl and mirrors numbers to the trackers."""
+
+    def __init__(self, path: Path, accelerator: Any, enabled: bool):
+        self.path = path
+        self.accelerator = accelerator
+        self.enabled = enabled
+        if enabled:
+            path.parent.mkdir(parents=True, exist_ok=True)
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "time": round(time.time(), 3), **values}
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        numbers = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        self.accelerator.log(numbers, step=step)
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def git_sha() -> str | None:
+    """The sftpipe checkout's commit, when it runs from a git clone."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def versions() -> dict[str, str]:
+    found = {"sftpipe": __version__, "python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "missing"
+    return found
+
+
+def write_run_manifest(run_dir: Path, cfg: Config, data_manifest: dict, world_size: int, device: str) -> None:
+    manifest = {
+        "kind": "sftpipe-run",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": versions(),
+        "git_sha": git_sha(),
+        "seed": cfg.train.seed,
+        "method": cfg.train.method,
+        "base_model": cfg.model.name_or_path,
+        "tokenizer_sha256": data_manifest["tokenizer"]["sha256"],
+        "template_sha256": data_manifest["template"]["sha256"],
+        "data_dir": cfg.data.output_dir,
+        "data_manifest_sha256": hashlib.sha256(json.dumps(data_manifest, sort_keys=True).encode()).hexdigest(),
+        "world_size": world_size,
+        "device": device,
+        "host": platform.node(),
+    }
+    (run_dir / "run_manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
