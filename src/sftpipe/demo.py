@@ -28,9 +28,9 @@ def demo_config(out: Path, examples: Path) -> dict:
             "split": {"train": 0.8, "val": 0.1, "test": 0.1, "seed": 7},
         },
         "lora": {"r": 16, "alpha": 32, "dropout": 0.05},
-        "train": {"method": "lora", "output_dir": str(out / "run"), "epochs": 6, "micro_batch_size": 4,
+        "train": {"method": "lora", "output_dir": str(out / "run"), "epochs": 15, "micro_batch_size": 4,
                   "grad_accum": 2, "lr": 3.0e-3, "warmup_ratio": 0.05, "scheduler": "cosine",
-                  "eval_every": 10, "save_every": 10, "save_total_limit": 2, "log_every": 5},
+                  "eval_every": 30, "save_every": 30, "save_total_limit": 2, "log_every": 5},
         "eval": {"split": "test", "batch_size": 8, "max_new_tokens": 96},
         "export": {"output_dir": str(out / "merged")},
     }

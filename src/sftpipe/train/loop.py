@@ -140,25 +140,13 @@ def run(cfg: Config, resume: str = "auto") -> TrainResult:
         for g in micro_ids:
             idx, real = plan.indices(g)
             batches.append(collate(list(train_ds.select(idx)), tokenizer.pad_token_id, real))
-        local_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
-        step_tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=device), "sum"))
-        loss_total = torch.zeros((), device=device, dtype=torch.float64)
-        for i, batch in enumerate(batches):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            sync = i == len(batches) - 1
-            with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                loss_sum, _, _ = token_loss_sum(logits, batch["labels"])
-                # DDP averages gradients over ranks; scaling by world size turns that into a global token sum.
-                loss = loss_sum * accelerator.num_processes / max(step_tokens, 1)
-                accelerator.backward(loss)
-            loss_total += loss_sum.detach().double()
+        loss_total, step_tokens = accumulate_gradients(model, batches, accelerator)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm) if tc.max_grad_norm else None
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
-        step_loss = float(accelerator.reduce(loss_total, "sum")) / max(step_tokens, 1)
+        step_loss = loss_total / max(step_tokens, 1)
         seen = sum(int(b["attention_mask"].sum()) for b in batches)
         seen = int(accelerator.reduce(torch.tensor(seen, device=device), "sum"))
         state.step += 1
@@ -199,6 +187,34 @@ def run(cfg: Config, resume: str = "auto") -> TrainResult:
     wall = time.perf_counter() - t0
     return TrainResult(run_dir, state.step, final_dir, step_loss, last_val, val_before, trainable, total,
                        state.tokens_seen / wall if wall else 0.0, wall, resumed_from)
+
+
+def accumulate_gradients(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], accelerator: Accelerator
+                         ) -> tuple[float, int]:
+    """Forward/backward every micro-batch of one optimizer step; gradients end up as the step's token mean.
+
+    The loss of each micro-batch is its token SUM divided by the supervised tokens of the whole step on all
+    ranks, so the accumulated gradient equals that of one big batch however the step is split into
+    micro-batches and ranks (not a mean of micro-batch means, which over-weights short answers).
+
+    Returns:
+        (summed loss over all ranks, supervised tokens over all ranks).
+    """
+    device = accelerator.device
+    local_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+    step_tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=device), "sum"))
+    loss_total = torch.zeros((), device=device, dtype=torch.float64)
+    for i, batch in enumerate(batches):
+        batch = {k: v.to(device) for k, v in batch.items()}
+        sync = i == len(batches) - 1
+        with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss_sum, _, _ = token_loss_sum(logits, batch["labels"])
+            # DDP averages gradients over ranks; scaling by world size turns that into a global token sum.
+            loss = loss_sum * accelerator.num_processes / max(step_tokens, 1)
+            accelerator.backward(loss)
+        loss_total += loss_sum.detach().double()
+    return float(accelerator.reduce(loss_total, "sum")), step_tokens
 
 
 def _resume_point(run_dir: Path, resume: str) -> Path | None:

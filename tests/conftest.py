@@ -1,0 +1,83 @@
+"""Shared fixtures: a micro Llama + tokenizer built locally once per session (no download), and helpers."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sftpipe.config import Config, load_config
+from sftpipe.tiny import init_tiny
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("tiny") / "model"
+    init_tiny(out, size="micro", seed=0, corpus=[EXAMPLES])
+    return out
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_dir):
+    from sftpipe.config import ModelConfig
+    from sftpipe.models.loading import load_tokenizer
+
+    return load_tokenizer(ModelConfig(name_or_path=str(tiny_dir)))
+
+
+def write_jsonl(path: Path, records: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write((r if isinstance(r, str) else json.dumps(r)) + "\n")
+    return path
+
+
+def make_config(tmp: Path, tiny_dir: Path, sources: list[dict], **sections) -> Config:
+    """A fast_test config writing under `tmp`; `sections` are merged as --set-like overrides."""
+    values = {
+        "model": {"name_or_path": str(tiny_dir)},
+        "data": {"sources": sources, "output_dir": str(tmp / "data"), "max_length": 256},
+        "train": {"output_dir": str(tmp / "run")},
+        "export": {"output_dir": str(tmp / "merged")},
+    }
+    for section, fields in sections.items():
+        values.setdefault(section, {}).update(fields)
+    path = tmp / "config.json"
+    path.write_text(json.dumps(values), encoding="utf-8")
+    return load_config(path, preset="fast_test")
+
+
+@pytest.fixture(scope="session")
+def chat_sources() -> list[dict]:
+    return [
+        {"path": str(EXAMPLES / "chat" / "messages_sample.jsonl")},
+        {"path": str(EXAMPLES / "alpaca" / "alpaca_sample.jsonl")},
+    ]
+
+
+@pytest.fixture(scope="session")
+def lora_run(tmp_path_factory, tiny_dir, chat_sources):
+    """A prepared data dir and a 4-step LoRA run, shared by the tests that only read them."""
+    from sftpipe.data import prepare
+    from sftpipe.train import loop
+
+    tmp = tmp_path_factory.mktemp("lora_run")
+    cfg = make_config(tmp, tiny_dir, chat_sources, lora={"dropout": 0.0})
+    prepare.run(cfg)
+    result = loop.run(cfg, resume="never")
+    return cfg, result

@@ -1,0 +1,106 @@
+from pathlib import Path
+
+import pytest
+
+from sftpipe.cli import main
+from sftpipe.config import PRESETS, Config, ConfigError, load_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_validate():
+    cfg = load_config()
+    assert isinstance(cfg, Config)
+    assert cfg.train.method == "lora" and cfg.data.split.train == 0.8
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_loads(name):
+    assert isinstance(load_config(preset=name), Config)
+
+
+def test_preset_count():
+    assert len(PRESETS) == 4
+
+
+def test_every_shipped_config_loads():
+    files = sorted((REPO / "configs").rglob("*.yaml"))
+    sftpipe_configs = [f for f in files if "accelerate" not in f.parts and "deepspeed" not in f.parts]
+    for path in sftpipe_configs:
+        load_config(path)
+    assert len(sftpipe_configs) == 3, [f.name for f in sftpipe_configs]
+
+
+def test_precedence_defaults_preset_file_set(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  max_steps: 7\n")
+    assert load_config(preset="fast_test").train.max_steps == 4
+    assert load_config(path, preset="fast_test").train.max_steps == 7
+    assert load_config(path, preset="fast_test", overrides=["train.max_steps=9"]).train.max_steps == 9
+    # what the file does not set comes from the preset, the rest from defaults
+    cfg = load_config(path, preset="fast_test")
+    assert cfg.train.micro_batch_size == 2 and cfg.train.seed == 42
+
+
+def test_preset_named_in_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("preset: full_training\n")
+    assert load_config(path).train.method == "full"
+
+
+def test_override_parses_yaml_values():
+    cfg = load_config(overrides=["lora.target_modules=[q_proj, v_proj]", "train.lr=1e-4", "model.dtype=bfloat16"])
+    assert cfg.lora.target_modules == ["q_proj", "v_proj"]
+    assert cfg.train.lr == pytest.approx(1e-4)
+
+
+def test_all_problems_reported_at_once_with_file_field_and_hint(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  lrr: 0.1\n  epochs: -2\ndata:\n  max_lenght: 5\nmodell: {}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    problems = info.value.problems
+    assert len(problems) == 4, problems
+    text = "\n".join(problems)
+    assert f"{path}: train.lrr: unknown key (did you mean 'lr'?)" in text
+    assert f"{path}: data.max_lenght: unknown key (did you mean 'max_length'?)" in text
+    assert f"{path}: modell: unknown key (did you mean 'model'?)" in text
+    assert f"{path}: train.epochs = -2:" in text
+
+
+def test_error_names_set_origin():
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides=["train.method=qlorax"])
+    assert info.value.problems[0].startswith("--set: train.method = 'qlorax'")
+
+
+def test_source_list_errors_name_index(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  sources:\n    - {path: a.jsonl, fromat: alpaca}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "data.sources.0.fromat: unknown key (did you mean 'format'?)" in str(info.value)
+
+
+def test_split_must_sum_to_one():
+    with pytest.raises(ConfigError, match="sum to 1.0"):
+        load_config(overrides=["data.split.train=0.5"])
+
+
+def test_unknown_preset_suggests():
+    with pytest.raises(ConfigError, match="did you mean 'fast_test'"):
+        load_config(preset="fast-test")
+
+
+def test_cli_config_error_is_clean(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train: {lrr: 1}\n")
+    assert main(["show-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "train.lrr" in err and str(path) in err and "Traceback" not in err
+
+
+def test_cli_show_config_prints_resolved(capsys):
+    assert main(["show-config", "--preset", "fast_test", "--set", "train.lr=0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.5" in out and "max_steps: 4" in out
