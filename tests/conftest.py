@@ -8,11 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
+from sftpipe.cli import quiet_libraries
 from sftpipe.config import Config, load_config
 from sftpipe.tiny import init_tiny
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
+
+
+quiet_libraries()
 
 
 def pytest_collection_modifyitems(config, items):
@@ -57,6 +61,7 @@ def make_config(tmp: Path, tiny_dir: Path, sources: list[dict], **sections) -> C
     }
     for section, fields in sections.items():
         values.setdefault(section, {}).update(fields)
+    tmp.mkdir(parents=True, exist_ok=True)
     path = tmp / "config.json"
     path.write_text(json.dumps(values), encoding="utf-8")
     return load_config(path, preset="fast_test")

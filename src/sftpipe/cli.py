@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     """Our own progress bar and figures are the output; hide the libraries' load/save bars and notices."""
     import warnings
 
@@ -80,7 +80,7 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "show-config":
-        _quiet_libraries()
+        quiet_libraries()
     try:
         return COMMANDS[args.command](args)
     except SftpipeError as exc:

@@ -77,6 +77,10 @@ def run(cfg: Config) -> PrepareResult:
     """Prepare the data dir described by `cfg.data` with the tokenizer of `cfg.model`."""
     if not cfg.data.sources:
         raise SftpipeError("data.sources is empty: add at least one source, e.g. sources: [{path: train.jsonl}]")
+    missing = [f"data.sources[{i}].path: {s.path!r} not found" for i, s in enumerate(cfg.data.sources)
+               if s.path is not None and not Path(s.path).exists()]
+    if missing:
+        raise SftpipeError("; ".join(missing))
     tokenizer = load_tokenizer(cfg.model)
     template = resolve_template(cfg.data, tokenizer)
     check_template(tokenizer, template, cfg.data.template)

@@ -15,9 +15,17 @@ from sftpipe.errors import SftpipeError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def check_local_path(source: str, field: str) -> None:
+    """Fail fast on a local-looking path that does not exist, instead of asking a hub for it."""
+    if source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().exists():
+        raise SftpipeError(f"{field} {source!r}: no such directory. For the embedded tiny model run "
+                           "`sftpipe init-tiny --out tiny` first.")
+
+
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with a pad token guaranteed (eos when it has none)."""
     source = cfg.tokenizer or cfg.name_or_path
+    check_local_path(source, "model.tokenizer" if cfg.tokenizer else "model.name_or_path")
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
@@ -69,6 +77,7 @@ def resolve_attn(name: str) -> str:
 def load_model(cfg: ModelConfig, device: torch.device, path: str | Path | None = None) -> PreTrainedModel:
     """Load the causal LM from `path` (default: cfg.name_or_path) with the configured dtype and attention."""
     source = str(path or cfg.name_or_path)
+    check_local_path(source, "model.name_or_path")
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source,

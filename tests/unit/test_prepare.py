@@ -1,0 +1,101 @@
+import json
+
+import datasets
+import pytest
+
+from sftpipe.data import prepare
+from sftpipe.data.writer import read_manifest
+from sftpipe.errors import SftpipeError
+from sftpipe.models.loading import tokenizer_sha256
+from tests.conftest import make_config, write_jsonl
+
+GOOD = [{"prompt": f"Question {i}?", "completion": f"Answer number {i}."} for i in range(40)]
+BAD_LINES = [
+    "{not json",
+    {"prompt": "no completion"},
+    {"prompt": "p", "completion": ""},
+    {"prompt": ["list"], "completion": "c"},
+    {"prompt": "p", "completion": "word " * 400},  # over max_length (256) -> too_long
+]
+
+
+def test_every_record_is_accounted_for(tmp_path, tiny_dir, tokenizer):
+    path = write_jsonl(tmp_path / "in.jsonl", GOOD[:20] + BAD_LINES + GOOD[20:])
+    cfg = make_config(tmp_path, tiny_dir, [{"path": str(path)}])
+    result = prepare.run(cfg)
+    kept = sum(s.examples for s in result.splits.values())
+    assert result.records_read == 45
+    assert kept == 40 and sum(result.rejected.values()) == 5
+    assert result.rejected == {"invalid_json": 1, "missing_field": 1, "empty_response": 1, "wrong_type": 1,
+                               "too_long": 1}
+    out = cfg.data.output_dir
+    rejected = [json.loads(x) for x in (tmp_path / "data" / "rejected.jsonl").read_text().splitlines()]
+    assert sorted(r["location"].rsplit(":", 1)[1] for r in rejected) == ["21", "22", "23", "24", "25"]
+    manifest = read_manifest(tmp_path / "data")
+    assert manifest["tokenizer"]["sha256"] == tokenizer_sha256(tokenizer)
+    assert manifest["rejected"] == dict(sorted(result.rejected.items()))
+    assert manifest["sources"]["in.jsonl"] == {"read": 45, "kept": 40, "rejected": 5}
+    card = (tmp_path / "data" / "DATA_CARD.md").read_text()
+    assert "| too_long | 1 |" in card and tokenizer_sha256(tokenizer) in card
+    splits = {s: datasets.load_from_disk(f"{out}/{s}") for s in ("train", "val", "test")}
+    assert {s: len(d) for s, d in splits.items()} == {"train": 32, "val": 4, "test": 4}
+    row = splits["train"][0]
+    assert len(row["input_ids"]) == len(row["labels"]) and json.loads(row["messages"])[0]["role"] == "user"
+
+
+def test_split_is_deterministic_and_disjoint(tmp_path, tiny_dir):
+    path = write_jsonl(tmp_path / "in.jsonl", GOOD)
+    firsts = []
+    for run in range(2):
+        cfg = make_config(tmp_path / str(run), tiny_dir, [{"path": str(path)}])
+        prepare.run(cfg)
+        locs = {s: set(datasets.load_from_disk(f"{cfg.data.output_dir}/{s}")["location"]) for s in ("train", "val", "test")}
+        assert not (locs["train"] & locs["test"]) and not (locs["train"] & locs["val"])
+        firsts.append(locs)
+    assert firsts[0] == firsts[1]
+    cfg = make_config(tmp_path / "other", tiny_dir, [{"path": str(path)}], data={"split": {"seed": 99}})
+    prepare.run(cfg)
+    assert set(datasets.load_from_disk(f"{cfg.data.output_dir}/test")["location"]) != firsts[0]["test"]
+
+
+def test_strict_mode_stops_at_first_problem_with_location(tmp_path, tiny_dir):
+    path = write_jsonl(tmp_path / "in.jsonl", GOOD[:3] + ["{oops"] + GOOD[3:])
+    cfg = make_config(tmp_path, tiny_dir, [{"path": str(path)}], data={"on_error": "raise"})
+    with pytest.raises(SftpipeError, match=r"in.jsonl:4: invalid_json"):
+        prepare.run(cfg)
+    assert not (tmp_path / "data").exists()
+
+
+def test_empty_source_is_an_error(tmp_path, tiny_dir):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("")
+    with pytest.raises(SftpipeError, match="has no records"):
+        prepare.run(make_config(tmp_path, tiny_dir, [{"path": str(path)}]))
+
+
+def test_truncate_policy_counts_truncations(tmp_path, tiny_dir):
+    path = write_jsonl(tmp_path / "in.jsonl", GOOD[:10] + [{"prompt": "p", "completion": "word " * 400}])
+    cfg = make_config(tmp_path, tiny_dir, [{"path": str(path)}], data={"overlong": "truncate",
+                                                                       "split": {"train": 1.0, "val": 0.0, "test": 0.0}})
+    result = prepare.run(cfg)
+    assert result.splits["train"].truncated == 1 and result.splits["train"].examples == 11
+    assert result.splits["train"].max_tokens == 256
+
+
+def test_all_shipped_samples_prepare_without_rejections(tmp_path, tiny_dir):
+    from tests.conftest import EXAMPLES
+
+    sources = [
+        {"path": str(EXAMPLES / "alpaca" / "alpaca_sample.jsonl")},
+        {"path": str(EXAMPLES / "chat" / "messages_sample.jsonl")},
+        {"path": str(EXAMPLES / "chat" / "sharegpt_sample.jsonl")},
+        {"path": str(EXAMPLES / "qa" / "qa_sample.jsonl")},
+        {"path": str(EXAMPLES / "qa" / "qa_sample.csv"), "name": "qa-csv"},
+        {"path": str(EXAMPLES / "prompt_completion" / "pc_sample.jsonl")},
+        {"path": str(EXAMPLES / "text" / "plain_sample.txt")},
+        {"path": str(EXAMPLES / "code" / "python_code.jsonl"), "code_language": "python"},
+        {"path": str(EXAMPLES / "haskell" / "problems.jsonl"), "format": "code", "fields": {"code": "solution"}},
+    ]
+    result = prepare.run(make_config(tmp_path, tiny_dir, sources, data={"max_length": 1024}))
+    assert result.rejected == {}
+    assert result.records_read == sum(s.examples for s in result.splits.values()) >= 300
