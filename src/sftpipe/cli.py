@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train (full or LoRA) on a prepared data dir")
     _config_args(p)
     p.add_argument("--resume", default="auto", help="auto (newest complete checkpoint), never, or a checkpoint dir")
+    p.add_argument("--resume-force", action="store_true",
+                   help="resume even from a checkpoint made with other settings, data or model")
     p = sub.add_parser("eval", help="loss, perplexity and accuracy of a model on a prepared split")
     _config_args(p)
     p.add_argument("--model", help="run dir, adapter dir or model dir (default: train.output_dir)")
@@ -109,7 +111,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from sftpipe.report import print_train
     from sftpipe.train.loop import run
 
-    print_train(run(_load(args), resume=args.resume))
+    print_train(run(_load(args), resume=args.resume, resume_force=args.resume_force))
     return 0
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from sftpipe.config.schema import Config
 from sftpipe.errors import SftpipeError
+from sftpipe.redact import REDACTED, is_secret_key, redact
 
 PRESETS = ("default", "fast_test", "full_training", "low_memory")
 
@@ -150,7 +151,8 @@ def _describe(err: dict[str, Any], layers: list[_Layer]) -> str:
         suggestion = f"did you mean '{hint[0]}'?" if hint else f"valid keys here: {', '.join(valid)}"
         return f"{origin}: {dotted}: unknown key ({suggestion})"
     value = err.get("input")
-    shown = "" if isinstance(value, dict) else f" = {value!r}"
+    secret = any(isinstance(p, str) and is_secret_key(p) for p in loc)
+    shown = "" if isinstance(value, dict) else f" = {REDACTED}" if secret else f" = {value!r}"
     return f"{origin}: {dotted}{shown}: {err['msg']}"
 
 
@@ -193,10 +195,10 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def dump_config(cfg: Config) -> str:
-    """The resolved config as YAML, in section order."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+def dump_config(cfg: BaseModel) -> str:
+    """The resolved config as YAML, in section order, with secret-named values redacted (see `redact`)."""
+    return yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False, allow_unicode=True)
 
 
-def save_config(cfg: Config, path: Path) -> None:
+def save_config(cfg: BaseModel, path: Path) -> None:
     path.write_text(dump_config(cfg), encoding="utf-8")
