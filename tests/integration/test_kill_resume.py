@@ -107,7 +107,7 @@ def _kill_after(chain: Chain, delay: float) -> None:
         process.join(timeout=60)
         chain.kills.append(f"timed kill {delay:.3f}s after a step: {_landed(chain.run_dir)}")
     else:
-        chain.kills.append(f"timed kill {delay:.3f}s after a step: missed, the run had finished")
+        chain.kills.append(f"timed kill {delay:.3f}s after a step: missed, the run exited {process.exitcode}")
 
 
 def _finish(chain: Chain) -> None:
@@ -126,7 +126,9 @@ def _kill_plan(seed: int, points: list[str], extra: int, timed: int, step_s: flo
                                                      rng.randint(1, 3))) for p in points]
     plan += [("timed", rng.uniform(0.0, 3.0) * step_s) for _ in range(timed)]
     rng.shuffle(plan)
-    return plan
+    # final.written is passed after the last step (and again by each restart from there): kills there go last
+    last = [k for k in plan if k[0] == "failpoint" and k[1][0] == "final.written"]
+    return [k for k in plan if k not in last] + [("failpoint", ("final.written", 1))] * len(last)
 
 
 def _run_chain(tmp: Path, config: Path, plan: list[tuple[str, object]]) -> Chain:
