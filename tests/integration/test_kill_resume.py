@@ -72,7 +72,8 @@ def _reference(config: Path, tmp: Path) -> Path:
 def _landed(run_dir: Path) -> str:
     """What a kill left: the last step logged, complete checkpoints, and partial ones (temporary or unmarked)."""
     metrics = run_dir / "logs" / "metrics.jsonl"
-    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if x.endswith("}")] if metrics.exists() else []
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    steps = [json.loads(x)["step"] for x in lines if x.endswith("}")]
     root = run_dir / "checkpoints"
     names = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
     partial = [n for n in names if n.startswith(".tmp-") or not (root / n / COMPLETE).exists()]
@@ -93,12 +94,13 @@ def _kill_by_failpoint(chain: Chain, point: str, nth: int) -> None:
 
 
 def _kill_after(chain: Chain, delay: float) -> None:
-    """SIGKILL `delay` seconds after the restarted run logs its first step (start-up is too slow to aim at)."""
-    metrics = chain.run_dir / "logs" / "metrics.jsonl"
+    """SIGKILL `delay` seconds after the restarted run logs its first new step (start-up is too slow to aim at)."""
+    done = complete_checkpoints(chain.run_dir)
+    resumes_at = json.loads((done[-1] / STATE).read_text())["step"] if done else 0
+    started_ns = time.time_ns()
     process = _start(chain)
     started = time.monotonic()
-    before = metrics.stat().st_mtime_ns if metrics.exists() else 0
-    while process.is_alive() and (not metrics.exists() or metrics.stat().st_mtime_ns == before):
+    while process.is_alive() and _last_logged_step(chain.run_dir, started_ns) <= resumes_at:
         time.sleep(0.005)
         assert time.monotonic() - started < 300, "the restarted run never logged a step"
     process.join(timeout=delay)
@@ -114,6 +116,21 @@ def _finish(chain: Chain) -> None:
     process = _start(chain)
     process.join(timeout=600)
     assert process.exitcode == 0, chain.log.read_text()[-3000:]
+
+
+def _last_logged_step(run_dir: Path, since_ns: int) -> int:
+    """The step of the last training record in metrics.jsonl if the file was written after `since_ns`, else -1
+    (before the restarted run trims it, the file still ends with steps its killed predecessor logged)."""
+    metrics = run_dir / "logs" / "metrics.jsonl"
+    try:
+        lines = metrics.read_text().splitlines() if metrics.stat().st_mtime_ns >= since_ns else []
+    except FileNotFoundError:
+        return -1
+    try:
+        record = json.loads(lines[-1]) if lines else {}
+    except ValueError:  # caught mid-write
+        return -1
+    return record["step"] if "loss" in record else -1
 
 
 def _kill_plan(seed: int, points: list[str], extra: int, timed: int, step_s: float) -> list[tuple[str, object]]:

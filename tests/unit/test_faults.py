@@ -229,3 +229,25 @@ def test_changing_only_output_settings_resumes_without_complaint(reference, tiny
     # the weights do not depend on how often the run logs, validates or saves
     ref, got = final_weights(root / "reference" / "run"), final_weights(run_dir)
     assert all(ref[k].equal(got[k]) for k in ref)
+
+
+def test_data_fingerprint_follows_content_not_place_or_time(reference, tiny_dir):
+    from sftpipe.train.resume import data_fingerprint
+
+    root, cfg = reference
+    again = _config(root, "fingerprint-same", tiny_dir, root / "data-again")
+    prepare.run(again)  # same sources, another dir, a later time
+    assert data_fingerprint(root / "data-again") == data_fingerprint(root / "data")
+    moved = write_jsonl(root / "moved" / "copy.jsonl", _records())
+    prepare.run(_config(root, "fingerprint-moved", tiny_dir, root / "data-moved",
+                        data={"sources": [{"path": str(moved)}]}))
+    assert data_fingerprint(root / "data-moved") == data_fingerprint(root / "data")
+    from sftpipe.data.writer import load_split
+
+    records = _records()
+    line = int(load_split(root / "data", "train")[0]["location"].rsplit(":", 1)[1])
+    records[line - 1]["completion"] += " Changed."  # one trained answer changes: the fingerprint must see it
+    changed = write_jsonl(root / "changed" / "pc.jsonl", records)
+    prepare.run(_config(root, "fingerprint-changed", tiny_dir, root / "data-changed",
+                        data={"sources": [{"path": str(changed)}]}))
+    assert data_fingerprint(root / "data-changed") != data_fingerprint(root / "data")

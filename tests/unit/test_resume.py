@@ -64,7 +64,8 @@ def dropout_model(tmp_path_factory, tiny_dir):
 
 
 def _config(tmp, model, data_dir, setting: Setting, run_name: str):
-    records = [json.loads(line) for line in (EXAMPLES / "prompt_completion" / "pc_sample.jsonl").read_text().splitlines()]
+    lines = (EXAMPLES / "prompt_completion" / "pc_sample.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
     source = write_jsonl(tmp / "pc15.jsonl", records[:15])
     return make_config(
         tmp / run_name, model, [{"path": str(source)}],

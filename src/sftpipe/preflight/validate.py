@@ -244,8 +244,9 @@ def _check_data_dir(cfg: Config, tokenizer, checks: list[Check]) -> int | None:
     saved, now = manifest.get("data_config", {}), redact(cfg.data.model_dump(mode="json"))
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if changed:
-        checks.append(Check("data dir", "warn", f"{data_dir}: prepared with other data settings "
-                                                f"({', '.join('data.' + k for k in changed)}); re-run `sftpipe prepare`"))
+        fields = ", ".join(f"data.{k}" for k in changed)
+        checks.append(Check("data dir", "warn", f"{data_dir}: prepared with other data settings ({fields}); "
+                                                "re-run `sftpipe prepare`"))
     examples = manifest["splits"]["train"]["examples"]
     tc = cfg.train
     per_epoch = max(1, math.ceil(examples / tc.micro_batch_size))

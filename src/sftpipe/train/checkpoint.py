@@ -68,12 +68,14 @@ def save_checkpoint(
     save_limit: int,
     fingerprint: dict[str, Any] | None = None,
     config_text: str = "",
+    rng_states: list[dict[str, Any]] | None = None,
 ) -> Path:
     """Write checkpoint-<step> atomically, then apply retention.
 
     Args:
         fingerprint: what a resumed run must match (see `resume.run_fingerprint`), stored as JSON.
         config_text: the resolved config (secrets redacted), stored for people reading the checkpoint.
+        rng_states: `capture_rng()` of every process, by process index (default: this process only).
 
     Returns:
         The checkpoint path.
@@ -95,7 +97,7 @@ def save_checkpoint(
         save_optimizer(optimizer, tmp)
         save_scheduler(scheduler, tmp)
         failpoint("checkpoint.optimizer")
-        (tmp / RNG).write_text(json.dumps(capture_rng()), encoding="utf-8")
+        (tmp / RNG).write_text(json.dumps({"processes": rng_states or [capture_rng()]}), encoding="utf-8")
         (tmp / STATE).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
         (tmp / FINGERPRINT).write_text(json.dumps(fingerprint or {}, indent=1), encoding="utf-8")
         (tmp / CONFIG).write_text(config_text, encoding="utf-8")
@@ -234,8 +236,8 @@ def weight_files(ckpt: Path) -> list[Path]:
     return sorted(p for p in ckpt.glob("*.safetensors") if p.name != OPTIMIZER_TENSORS)
 
 
-def restore_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
-                       ) -> TrainerState:
+def restore_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                       process_index: int = 0) -> TrainerState:
     """Load weights, optimizer, scheduler and RNG states of `ckpt` into the live objects.
 
     Call `verify_checkpoint` first. Every piece is overwritten, so restoring an older checkpoint after a
@@ -260,8 +262,9 @@ def restore_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.opti
     except (KeyError, TypeError, AttributeError) as exc:
         raise SftpipeError(f"{ckpt / 'scheduler.json'}: does not fit this scheduler ({exc})") from None
     try:
-        restore_rng(rng)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        states = rng["processes"]
+        restore_rng(states[process_index % len(states)])  # fewer saved than now only under --resume-force
+    except (KeyError, TypeError, ValueError, RuntimeError, ZeroDivisionError) as exc:
         raise SftpipeError(f"{ckpt / RNG}: not an RNG state ({exc})") from None
     return state
 

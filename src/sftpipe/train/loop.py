@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
@@ -28,7 +28,7 @@ from sftpipe.models.adapters import build_trainable_model, count_parameters
 from sftpipe.faults import failpoint
 from sftpipe.models.loading import load_tokenizer, pick_device, tokenizer_sha256
 from sftpipe.train.batching import BatchPlan, collate
-from sftpipe.train.checkpoint import save_checkpoint
+from sftpipe.train.checkpoint import capture_rng, save_checkpoint
 from sftpipe.train.resume import resume_from_latest_complete, run_fingerprint, trim_metrics
 from sftpipe.train.tracking import MetricsLogger, write_run_manifest
 from sftpipe.train.loss import token_loss_sum
@@ -106,7 +106,8 @@ def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainR
     fingerprint = run_fingerprint(cfg, data_dir, manifest["tokenizer"]["sha256"], accelerator.num_processes)
     state, resumed_from = resume_from_latest_complete(
         run_dir, resume, fingerprint, resume_force, accelerator.unwrap_model(model), optimizer, scheduler,
-        warn=lambda msg: accelerator.print(f"warning: {msg}", file=sys.stderr))
+        warn=lambda msg: accelerator.print(f"warning: {msg}", file=sys.stderr),
+        process_index=accelerator.process_index)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
@@ -177,9 +178,10 @@ def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainR
                     state.best_val_loss, state.best_step = last_val.loss, state.step
         if (tc.save_every and state.step % tc.save_every == 0) or is_last:
             accelerator.wait_for_everyone()
+            rng_states = gather_object([capture_rng()])  # each process draws its own dropout masks
             if accelerator.is_main_process:
                 save_checkpoint(run_dir, state, accelerator.unwrap_model(model), optimizer, scheduler,
-                                tc.save_total_limit, fingerprint, dump_config(cfg))
+                                tc.save_total_limit, fingerprint, dump_config(cfg), rng_states)
             accelerator.wait_for_everyone()
     bar.close()
 

@@ -56,18 +56,20 @@ def run_fingerprint(cfg: Config, data_dir: Path, tokenizer_sha256: str, world_si
 
 
 def data_fingerprint(data_dir: Path) -> str:
-    """SHA-256 of the prepared data: the manifest (less its creation time) and the train split's Arrow files.
+    """SHA-256 of what training reads: the train split's token ids and labels, in order.
 
-    Preparing the same inputs again gives the same fingerprint; any change of a kept record changes it.
+    Preparing the same records again gives the same fingerprint wherever the files or the data dir are;
+    any change to a trained example (text, template, max_length, tokenizer) changes it.
     """
-    manifest = json.loads((data_dir / "manifest.json").read_text(encoding="utf-8"))
-    manifest.pop("created", None)
-    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode())
-    for path in sorted((data_dir / "train").glob("*.arrow")):
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+    import pyarrow as pa
+
+    from sftpipe.data.writer import load_split
+
+    table = load_split(data_dir, "train").data.table.select(["input_ids", "labels"]).combine_chunks()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
 
 
 def model_fingerprint(name_or_path: str) -> str:
@@ -97,7 +99,8 @@ def fingerprint_differences(saved: dict[str, Any], current: dict[str, Any]) -> l
               "model_sha256": "base model (model.name_or_path, its config.json or weight files)"}
     for key, label in labels.items():
         if saved.get(key) != current[key]:
-            diffs.append(f"{label}: SHA-256 {str(saved.get(key))[:12]}… in the checkpoint, {current[key][:12]}… now")
+            before = str(saved.get(key))[:12]
+            diffs.append(f"{label}: SHA-256 {before}… in the checkpoint, {current[key][:12]}… now")
     if saved.get("world_size") != current["world_size"]:
         diffs.append(f"processes: {saved.get('world_size')} in the checkpoint, {current['world_size']} now")
     return diffs
@@ -112,6 +115,7 @@ def resume_from_latest_complete(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     warn: Callable[[str], None],
+    process_index: int = 0,
 ) -> tuple[TrainerState, Path | None]:
     """Restore the checkpoint `resume` asks for into the live objects.
 
@@ -120,6 +124,7 @@ def resume_from_latest_complete(
             a checkpoint dir (used as given: no fallback).
         force: resume even when the fingerprint differs (the differences are printed as a warning).
         warn: prints one warning line.
+        process_index: this process's index, to pick its own RNG state.
 
     Returns:
         (trainer state, checkpoint path) or (fresh state, None) when there is nothing to resume.
@@ -142,7 +147,7 @@ def resume_from_latest_complete(
         try:
             verify_checkpoint(ckpt)
             check_compatible(ckpt, read_json(ckpt / FINGERPRINT), fingerprint, force, warn)
-            return restore_checkpoint(ckpt, model, optimizer, scheduler), ckpt
+            return restore_checkpoint(ckpt, model, optimizer, scheduler, process_index), ckpt
         except SftpipeError as exc:
             if resume != "auto" or isinstance(exc, ResumeRefused):
                 raise
