@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from sftpipe.preflight import Check
     from sftpipe.data.prepare import PrepareResult
     from sftpipe.evaluate.run import EvalResult
+    from sftpipe.preflight import Check
     from sftpipe.train.loop import TrainResult
 
 

@@ -7,7 +7,6 @@ as a `RecordError` in place of the record, so the caller counts it instead of cr
 from __future__ import annotations
 
 import csv
-import io
 import json
 import re
 from collections.abc import Iterator
@@ -84,33 +83,32 @@ def _read_json(path: Path) -> Iterator[RawRecord]:
 
 def _read_csv(path: Path) -> Iterator[RawRecord]:
     # undecodable bytes become lone surrogates, so one bad row is rejected instead of the whole file
-    text = path.read_bytes().decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
-    reader = csv.DictReader(io.StringIO(text, newline=""), strict=True)
-    while True:
-        start = reader.line_num + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as exc:  # the reader resynchronises at the next line
-            yield f"{path}:{start}", RecordError("bad_csv", f"{exc} (lines {start}-{reader.line_num})")
-            continue
-        where = f"{path}:{reader.line_num}"
-        if any(_BAD_BYTES.search(v) for v in row.values() if isinstance(v, str)):
-            yield where, RecordError("not_utf8", "bytes that are not UTF-8 in this row")
-        elif None in row:
-            yield where, RecordError("ragged_row", f"{len(row[None]) + len(reader.fieldnames or [])} cells, "
-                                     f"header has {len(reader.fieldnames or [])}")
-        elif any(v is None for v in row.values()):
-            yield where, RecordError("ragged_row", f"fewer cells than the {len(row)} header columns")
-        else:
-            yield where, dict(row)
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
+        reader = csv.DictReader(fh, strict=True)
+        while True:
+            start = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:  # the reader resynchronises at the next line
+                yield f"{path}:{start}", RecordError("bad_csv", f"{exc} (lines {start}-{reader.line_num})")
+                continue
+            where = f"{path}:{reader.line_num}"
+            if any(_BAD_BYTES.search(v) for v in row.values() if isinstance(v, str)):
+                yield where, RecordError("not_utf8", "bytes that are not UTF-8 in this row")
+            elif None in row:
+                yield where, RecordError("ragged_row", f"{len(row[None]) + len(reader.fieldnames or [])} cells, "
+                                         f"header has {len(reader.fieldnames or [])}")
+            elif any(v is None for v in row.values()):
+                yield where, RecordError("ragged_row", f"fewer cells than the {len(row)} header columns")
+            else:
+                yield where, dict(row)
 
 
 def _read_parquet(path: Path) -> Iterator[RawRecord]:
-    import pyarrow.parquet as pq
-
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     index = 0
     try:

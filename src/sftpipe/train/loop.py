@@ -24,8 +24,8 @@ from sftpipe.config.schema import Config
 from sftpipe.data.writer import load_split, read_manifest
 from sftpipe.errors import SftpipeError
 from sftpipe.evaluate.metrics import LossMetrics, evaluate_loss
-from sftpipe.models.adapters import build_trainable_model, count_parameters
 from sftpipe.faults import failpoint
+from sftpipe.models.adapters import build_trainable_model, count_parameters
 from sftpipe.models.loading import load_tokenizer, pick_device, tokenizer_sha256
 from sftpipe.train.batching import BatchPlan, collate
 from sftpipe.train.checkpoint import capture_rng, save_checkpoint
