@@ -251,3 +251,19 @@ def test_data_fingerprint_follows_content_not_place_or_time(reference, tiny_dir)
     prepare.run(_config(root, "fingerprint-changed", tiny_dir, root / "data-changed",
                         data={"sources": [{"path": str(changed)}]}))
     assert data_fingerprint(root / "data-changed") != data_fingerprint(root / "data")
+
+
+def test_without_digests_sizes_are_still_checked(reference, tiny_dir):
+    root, _ = reference
+    cfg = _config(root, "sizes-only", tiny_dir, root / "data", train={"max_steps": 2, "checkpoint_digests": False})
+    loop.run(cfg, resume="never")
+    ckpt = root / "sizes-only" / "run" / "checkpoints" / "checkpoint-2"
+    files = json.loads((ckpt / COMPLETE).read_text())["files"]
+    assert files and all(set(entry) == {"bytes"} for entry in files.values())
+    verify_checkpoint(ckpt)
+    _flip_byte(ckpt)
+    verify_checkpoint(ckpt)  # the price of turning digests off: damage that keeps the size goes unnoticed
+    broken = _truncate(ckpt)
+    with pytest.raises(SftpipeError, match="bytes on disk but"):
+        verify_checkpoint(ckpt)
+    assert broken.name == "adapter_model.safetensors"

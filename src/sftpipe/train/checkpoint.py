@@ -69,6 +69,7 @@ def save_checkpoint(
     fingerprint: dict[str, Any] | None = None,
     config_text: str = "",
     rng_states: list[dict[str, Any]] | None = None,
+    digests: bool = True,
 ) -> Path:
     """Write checkpoint-<step> atomically, then apply retention.
 
@@ -76,6 +77,7 @@ def save_checkpoint(
         fingerprint: what a resumed run must match (see `resume.run_fingerprint`), stored as JSON.
         config_text: the resolved config (secrets redacted), stored for people reading the checkpoint.
         rng_states: `capture_rng()` of every process, by process index (default: this process only).
+        digests: record each file's SHA-256 in the marker besides its size (costs a read of the checkpoint).
 
     Returns:
         The checkpoint path.
@@ -102,8 +104,8 @@ def save_checkpoint(
         (tmp / FINGERPRINT).write_text(json.dumps(fingerprint or {}, indent=1), encoding="utf-8")
         (tmp / CONFIG).write_text(config_text, encoding="utf-8")
         failpoint("checkpoint.state")
-        marker = json.dumps({"step": state.step, "files": file_digests(tmp)}, indent=1)
         _fsync_tree(tmp)
+        marker = json.dumps({"step": state.step, "files": file_digests(tmp, digests)}, indent=1)
         failpoint("checkpoint.fsynced")
         if final.exists():  # same step written before (resumed from an older checkpoint): replace it
             remove_checkpoint(final)
@@ -205,14 +207,14 @@ def remove_incomplete(root: Path) -> list[Path]:
     return stale
 
 
-def file_digests(ckpt: Path) -> dict[str, dict[str, Any]]:
-    """Size and SHA-256 of every file under `ckpt` (the marker itself excluded)."""
-    return {str(p.relative_to(ckpt)): {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+def file_digests(ckpt: Path, sha256: bool = True) -> dict[str, dict[str, Any]]:
+    """Size (and SHA-256 unless `sha256` is False) of every file under `ckpt`, the marker excluded."""
+    return {str(p.relative_to(ckpt)): {"bytes": p.stat().st_size, **({"sha256": _sha256(p)} if sha256 else {})}
             for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != COMPLETE}
 
 
 def verify_checkpoint(ckpt: Path) -> None:
-    """Check every file against the sizes and digests in the COMPLETE marker.
+    """Check every file against the sizes (and digests, if recorded) in the COMPLETE marker.
 
     Raises:
         SftpipeError: naming the first file that is missing, truncated or changed.
@@ -228,7 +230,7 @@ def verify_checkpoint(ckpt: Path) -> None:
         if size != expected["bytes"]:
             raise SftpipeError(f"{path}: {size} bytes on disk but {expected['bytes']} were written (truncated or "
                                "overwritten)")
-        if _sha256(path) != expected["sha256"]:
+        if "sha256" in expected and _sha256(path) != expected["sha256"]:
             raise SftpipeError(f"{path}: content differs from what was written (SHA-256 mismatch: corrupt)")
 
 

@@ -181,7 +181,8 @@ def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainR
             rng_states = gather_object([capture_rng()])  # each process draws its own dropout masks
             if accelerator.is_main_process:
                 save_checkpoint(run_dir, state, accelerator.unwrap_model(model), optimizer, scheduler,
-                                tc.save_total_limit, fingerprint, dump_config(cfg), rng_states)
+                                tc.save_total_limit, fingerprint, dump_config(cfg), rng_states,
+                                digests=tc.checkpoint_digests)
             accelerator.wait_for_everyone()
     bar.close()
 
