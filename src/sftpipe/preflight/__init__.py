@@ -18,10 +18,12 @@ class Check:
     detail: str
 
     def line(self) -> str:
+        """One aligned report line: status, name, detail."""
         return f"  {self.status:<4}  {self.name:<12} {self.detail}"
 
 
 def summary(checks: list[Check]) -> str:
+    """'10 checks: 9 ok, 1 warnings, 0 failed'."""
     counts = {s: sum(c.status == s for c in checks) for s in ("ok", "warn", "fail", "skip")}
     return (f"{len(checks)} checks: {counts['ok']} ok, {counts['warn']} warnings, {counts['fail']} failed"
             + (f", {counts['skip']} skipped" if counts["skip"] else ""))

@@ -164,6 +164,7 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def latest_complete(run_dir: Path) -> Path | None:
+    """The newest checkpoint with a COMPLETE marker (not yet verified), or None."""
     done = complete_checkpoints(run_dir)
     return done[-1] if done else None
 
@@ -235,6 +236,7 @@ def verify_checkpoint(ckpt: Path) -> None:
 
 
 def weight_files(ckpt: Path) -> list[Path]:
+    """The model or adapter weight files of a checkpoint (its other safetensors file is optimizer state)."""
     return sorted(p for p in ckpt.glob("*.safetensors") if p.name != OPTIMIZER_TENSORS)
 
 
@@ -272,10 +274,12 @@ def restore_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.opti
 
 
 def load_trainer_state(ckpt: Path) -> TrainerState:
+    """The trainer state (step, data position, best validation loss, token counts) of a checkpoint."""
     return TrainerState(**read_json(ckpt / STATE))
 
 
 def capture_rng() -> dict[str, Any]:
+    """This process's python, numpy, torch and per-CUDA-device RNG states, as JSON-able lists."""
     py = random.getstate()
     np_state = np.random.get_state()
     return {
@@ -318,10 +322,12 @@ def load_weights(ckpt: Path, model: torch.nn.Module) -> None:
 
 
 def dir_bytes(path: Path) -> int:
+    """Total size of the files under `path`."""
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def human_bytes(n: float) -> str:
+    """`1536` -> `'1.5 KiB'`."""
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

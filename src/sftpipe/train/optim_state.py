@@ -67,11 +67,13 @@ def read_optimizer(ckpt: Path, reference: torch.optim.Optimizer) -> dict[str, An
 
 
 def save_scheduler(scheduler: Any, out: Path) -> None:
+    """Write `scheduler.state_dict()` as scheduler.json (refusing anything JSON cannot hold)."""
     state = {k: _json_value(v, f"scheduler state {k}") for k, v in scheduler.state_dict().items()}
     _write_json(out / SCHEDULER_JSON, state)
 
 
 def read_scheduler(ckpt: Path) -> dict[str, Any]:
+    """The scheduler state dict written by `save_scheduler`."""
     return read_json(ckpt / SCHEDULER_JSON)
 
 
