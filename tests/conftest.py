@@ -17,6 +17,9 @@ EXAMPLES = REPO / "examples"
 
 
 quiet_libraries()
+# Tiny models gain nothing from intra-op threads, and OpenMP threads spinning on a shared 2-core machine made
+# the tests an order of magnitude slower. Results stay bitwise deterministic either way.
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train (full or LoRA) on a prepared data dir")
     _config_args(p)
     p.add_argument("--resume", default="auto", help="auto (newest complete checkpoint), never, or a checkpoint dir")
+    p.add_argument("--resume-force", action="store_true",
+                   help="resume even from a checkpoint made with other settings, data or model")
     p = sub.add_parser("eval", help="loss, perplexity and accuracy of a model on a prepared split")
     _config_args(p)
     p.add_argument("--model", help="run dir, adapter dir or model dir (default: train.output_dir)")
@@ -52,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p = sub.add_parser("validate", help="check a config, its files, masks, disk and device without training")
+    _config_args(p)
+    sub.add_parser("doctor", help="check the environment: torch, CUDA, GPUs, bf16, optional packages")
     p = sub.add_parser("show-config", help="print the resolved config (defaults < preset < file < --set)")
     _config_args(p, required=False)
     p = sub.add_parser("init-tiny", help="build the embedded tiny Llama and tokenizer (no download)")
@@ -109,7 +114,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from sftpipe.report import print_train
     from sftpipe.train.loop import run
 
-    print_train(run(_load(args), resume=args.resume))
+    print_train(run(_load(args), resume=args.resume, resume_force=args.resume_force))
     return 0
 
 
@@ -155,6 +160,32 @@ def cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from sftpipe.preflight.validate import run
+    from sftpipe.report import print_checks
+
+    result = run(_load(args))
+    print(f"validate {args.config}")
+    print_checks(result.checks)
+    if result.sample is not None:
+        print(f"\nsample {result.sample_location}, trained text between [[ and ]]:\n{result.sample}")
+    if result.failed:
+        raise SftpipeError(f"{len(result.failed)} check(s) failed: " + ", ".join(c.name for c in result.failed))
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from sftpipe.preflight.doctor import run
+    from sftpipe.report import print_checks
+
+    checks = run()
+    print_checks(checks)
+    failed = [c.name for c in checks if c.status == "fail"]
+    if failed:
+        raise SftpipeError(f"required parts missing: {', '.join(failed)}")
+    return 0
+
+
 def cmd_show_config(args: argparse.Namespace) -> int:
     from sftpipe.config import dump_config, load_config
 
@@ -183,6 +214,8 @@ COMMANDS = {
     "eval": cmd_eval,
     "merge": cmd_merge,
     "infer": cmd_infer,
+    "validate": cmd_validate,
+    "doctor": cmd_doctor,
     "show-config": cmd_show_config,
     "init-tiny": cmd_init_tiny,
     "demo": cmd_demo,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from sftpipe.data.prepare import PrepareResult
     from sftpipe.evaluate.run import EvalResult
+    from sftpipe.preflight import Check
     from sftpipe.train.loop import TrainResult
 
 
@@ -42,3 +43,11 @@ def print_eval(result: EvalResult) -> None:
     print(f"eval {result.model} on {result.split} ({m.examples} examples, {m.tokens} tokens): loss {m.loss:.4f}, "
           f"ppl {m.perplexity:.2f}, token acc {m.token_accuracy:.3f}, sequence acc {m.sequence_accuracy:.3f}")
     print(f"  metrics: {result.output_dir / 'metrics.json'}")
+
+
+def print_checks(checks: list[Check]) -> None:
+    from sftpipe.preflight import summary
+
+    for check in checks:
+        print(check.line())
+    print(summary(checks))

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from sftpipe.config.schema import Config
 from sftpipe.errors import SftpipeError
+from sftpipe.redact import REDACTED, is_secret_key, redact
 
 PRESETS = ("default", "fast_test", "full_training", "low_memory")
 
@@ -78,17 +79,48 @@ def load_config(
 
 def _read_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise ConfigError([f"{path}: config file not found"])
-    text = path.read_text(encoding="utf-8")
+        raise ConfigError([f"{path}: config file not found" + (" (it is a directory)" if path.is_dir() else "")])
     try:
-        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: not UTF-8 (byte {exc.start}); save the config as UTF-8"]) from None
+    try:
+        values = json.loads(text, object_pairs_hook=_unique_pairs) if path.suffix == ".json" else \
+            yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise ConfigError([f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"]) from None
+    except _DuplicateKey as exc:
+        raise ConfigError([f"{path}: {exc}; keep one of them"]) from None
     if values is None:
         return {}
     if not isinstance(values, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of sections, got {type(values).__name__}"])
     return values
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise _DuplicateKey(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    for key in keys:
+        if keys.count(key) > 1:
+            raise _DuplicateKey(f"key {key!r} is given twice in one object")
+    return dict(pairs)
 
 
 def _read_preset(name: str) -> dict[str, Any]:
@@ -150,7 +182,8 @@ def _describe(err: dict[str, Any], layers: list[_Layer]) -> str:
         suggestion = f"did you mean '{hint[0]}'?" if hint else f"valid keys here: {', '.join(valid)}"
         return f"{origin}: {dotted}: unknown key ({suggestion})"
     value = err.get("input")
-    shown = "" if isinstance(value, dict) else f" = {value!r}"
+    secret = any(isinstance(p, str) and is_secret_key(p) for p in loc)
+    shown = "" if isinstance(value, dict) else f" = {REDACTED}" if secret else f" = {value!r}"
     return f"{origin}: {dotted}{shown}: {err['msg']}"
 
 
@@ -193,10 +226,10 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def dump_config(cfg: Config) -> str:
-    """The resolved config as YAML, in section order."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+def dump_config(cfg: BaseModel) -> str:
+    """The resolved config as YAML, in section order, with secret-named values redacted (see `redact`)."""
+    return yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False, allow_unicode=True)
 
 
-def save_config(cfg: Config, path: Path) -> None:
+def save_config(cfg: BaseModel, path: Path) -> None:
     path.write_text(dump_config(cfg), encoding="utf-8")

@@ -131,6 +131,9 @@ class TrainConfig(Section):
     eval_every: int = Field(0, ge=0, description="Validate every N optimizer steps; 0 only at the end.")
     save_every: int = Field(0, ge=0, description="Checkpoint every N optimizer steps; 0 only at the end.")
     save_total_limit: int = Field(2, ge=1, description="Complete checkpoints kept (newest and best always kept).")
+    checkpoint_digests: bool = Field(
+        True, description="Record the SHA-256 of every checkpoint file and verify it before resuming (sizes are "
+        "always checked). Hashing reads each checkpoint once more; turn off for huge full fine-tunes.")
     log_every: int = Field(1, gt=0, description="Log metrics every N optimizer steps.")
     seed: int = Field(42, description="Seed for initialisation, dropout and shuffling.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")

@@ -6,6 +6,7 @@ converter serves every dataset that has the shape, whatever its column names.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +52,8 @@ def to_conversation(
     get = _FieldGetter(record, source.fields)
     if fmt == "text":
         text = get.text("text")
+        if not text.strip():
+            raise RecordError("empty_content", f"field {get.name('text')!r} is empty")
         return Conversation([{"role": "assistant", "content": text}], source.display_name, location, kind="text")
     messages = _CONVERTERS[fmt](get, source)
     system = source.system_prompt or system_prompt
@@ -83,6 +86,8 @@ class _FieldGetter:
             return ""
         value = self.raw(canonical)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise RecordError("wrong_type", f"field {name!r} is {value}, not text")
             return str(value)  # CSV-like numeric answers are legitimate text
         if not isinstance(value, str):
             raise RecordError("wrong_type", f"field {name!r} must be a string, got {type(value).__name__}")

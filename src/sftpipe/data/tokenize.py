@@ -41,8 +41,14 @@ class ConversationTokenizer:
         self.bos_id = tokenizer.bos_token_id
         self.eos_id = tokenizer.eos_token_id
         self.add_bos = tokenizer_adds_bos(tokenizer)
+        self.special_texts = special_token_texts(tokenizer)
 
     def __call__(self, conv: Conversation) -> TokenizedExample:
+        for i, msg in enumerate(conv.messages):
+            found = next((t for t in self.special_texts if t in msg["content"]), None)
+            if found is not None:
+                raise RecordError("special_token_in_text", f"message {i} ({msg['role']}) contains the special token "
+                                  f"{found!r}, which would be read as a control token, not as text")
         if conv.kind == "text":
             ids = self.tokenizer(conv.messages[0]["content"], add_special_tokens=False).input_ids
             if self.eos_id is None:
@@ -99,6 +105,13 @@ class ConversationTokenizer:
             raise RecordError("empty_mask_after_truncation", f"{n} tokens; nothing trained in the first "
                               f"{self.max_length} (data.overlong: truncate)")
         return cut
+
+
+def special_token_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Strings the tokenizer turns into special tokens wherever they appear in text (longest first)."""
+    texts = set(tokenizer.all_special_tokens)
+    texts.update(t.content for t in tokenizer.added_tokens_decoder.values() if t.special)
+    return sorted((t for t in texts if t), key=len, reverse=True)
 
 
 def tokenizer_adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:

@@ -19,6 +19,7 @@ from sftpipe import __version__
 from sftpipe.config.schema import Config
 from sftpipe.errors import SftpipeError
 from sftpipe.models.loading import tokenizer_sha256
+from sftpipe.redact import redact
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -93,7 +94,7 @@ def build_manifest(cfg: Config, tokenizer: PreTrainedTokenizerBase, template: st
         "splits": {name: stats.__dict__ for name, stats in result.splits.items()},
         "sources": result.per_source,
         "rejected": dict(sorted(result.rejected.items())),
-        "data_config": cfg.data.model_dump(mode="json"),
+        "data_config": redact(cfg.data.model_dump(mode="json")),
     }
 
 

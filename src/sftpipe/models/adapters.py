@@ -19,17 +19,21 @@ def build_trainable_model(cfg: Config, device: torch.device) -> torch.nn.Module:
     if cfg.train.method == "full":
         model.requires_grad_(True)
         return model
-    lora = peft.LoraConfig(
+    model = peft.get_peft_model(model, lora_config(cfg))
+    if cfg.model.gradient_checkpointing:
+        model.enable_input_require_grads()
+    return model
+
+
+def lora_config(cfg: Config) -> peft.LoraConfig:
+    """The peft LoRA config for `cfg.lora` (also used by `validate` to count parameters on the meta device)."""
+    return peft.LoraConfig(
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
         target_modules=cfg.lora.target_modules,
         task_type="CAUSAL_LM",
     )
-    model = peft.get_peft_model(model, lora)
-    if cfg.model.gradient_checkpointing:
-        model.enable_input_require_grads()
-    return model
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:

@@ -122,6 +122,10 @@ def load_trained(path: str | Path, device: torch.device, dtype: str = "auto",
     source = resolve_model_dir(path)
     adapter = Path(source) / "adapter_config.json" if isinstance(source, Path) else None
     if adapter is not None and adapter.is_file():
+        if not (adapter.parent / "adapter_model.safetensors").is_file():
+            raise SftpipeError(f"{adapter.parent}: no adapter_model.safetensors. sftpipe loads weights only from "
+                               "safetensors (an adapter_model.bin is a pickle, which can run code when loaded); "
+                               "convert it with a tool you trust first.")
         base_id = json.loads(adapter.read_text(encoding="utf-8"))["base_model_name_or_path"]
         base = load_model(ModelConfig(name_or_path=base_id, dtype=dtype, trust_remote_code=trust_remote_code), device)
         model = peft.PeftModel.from_pretrained(base, str(source)).to(device)

@@ -7,6 +7,7 @@ config.yaml, run_manifest.json, checkpoints/, final/, logs/metrics.jsonl + Tenso
 from __future__ import annotations
 
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -14,27 +15,21 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import gather_object, set_seed
 from tqdm.auto import tqdm
 from transformers import get_scheduler
 
-from sftpipe.config.loader import save_config
+from sftpipe.config.loader import dump_config, save_config
 from sftpipe.config.schema import Config
 from sftpipe.data.writer import load_split, read_manifest
 from sftpipe.errors import SftpipeError
 from sftpipe.evaluate.metrics import LossMetrics, evaluate_loss
+from sftpipe.faults import failpoint
 from sftpipe.models.adapters import build_trainable_model, count_parameters
 from sftpipe.models.loading import load_tokenizer, pick_device, tokenizer_sha256
 from sftpipe.train.batching import BatchPlan, collate
-from sftpipe.train.checkpoint import (
-    TrainerState,
-    latest_complete,
-    load_optimizer_and_scheduler,
-    load_trainer_state,
-    load_weights,
-    restore_rng,
-    save_checkpoint,
-)
+from sftpipe.train.checkpoint import capture_rng, save_checkpoint
+from sftpipe.train.resume import resume_from_latest_complete, run_fingerprint, trim_metrics
 from sftpipe.train.tracking import MetricsLogger, write_run_manifest
 from sftpipe.train.loss import token_loss_sum
 from sftpipe.train.saving import save_final
@@ -68,8 +63,13 @@ def check_tokenizer_matches(manifest: dict, tokenizer, cfg: Config, data_dir: Pa
         )
 
 
-def run(cfg: Config, resume: str = "auto") -> TrainResult:
-    """Train as configured. `resume`: auto (newest complete checkpoint if any), never, or a checkpoint path."""
+def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainResult:
+    """Train as configured.
+
+    Args:
+        resume: auto (newest usable complete checkpoint, if any), never, or a checkpoint path.
+        resume_force: resume even from a checkpoint made with other settings, data or model.
+    """
     t0 = time.perf_counter()
     tc = cfg.train
     device = pick_device(tc.device)
@@ -103,15 +103,16 @@ def run(cfg: Config, resume: str = "auto") -> TrainResult:
                               num_training_steps=total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    state, resumed_from = TrainerState(), _resume_point(run_dir, resume)
-    if resumed_from is not None:
-        load_weights(resumed_from, accelerator.unwrap_model(model))
-        load_optimizer_and_scheduler(resumed_from, optimizer, scheduler)
-        state = load_trainer_state(resumed_from)
-        restore_rng(resumed_from)
+    fingerprint = run_fingerprint(cfg, data_dir, manifest["tokenizer"]["sha256"], accelerator.num_processes)
+    state, resumed_from = resume_from_latest_complete(
+        run_dir, resume, fingerprint, resume_force, accelerator.unwrap_model(model), optimizer, scheduler,
+        warn=lambda msg: accelerator.print(f"warning: {msg}", file=sys.stderr),
+        process_index=accelerator.process_index)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
+        # what a killed run logged after its last checkpoint is logged again from here on
+        trim_metrics(run_dir / "logs" / "metrics.jsonl", state.step if resumed_from else -1)
         save_config(cfg, run_dir / "config.yaml")
         write_run_manifest(run_dir, cfg, manifest, accelerator.num_processes, str(device))
     accelerator.init_trackers("tensorboard")
@@ -135,6 +136,7 @@ def run(cfg: Config, resume: str = "auto") -> TrainResult:
     step_loss = float("nan")
     last_val = None
     while state.step < total_steps:
+        failpoint("train.step")
         micro_ids = range(state.micro_batch, min(state.micro_batch + tc.grad_accum, total_micro))
         batches = []
         for g in micro_ids:
@@ -143,6 +145,7 @@ def run(cfg: Config, resume: str = "auto") -> TrainResult:
         loss_total, step_tokens = accumulate_gradients(model, batches, accelerator)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm) if tc.max_grad_norm else None
         optimizer.step()
+        failpoint("train.optimizer_step")
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
 
@@ -162,6 +165,7 @@ def run(cfg: Config, resume: str = "auto") -> TrainResult:
                       "grad_norm": float(grad_norm) if grad_norm is not None else None,
                       "tokens": state.tokens_seen, "trained_tokens": state.trained_tokens_seen}
             logger.log(state.step, record)
+            failpoint("train.logged")
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tps:.0f}")
             window_tokens, window_t = 0, time.perf_counter()
         bar.update(1)
@@ -174,9 +178,11 @@ def run(cfg: Config, resume: str = "auto") -> TrainResult:
                     state.best_val_loss, state.best_step = last_val.loss, state.step
         if (tc.save_every and state.step % tc.save_every == 0) or is_last:
             accelerator.wait_for_everyone()
+            rng_states = gather_object([capture_rng()])  # each process draws its own dropout masks
             if accelerator.is_main_process:
                 save_checkpoint(run_dir, state, accelerator.unwrap_model(model), optimizer, scheduler,
-                                tc.save_total_limit)
+                                tc.save_total_limit, fingerprint, dump_config(cfg), rng_states,
+                                digests=tc.checkpoint_digests)
             accelerator.wait_for_everyone()
     bar.close()
 
@@ -215,17 +221,6 @@ def accumulate_gradients(model: torch.nn.Module, batches: list[dict[str, torch.T
             accelerator.backward(loss)
         loss_total += loss_sum.detach().double()
     return float(accelerator.reduce(loss_total, "sum")), step_tokens
-
-
-def _resume_point(run_dir: Path, resume: str) -> Path | None:
-    if resume == "never":
-        return None
-    if resume == "auto":
-        return latest_complete(run_dir)
-    path = Path(resume)
-    if not (path / "COMPLETE").is_file():
-        raise SftpipeError(f"--resume {resume}: not a complete checkpoint dir (no COMPLETE marker)")
-    return path
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import shutil
 from pathlib import Path
 
 import peft
@@ -18,13 +19,17 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 from sftpipe import __version__
 from sftpipe.config.schema import Config
 from sftpipe.data.templates import stop_token_ids
+from sftpipe.faults import failpoint
 
 INFO = "sftpipe.json"
 
 
-def save_final(out: Path, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, manifest: dict,
+def save_final(final: Path, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, manifest: dict,
                cfg: Config) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    """Write final/ under a temporary name and rename it into place, so final/ is whole or absent."""
+    out = final.with_name(f".tmp-{final.name}")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     model.save_pretrained(out, safe_serialization=True)
     save_tokenizer_with_template(tokenizer, manifest["template"]["text"], out)
     base = model.get_base_model() if isinstance(model, peft.PeftModel) else model
@@ -37,6 +42,10 @@ def save_final(out: Path, model: torch.nn.Module, tokenizer: PreTrainedTokenizer
         "tokenizer_sha256": manifest["tokenizer"]["sha256"],
     }
     (out / INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    failpoint("final.written")
+    if final.exists():
+        shutil.rmtree(final)
+    out.rename(final)
 
 
 def save_tokenizer_with_template(tokenizer: PreTrainedTokenizerBase, template: str, out: Path) -> None:

@@ -1,0 +1,334 @@
+"""`sftpipe validate CONFIG`: everything that can be checked before training, reported at once.
+
+Config (by loading it), source files (a sample of records read as `prepare` would), model config and
+weights format, LoRA targets and parameter counts (on the meta device: no weights are loaded), tokenizer vs
+an existing data dir, the template's masks on a few rendered samples (one printed with its trained part
+marked), what `train` would resume from, free disk for the planned checkpoints, and device/dtype/attention.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sftpipe.config.schema import Config
+from sftpipe.data.formats import detect_format, to_conversation
+from sftpipe.data.readers import read_source
+from sftpipe.data.records import Conversation, RecordError
+from sftpipe.data.templates import check_template, resolve_template
+from sftpipe.data.tokenize import IGNORE_INDEX, ConversationTokenizer
+from sftpipe.errors import SftpipeError
+from sftpipe.preflight import Check
+from sftpipe.redact import redact
+from sftpipe.train.checkpoint import human_bytes
+
+SAMPLE_RECORDS = 200  # records read per source
+SAMPLE_RENDERS = 20  # conversations rendered and tokenized
+TRAINED_OPEN, TRAINED_CLOSE = "[[", "]]"
+
+
+@dataclass
+class ModelPlan:
+    total_params: int
+    trainable_params: int
+    checkpoint_bytes: int  # saved weights + optimizer state
+    final_bytes: int
+
+
+@dataclass
+class ValidateResult:
+    checks: list[Check] = field(default_factory=list)
+    sample: str | None = None  # one rendered example, trained text between [[ and ]]
+    sample_location: str | None = None
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if c.status == "fail"]
+
+
+def run(cfg: Config) -> ValidateResult:
+    """Run every check; never raises for a problem it can report as a failed check."""
+    result = ValidateResult()
+    checks = result.checks
+    tokenizer = _check_tokenizer(cfg, checks)
+    template = _check_template(cfg, tokenizer, checks) if tokenizer is not None else None
+    conversations = _check_sources(cfg, checks)
+    if template is not None:
+        _check_samples(cfg, tokenizer, template, conversations, result)
+    plan = _check_model(cfg, checks)
+    steps = _check_data_dir(cfg, tokenizer, checks)
+    _check_run_dir(cfg, tokenizer, checks)
+    _check_disk(cfg, plan, steps, checks)
+    _check_device(cfg, checks)
+    return result
+
+
+def _check_tokenizer(cfg: Config, checks: list[Check]):
+    from sftpipe.models.loading import load_tokenizer, tokenizer_sha256
+
+    try:
+        tokenizer = load_tokenizer(cfg.model)
+        sha = tokenizer_sha256(tokenizer)
+    except SftpipeError as exc:
+        checks.append(Check("tokenizer", "fail", str(exc)))
+        return None
+    checks.append(Check("tokenizer", "ok", f"{cfg.model.tokenizer or cfg.model.name_or_path}: {len(tokenizer)} "
+                                           f"tokens, SHA-256 {sha[:12]}…"))
+    return tokenizer
+
+
+def _check_template(cfg: Config, tokenizer, checks: list[Check]) -> str | None:
+    try:
+        template = resolve_template(cfg.data, tokenizer)
+        check_template(tokenizer, template, cfg.data.template)
+    except SftpipeError as exc:
+        checks.append(Check("template", "fail", str(exc)))
+        return None
+    checks.append(Check("template", "ok", f"{cfg.data.template}: renders prompts as prefixes and ends answers "
+                                          "with an end token"))
+    return template
+
+
+def _check_sources(cfg: Config, checks: list[Check]) -> list[Conversation]:
+    """Read the first records of each source as `prepare` would; count what it would reject."""
+    if not cfg.data.sources:
+        checks.append(Check("sources", "fail", "data.sources is empty: add at least one, e.g. "
+                                               "sources: [{path: train.jsonl}]"))
+        return []
+    conversations: list[Conversation] = []
+    for i, source in enumerate(cfg.data.sources):
+        name = f"data.sources[{i}]"
+        if source.hf_dataset is not None:
+            checks.append(Check("source", "skip", f"{name}: hf_dataset {source.hf_dataset!r} is not read by "
+                                                  "validate (no downloads); prepare loads it"))
+            continue
+        if not Path(source.path or "").exists():
+            checks.append(Check("source", "fail", f"{name}.path {source.path!r}: not found"))
+            continue
+        usable, rejected, first_problem = 0, {}, None
+        fmt = None
+        try:
+            for location, record in itertools.islice(read_source(source), SAMPLE_RECORDS):
+                try:
+                    if isinstance(record, RecordError):
+                        raise record
+                    fmt = fmt or detect_format(record, source)
+                    conversations.append(to_conversation(record, fmt, source, location, cfg.data.system_prompt))
+                    usable += 1
+                except RecordError as err:
+                    rejected[err.reason] = rejected.get(err.reason, 0) + 1
+                    first_problem = first_problem or f"{location}: {err.reason}: {err.detail}"
+        except SftpipeError as exc:
+            checks.append(Check("source", "fail", f"{name}: {exc}"))
+            continue
+        read = usable + sum(rejected.values())
+        head = f"{source.path}: first {read} records ({fmt or 'format unknown'}): {usable} usable"
+        if read == 0:
+            checks.append(Check("source", "fail", f"{name}.path {source.path!r}: no records"))
+        elif not rejected:
+            checks.append(Check("source", "ok", head))
+        else:
+            counts = ", ".join(f"{r} {n}" for r, n in sorted(rejected.items()))
+            strict = cfg.data.on_error == "raise"
+            action = "prepare would stop there (data.on_error: raise)" if strict else "prepare would reject them"
+            checks.append(Check("source", "fail" if strict or usable == 0 else "warn",
+                                f"{head}, {sum(rejected.values())} rejected ({counts}); first: {first_problem}; "
+                                f"{action}"))
+    return conversations
+
+
+def _check_samples(cfg: Config, tokenizer, template: str, conversations: list[Conversation],
+                   result: ValidateResult) -> None:
+    """Tokenize a few conversations with their loss masks; keep the first as the printed sample."""
+    encode = ConversationTokenizer(tokenizer, template, cfg.data.max_length, cfg.data.overlong)
+    ok, rejected = 0, {}
+    for conv in conversations[:SAMPLE_RENDERS]:
+        try:
+            example = encode(conv)
+        except RecordError as err:
+            rejected[err.reason] = rejected.get(err.reason, 0) + 1
+            continue
+        ok += 1
+        if result.sample is None:
+            result.sample = mark_trained(tokenizer, example.input_ids, example.labels)
+            result.sample_location = conv.location
+    if not conversations:
+        return
+    detail = f"{ok} of {ok + sum(rejected.values())} sampled conversations tokenized with a non-empty loss mask"
+    if rejected:
+        detail += " (rejected: " + ", ".join(f"{r} {n}" for r, n in sorted(rejected.items())) + ")"
+    result.checks.append(Check("masks", "ok" if not rejected else "warn" if ok else "fail", detail))
+
+
+def mark_trained(tokenizer, input_ids: list[int], labels: list[int]) -> str:
+    """Decode `input_ids`, wrapping every run of trained tokens (label != -100) in [[ ]]."""
+    parts = []
+    for trained, run in itertools.groupby(zip(input_ids, labels), key=lambda pair: pair[1] != IGNORE_INDEX):
+        text = tokenizer.decode([token for token, _ in run], skip_special_tokens=False)
+        parts.append(f"{TRAINED_OPEN}{text}{TRAINED_CLOSE}" if trained else text)
+    return "".join(parts)
+
+
+def _check_model(cfg: Config, checks: list[Check]) -> ModelPlan | None:
+    """Model config, weights format, and parameter counts from a meta-device build (no weights loaded)."""
+    import peft
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from sftpipe.models.adapters import lora_config
+    from sftpipe.models.loading import check_local_path, pick_device, resolve_dtype
+
+    source = cfg.model.name_or_path
+    try:
+        check_local_path(source, "model.name_or_path")
+        config = AutoConfig.from_pretrained(source, revision=cfg.model.revision,
+                                            trust_remote_code=cfg.model.trust_remote_code)
+    except SftpipeError as exc:
+        checks.append(Check("model", "fail", str(exc)))
+        return None
+    except (OSError, ValueError) as exc:
+        checks.append(Check("model", "fail", f"model.name_or_path {source!r}: cannot load its config ({exc})"))
+        return None
+    if Path(source).is_dir() and not list(Path(source).glob("*.safetensors")):
+        checks.append(Check("weights", "fail", f"{source}: no *.safetensors weights; sftpipe loads weights only "
+                                               "from safetensors (.bin files are pickles)"))
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
+        if cfg.train.method == "lora":
+            model = peft.get_peft_model(model, lora_config(cfg))
+    except (ValueError, TypeError, KeyError) as exc:  # peft: target modules not found; transformers: bad config
+        checks.append(Check("model", "fail", f"cannot build {cfg.train.method} on {source!r}: {exc} "
+                                             "(check lora.target_modules)"))
+        return None
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    try:
+        weight_bytes = torch.finfo(resolve_dtype(cfg.model.dtype, pick_device(cfg.train.device))).bits // 8
+    except SftpipeError:
+        weight_bytes = 4
+    if cfg.train.method == "lora":
+        saved = trainable * 4  # peft keeps adapters in fp32
+        plan = ModelPlan(total, trainable, saved + 2 * saved, saved)
+    else:
+        saved = total * weight_bytes
+        plan = ModelPlan(total, trainable, saved + 2 * trainable * weight_bytes, saved)
+    method = f"LoRA r={cfg.lora.r} on {cfg.lora.target_modules}" if cfg.train.method == "lora" else "full"
+    checks.append(Check("model", "ok", f"{source}: {config.model_type}, {total:,} params, {trainable:,} trainable "
+                                       f"({method})"))
+    max_positions = getattr(config, "max_position_embeddings", None)
+    if max_positions is not None and cfg.data.max_length > max_positions:
+        checks.append(Check("length", "warn", f"data.max_length {cfg.data.max_length} > the model's "
+                                              f"max_position_embeddings {max_positions}"))
+    return plan
+
+
+def _check_data_dir(cfg: Config, tokenizer, checks: list[Check]) -> int | None:
+    """Tokenizer and data settings of an existing data dir; returns the planned optimizer steps."""
+    from sftpipe.data.writer import read_manifest
+    from sftpipe.models.loading import tokenizer_sha256
+
+    data_dir = Path(cfg.data.output_dir)
+    if not (data_dir / "manifest.json").is_file():
+        checks.append(Check("data dir", "warn", f"{data_dir}: not prepared yet; run `sftpipe prepare` with this "
+                                                "config before `train`"))
+        return None
+    manifest = read_manifest(data_dir)
+    if tokenizer is not None and manifest["tokenizer"]["sha256"] != tokenizer_sha256(tokenizer):
+        checks.append(Check("data dir", "fail", f"{data_dir}: tokenized with another tokenizer "
+                                                f"({manifest['tokenizer']['name_or_path']}); re-run `sftpipe prepare`"))
+    saved, now = manifest.get("data_config", {}), redact(cfg.data.model_dump(mode="json"))
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if changed:
+        fields = ", ".join(f"data.{k}" for k in changed)
+        checks.append(Check("data dir", "warn", f"{data_dir}: prepared with other data settings ({fields}); "
+                                                "re-run `sftpipe prepare`"))
+    examples = manifest["splits"]["train"]["examples"]
+    tc = cfg.train
+    per_epoch = max(1, math.ceil(examples / tc.micro_batch_size))
+    micro = tc.max_steps * tc.grad_accum if tc.max_steps else math.ceil(tc.epochs * per_epoch)
+    steps = math.ceil(micro / tc.grad_accum)
+    status = "fail" if examples == 0 else "ok"
+    checks.append(Check("data dir", status, f"{data_dir}: {examples} train examples, "
+                                            f"{manifest['splits']['val']['examples']} val; {steps} optimizer steps "
+                                            f"planned ({tc.micro_batch_size} x {tc.grad_accum} per step)"))
+    return steps
+
+
+def _check_run_dir(cfg: Config, tokenizer, checks: list[Check]) -> None:
+    """What `train --resume auto` would do with the run dir as it is."""
+    from sftpipe.train.checkpoint import FINGERPRINT, complete_checkpoints, verify_checkpoint
+    from sftpipe.train.optim_state import read_json
+    from sftpipe.train.resume import fingerprint_differences, run_fingerprint
+
+    run_dir = Path(cfg.train.output_dir)
+    done = complete_checkpoints(run_dir)
+    if not done:
+        checks.append(Check("run dir", "ok", f"{run_dir}: no checkpoint; train starts from step 0"))
+        return
+    newest = done[-1]
+    try:
+        verify_checkpoint(newest)
+    except SftpipeError as exc:
+        checks.append(Check("run dir", "warn", f"{newest} is unusable ({exc}); train would fall back to an "
+                                               "older checkpoint"))
+        return
+    data_dir = Path(cfg.data.output_dir)
+    if tokenizer is None or not (data_dir / "manifest.json").is_file():
+        checks.append(Check("run dir", "ok", f"train would resume from {newest}"))
+        return
+    from sftpipe.models.loading import tokenizer_sha256
+
+    current = run_fingerprint(cfg, data_dir, tokenizer_sha256(tokenizer), world_size=1)
+    diffs = fingerprint_differences(read_json(newest / FINGERPRINT), current)
+    if diffs:
+        checks.append(Check("run dir", "warn", f"train would refuse to resume from {newest}: " + "; ".join(diffs)
+                                               + " (use --resume-force, or --resume never to start over)"))
+    else:
+        checks.append(Check("run dir", "ok", f"train would resume from {newest} (verified)"))
+
+
+def _check_disk(cfg: Config, plan: ModelPlan | None, steps: int | None, checks: list[Check]) -> None:
+    if plan is None:
+        return
+    tc = cfg.train
+    saves = (steps // tc.save_every + 1) if steps and tc.save_every else 1
+    # kept checkpoints + the best one + the one being written, then final/
+    held = min(saves, tc.save_total_limit + 2)
+    need = held * plan.checkpoint_bytes + plan.final_bytes
+    where = Path(tc.output_dir).absolute()
+    while not where.exists():
+        where = where.parent
+    free = shutil.disk_usage(where).free
+    detail = (f"{where}: {human_bytes(free)} free; up to {held} checkpoints of ~{human_bytes(plan.checkpoint_bytes)} "
+              f"plus final/ need ~{human_bytes(need)}")
+    if free < need:
+        checks.append(Check("disk", "fail", detail + "; free space, lower train.save_total_limit, or point "
+                                                     "train.output_dir at a bigger disk"))
+    else:
+        checks.append(Check("disk", "ok", detail))
+
+
+def _check_device(cfg: Config, checks: list[Check]) -> None:
+    from sftpipe.models.loading import pick_device, resolve_attn, resolve_dtype
+
+    try:
+        device = pick_device(cfg.train.device)
+        attention = resolve_attn(cfg.model.attn_implementation)
+    except SftpipeError as exc:
+        checks.append(Check("device", "fail", str(exc)))
+        return
+    dtype = str(resolve_dtype(cfg.model.dtype, device)).removeprefix("torch.")
+    detail = f"{device}, weights {dtype}, precision {cfg.train.precision}, attention {attention}"
+    if cfg.train.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        checks.append(Check("device", "fail", f"{detail}: this GPU has no bf16; set train.precision: fp32"))
+    elif cfg.train.precision == "bf16" and device.type == "cpu":
+        checks.append(Check("device", "warn", f"{detail}: bf16 autocast on CPU is slow; fp32 is usual on CPU"))
+    elif attention == "flash_attention_2" and device.type != "cuda":
+        checks.append(Check("device", "fail", f"{detail}: flash_attention_2 needs a CUDA GPU; use sdpa"))
+    else:
+        checks.append(Check("device", "ok", detail))

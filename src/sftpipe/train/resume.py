@@ -1,0 +1,207 @@
+"""Resume: pick the newest usable checkpoint, refuse one from a different run, trim the logs back to it.
+
+`--resume auto` walks the complete checkpoints from the newest down: one that fails verification or
+loading (truncated, corrupt, tampered) is reported with a warning and the previous one is tried. A
+checkpoint whose run fingerprint (trajectory-deciding config, data, tokenizer, model, process count) differs
+from the current run's is refused with the list of differences, unless `--resume-force`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sftpipe.config.schema import Config
+from sftpipe.errors import SftpipeError
+from sftpipe.redact import redact
+from sftpipe.train.checkpoint import (
+    COMPLETE,
+    FINGERPRINT,
+    TrainerState,
+    complete_checkpoints,
+    restore_checkpoint,
+    verify_checkpoint,
+)
+from sftpipe.train.optim_state import read_json
+
+# Fields that may change between a run and its resumption: they decide where output goes and how often
+# it is written, not what the weights become. Every other model/lora/train field is part of the fingerprint,
+# so a field added later is protected by default.
+SAFE_TO_CHANGE = frozenset({
+    "train.output_dir", "train.save_every", "train.save_total_limit", "train.eval_every", "train.log_every",
+    "train.progress_bar", "train.num_workers", "train.device", "train.checkpoint_digests",
+    "model.gradient_checkpointing",
+})
+
+
+def run_fingerprint(cfg: Config, data_dir: Path, tokenizer_sha256: str, world_size: int) -> dict[str, Any]:
+    """What a checkpoint must share with the current run for resuming to continue the same trajectory."""
+    sections = {"model": cfg.model, "train": cfg.train}
+    if cfg.train.method == "lora":
+        sections["lora"] = cfg.lora
+    settings = {f"{name}.{key}": value for name, section in sections.items()
+                for key, value in redact(section.model_dump(mode="json")).items()
+                if f"{name}.{key}" not in SAFE_TO_CHANGE}
+    return {
+        "config": settings,
+        "data_sha256": data_fingerprint(data_dir),
+        "tokenizer_sha256": tokenizer_sha256,
+        "model_sha256": model_fingerprint(cfg.model.name_or_path),
+        "world_size": world_size,
+    }
+
+
+def data_fingerprint(data_dir: Path) -> str:
+    """SHA-256 of what training reads: the train split's token ids and labels, in order.
+
+    Preparing the same records again gives the same fingerprint wherever the files or the data dir are;
+    any change to a trained example (text, template, max_length, tokenizer) changes it.
+    """
+    import pyarrow as pa
+
+    from sftpipe.data.writer import load_split
+
+    table = load_split(data_dir, "train").data.table.select(["input_ids", "labels"]).combine_chunks()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+
+
+def model_fingerprint(name_or_path: str) -> str:
+    """The base model's identity: its config.json and weight file names and sizes for a local dir, else its name.
+
+    Weight contents are not hashed (tens of GB for large models); a different model at the same path with the
+    same architecture and file sizes is not detected.
+    """
+    path = Path(name_or_path)
+    parts: list[Any] = [name_or_path]
+    if path.is_dir():
+        config = path / "config.json"
+        parts.append(hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None)
+        parts.append(sorted((p.name, p.stat().st_size) for p in path.glob("*.safetensors")))
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def fingerprint_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """One line per difference between a checkpoint's fingerprint and the current run's."""
+    diffs = []
+    saved_cfg, current_cfg = saved.get("config", {}), current["config"]
+    for key in sorted(set(saved_cfg) | set(current_cfg)):
+        before, now = saved_cfg.get(key, "<not set>"), current_cfg.get(key, "<not set>")
+        if before != now:
+            diffs.append(f"{key}: {before!r} in the checkpoint, {now!r} now")
+    labels = {"data_sha256": "data (prepared data dir content)", "tokenizer_sha256": "tokenizer",
+              "model_sha256": "base model (model.name_or_path, its config.json or weight files)"}
+    for key, label in labels.items():
+        if saved.get(key) != current[key]:
+            before = str(saved.get(key))[:12]
+            diffs.append(f"{label}: SHA-256 {before}… in the checkpoint, {current[key][:12]}… now")
+    if saved.get("world_size") != current["world_size"]:
+        diffs.append(f"processes: {saved.get('world_size')} in the checkpoint, {current['world_size']} now")
+    return diffs
+
+
+def resume_from_latest_complete(
+    run_dir: Path,
+    resume: str,
+    fingerprint: dict[str, Any],
+    force: bool,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    warn: Callable[[str], None],
+    process_index: int = 0,
+) -> tuple[TrainerState, Path | None]:
+    """Restore the checkpoint `resume` asks for into the live objects.
+
+    Args:
+        resume: "auto" (newest usable complete checkpoint, falling back past unusable ones), "never", or
+            a checkpoint dir (used as given: no fallback).
+        force: resume even when the fingerprint differs (the differences are printed as a warning).
+        warn: prints one warning line.
+        process_index: this process's index, to pick its own RNG state.
+
+    Returns:
+        (trainer state, checkpoint path) or (fresh state, None) when there is nothing to resume.
+
+    Raises:
+        SftpipeError: the named checkpoint is unusable, every complete checkpoint is, or the fingerprint
+            differs without `force`.
+    """
+    if resume == "never":
+        return TrainerState(), None
+    if resume == "auto":
+        candidates = list(reversed(complete_checkpoints(run_dir)))
+    else:
+        path = Path(resume)
+        if not (path / COMPLETE).is_file():
+            raise SftpipeError(f"--resume {resume}: not a complete checkpoint dir (no {COMPLETE} marker)")
+        candidates = [path]
+    problems = []
+    for ckpt in candidates:
+        try:
+            verify_checkpoint(ckpt)
+            check_compatible(ckpt, read_json(ckpt / FINGERPRINT), fingerprint, force, warn)
+            return restore_checkpoint(ckpt, model, optimizer, scheduler, process_index), ckpt
+        except SftpipeError as exc:
+            if resume != "auto" or isinstance(exc, ResumeRefused):
+                raise
+            problems.append(f"{ckpt.name}: {exc}")
+            warn(f"{ckpt} is unusable, falling back to the previous complete checkpoint: {exc}")
+    if problems:
+        raise SftpipeError(f"{run_dir}: no usable checkpoint to resume from:\n  " + "\n  ".join(problems)
+                           + "\nUse --resume never to start over (or --resume DIR for a specific checkpoint).")
+    return TrainerState(), None
+
+
+class ResumeRefused(SftpipeError):
+    """The checkpoint is intact but was made by a run with other settings, data or model."""
+
+
+def check_compatible(ckpt: Path, saved: dict[str, Any], current: dict[str, Any], force: bool,
+                     warn: Callable[[str], None]) -> None:
+    """Refuse (or, with `force`, warn about) a checkpoint made by a run that differs from this one."""
+    diffs = fingerprint_differences(saved, current)
+    if not diffs:
+        return
+    listing = "\n  - ".join(diffs)
+    if not force:
+        raise ResumeRefused(
+            f"refusing to resume from {ckpt}: it was made by a different run:\n  - {listing}\n"
+            "Restore the settings above, use --resume-force to resume anyway (the run then no longer matches "
+            "an uninterrupted one), or --resume never / another train.output_dir to start a new run.")
+    warn(f"--resume-force: resuming from {ckpt} although it was made by a different run:\n  - {listing}")
+
+
+def trim_metrics(path: Path, last_step: int) -> int:
+    """Keep the metrics.jsonl records up to `last_step` (the resumed checkpoint's step; -1: none).
+
+    Records a killed run logged after its last checkpoint are logged again by the resumed run, so they are
+    dropped here, as is a half-written last line; the log then reads as one uninterrupted run.
+
+    Returns:
+        The number of lines dropped.
+    """
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+            keep = isinstance(record, dict) and int(record["step"]) <= last_step
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    tmp.replace(path)
+    return dropped
