@@ -140,7 +140,7 @@ class TrainConfig(Section):
 
 class ExecLimits(Section):
     compile_timeout_s: float = Field(30.0, gt=0, description="Wall-clock limit to compile one sample (a batch "
-                                     "of n Haskell samples gets this + 2 s per sample).")
+                                     "of n Haskell samples gets this + min(this, 2 s) per sample).")
     compile_memory_mb: int = Field(2048, ge=64, description="Address-space limit of the compiler process.")
     run_timeout_s: float = Field(10.0, gt=0, description="Wall-clock limit to run one sample's tests "
                                  "(CPU limit: this + 1 s); exceeding it is a timeout.")

@@ -191,11 +191,11 @@ class HaskellRunner:
                 if refused is not None:
                     results[i] = refused
             pending = [i for i in range(len(jobs)) if results[i] is None]
-            exe, compile_s = self._build(root, prefix, pending, results)
+            exes, compile_s = self._build(root, prefix, pending, results)
             per_sample_compile = compile_s / max(len(pending), 1)
             for i in pending:
-                if results[i] is None:
-                    results[i] = self._run(root, exe, prefix, i, judged[i], per_sample_compile)
+                if i in exes:
+                    results[i] = self._run(root, exes[i], prefix, i, judged[i], per_sample_compile)
                 else:
                     results[i].compile_s = per_sample_compile
         return [r for r in results if r is not None]
@@ -215,46 +215,46 @@ class HaskellRunner:
         return None
 
     def _build(self, root: Path, prefix: str, pending: list[int], results: list[ExecResult | None]
-               ) -> tuple[Path, float]:
-        """Compile `pending` samples into one dispatcher executable; record compile failures in `results`."""
+               ) -> tuple[dict[int, Path], float]:
+        """Compile `pending` samples into one dispatcher executable; record compile failures in `results`.
+
+        Returns the executable of each sample that built, and the build's wall time.
+        """
         start = time.perf_counter()
         exe = root / "prog"
         if not pending:
-            return exe, 0.0
-        timeout = self.limits.compile_timeout_s + 2.0 * len(pending)
+            return {}, 0.0
+        timeout = _batch_timeout(self.limits.compile_timeout_s, len(pending))
         done = self._ghc(root, prefix, pending, exe, timeout)
-        if done.timed_out or (done.returncode not in (0, 1)):
+        if done.timed_out or done.returncode not in (0, 1):
             # The compiler itself died (time, memory): find the culprit by building one sample per call.
-            if len(pending) > 1:
-                return self._build_one_by_one(root, prefix, pending, results, start)
-            results[pending[0]] = _compile_failure(done, self.limits.compile_timeout_s, prefix)
-            return exe, time.perf_counter() - start
+            return self._build_one_by_one(root, prefix, pending, results), time.perf_counter() - start
         built = [i for i in pending if (root / "build" / f"{prefix}_{i}" / "Harness.o").is_file()]
         errors = _errors_by_sample(done.stderr, prefix)
-        for i in set(pending) - set(built):
+        for i in sorted(set(pending) - set(built)):
             text = errors.get(i) or done.stderr
             results[i] = ExecResult("compile_error", _first_error_line(text), excerpt(_strip_prefix(text, prefix)),
                                     stage="compile")
         if built and (done.returncode != 0 or not exe.is_file()):
+            # Link the samples that compiled (their objects are reused, only the dispatcher is new).
             relink = self._ghc(root, prefix, built, exe, timeout)
             if relink.returncode != 0 or not exe.is_file():
-                raise SftpipeError("GHC failed to link samples that compiled: " + relink.stderr[-2000:])
-        return exe, time.perf_counter() - start
+                return self._build_one_by_one(root, prefix, built, results), time.perf_counter() - start
+        return {i: exe for i in built}, time.perf_counter() - start
 
-    def _build_one_by_one(self, root: Path, prefix: str, pending: list[int], results: list[ExecResult | None],
-                          start: float) -> tuple[Path, float]:
+    def _build_one_by_one(self, root: Path, prefix: str, pending: list[int], results: list[ExecResult | None]
+                          ) -> dict[int, Path]:
+        """Each sample with its own compiler call, limit and executable."""
         shutil.rmtree(root / "build", ignore_errors=True)
+        exes = {}
         for i in pending:
-            done = self._ghc(root, prefix, [i], root / f"single_{i}", self.limits.compile_timeout_s)
-            if done.timed_out or done.returncode != 0:
+            exe = root / f"single_{i}"
+            done = self._ghc(root, prefix, [i], exe, self.limits.compile_timeout_s)
+            if done.timed_out or done.returncode != 0 or not exe.is_file():
                 results[i] = _compile_failure(done, self.limits.compile_timeout_s, prefix)
-        built = [i for i in pending if results[i] is None]
-        exe = root / "prog"
-        if built:
-            done = self._ghc(root, prefix, built, exe, self.limits.compile_timeout_s + 2.0 * len(built))
-            if done.returncode != 0:
-                raise SftpipeError("GHC failed to link samples that compiled one by one: " + done.stderr[-2000:])
-        return exe, time.perf_counter() - start
+            else:
+                exes[i] = exe
+        return exes
 
     def _ghc(self, root: Path, prefix: str, indices: list[int], exe: Path, timeout: float) -> Completed:
         cases = "\n".join(f'    ["{i}"] -> {prefix}_{i}.Harness.sftpipeRun' for i in indices)
@@ -281,6 +281,11 @@ class HaskellRunner:
         result.compile_s, result.run_s = compile_s, done.wall_s
         result.excerpt = _strip_prefix(result.excerpt, prefix)
         return result
+
+
+def _batch_timeout(per_sample_s: float, n: int) -> float:
+    """A batch gets the per-sample limit plus up to 2 s per sample (a normal -O0 build takes ~0.2 s)."""
+    return per_sample_s + min(per_sample_s, 2.0) * n
 
 
 ERROR_HEADER = re.compile(r"^(?:\S*/)?src/(S[0-9a-f]{8}_(\d+))/\w+\.hs:", re.M)
