@@ -163,8 +163,9 @@ class CodeEvalConfig(Section):
         "network, PID namespace), none. auto: the strongest available.")
     workers: int = Field(0, ge=0, description="Parallel compile/run workers; 0: one per CPU core.")
     cache_dir: str | None = Field(
-        "~/.cache/sftpipe/exec", description="Verdict cache keyed by (toolchain, flags, limits, tests, "
-        "normalised code); null disables it. Timeouts are never cached.")
+        "auto", description="Verdict cache keyed by (toolchain, flags, limits, tests, normalised code). auto: "
+        "$XDG_CACHE_HOME/sftpipe/exec (~/.cache/sftpipe/exec); a directory; null disables it. Timeouts are "
+        "never cached.")
     ghc: str = Field("ghc", description="GHC executable.")
     ghc_flags: list[str] = Field(["-O0"], description="Extra GHC flags (-dynamic, -w, -fkeep-going are added).")
     haskell_batch_size: int = Field(32, gt=0, description="Haskell samples built per compiler call.")

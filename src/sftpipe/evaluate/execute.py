@@ -33,6 +33,8 @@ class VerdictCache:
     """key -> ExecResult, in SQLite (safe for several processes and threads)."""
 
     def __init__(self, directory: str):
+        if directory == "auto":
+            directory = os.path.join(os.environ.get("XDG_CACHE_HOME") or "~/.cache", "sftpipe", "exec")
         self.path = Path(directory).expanduser() / CACHE_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock = threading.Lock()

@@ -109,6 +109,15 @@ def load_items(source: str, language: str, hf_config: str | None = None, hf_spli
 
 
 def read_records(source: str, hf_config: str | None = None, hf_split: str = "test") -> list[dict[str, Any]]:
+    """Raw records of a file, dataset dir or hub dataset; in columnar sources a missing field is absent, not None."""
+    return [_present(r) if isinstance(r, dict) else r for r in _read_raw(source, hf_config, hf_split)]
+
+
+def _present(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if v is not None and not (isinstance(v, float) and v != v)}
+
+
+def _read_raw(source: str, hf_config: str | None, hf_split: str) -> list[Any]:
     if source.startswith("hf:"):
         import datasets
 
