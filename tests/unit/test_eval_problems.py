@@ -64,6 +64,22 @@ def test_split_items_keep_tests_as_problems(tmp_path, tiny_dir):
     sources = [{"path": str(EXAMPLES / "haskell" / "problems.jsonl"), "format": "code", "fields": {"code": "solution"}}]
     cfg = make_config(tmp_path, tiny_dir, sources, data={"max_length": 512})
     prepare.run(cfg)
-    items = items_from_split(tmp_path / "data", "test", "haskell")
-    assert len(items) == 8 and all(i.problem is not None and i.problem.tests.startswith("module Main") for i in items)
+    items, skipped = items_from_split(tmp_path / "data", "test", "haskell")
+    assert len(items) == 8 and skipped == 0 and all(i.problem is not None and i.problem.tests.startswith("module Main") for i in items)
     assert all(i.messages[-1]["role"] == "user" and i.reference.startswith("```haskell") for i in items)
+
+
+def test_split_rows_without_a_prompt_are_counted_not_prompted(tmp_path, tiny_dir):
+    from sftpipe.config import load_config
+    from sftpipe.data import prepare
+    from sftpipe.evaluate.run import load_eval_items
+
+    sources = [{"path": str(EXAMPLES / "text" / "plain_sample.txt")},
+               {"path": str(EXAMPLES / "qa" / "qa_sample.jsonl")}]
+    cfg = make_config(tmp_path, tiny_dir, sources, data={"split": {"train": 0.5, "val": 0.0, "test": 0.5}})
+    prepare.run(cfg)
+    cfg = load_config(tmp_path / "config.json", preset="fast_test", overrides=["eval.generation.max_prompts=5"])
+    items, counts = load_eval_items(cfg)
+    assert len(items) == 5 and all(i.messages and i.messages[-1]["role"] == "user" for i in items)
+    assert counts["skipped_without_prompt"] > 0  # the plain-text paragraphs
+    assert counts["records"] == counts["skipped_without_prompt"] + 5 + counts["left_out_by_max_prompts"]

@@ -44,7 +44,7 @@ class TrainingEval:
         if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
             raise SftpipeError("eval.during_training.every > 0 needs the whole model on one process; it is not "
                                "supported with FSDP or DeepSpeed. Set it to 0 and run `sftpipe eval` on checkpoints.")
-        items = items_from_split(Path(cfg.data.output_dir), "val", cfg.eval.code.language)[: settings.max_prompts]
+        items = items_from_split(Path(cfg.data.output_dir), "val", cfg.eval.code.language)[0][: settings.max_prompts]
         if not items:
             return None
         executor, skipped = make_executor(cfg.eval.code, items)

@@ -55,24 +55,29 @@ class EvalItem:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def items_from_split(data_dir: Path, split: str, language: str) -> list[EvalItem]:
+def items_from_split(data_dir: Path, split: str, language: str) -> tuple[list[EvalItem], int]:
     """Each example of a prepared split: its conversation up to the last assistant turn; rows whose meta has
-    `tests` become code problems in `language`."""
+    `tests` become code problems in `language`.
+
+    Returns:
+        (items, rows skipped because they have no user turn before the answer, e.g. plain-text records).
+    """
     from sftpipe.data.writer import load_split
 
-    items = []
+    items, skipped = [], 0
     for index, row in enumerate(load_split(data_dir, split)):
         messages = json.loads(row["messages"])
         meta = json.loads(row["meta"]) if row["meta"] else {}
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-        if last is None:  # plain-text records have nothing to prompt with
+        if last is None or not any(m["role"] == "user" for m in messages[:last]):
+            skipped += 1  # plain-text records have nothing to prompt with
             continue
         item_id = str(meta.get("id") or f"{split}[{index}]")
         problem = None
         if isinstance(meta.get("tests"), str) and meta["tests"].strip():
             problem = CodeProblem(item_id, language, meta["tests"], "sftpipe", meta.get("entry_point"))
         items.append(EvalItem(item_id, messages[:last], messages[last]["content"], problem, meta))
-    return items
+    return items, skipped
 
 
 def items_from_records(records: list[dict[str, Any]], origin: str, language: str) -> list[EvalItem]:

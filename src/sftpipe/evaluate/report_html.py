@@ -49,7 +49,9 @@ max-height:28em;overflow:auto;font-size:.85em;margin:.3em 0}
 <p class="muted">{% for label, r in results %}<b>{{ label }}</b>: {{ r.model }}{% if not loop.last %} &nbsp;·&nbsp; {% endif %}{% endfor %}<br>
 data dir {{ data_dir }}, split {{ split }}{% if decoding %}; {{ decoding.prompts }} prompts from {{ decoding.source }},
 {{ decoding.num_samples }} sample(s) each, {% if decoding.temperature > 0 %}temperature {{ decoding.temperature }}, top-p {{ decoding.top_p }}{% else %}greedy{% endif %},
-max_new_tokens {{ decoding.max_new_tokens }}, seed {{ decoding.seed }}{% endif %}</p>
+max_new_tokens {{ decoding.max_new_tokens }}, seed {{ decoding.seed }}{% if decoding.skipped_without_prompt %};
+{{ decoding.skipped_without_prompt }} records without a user prompt (plain text) skipped{% endif %}{% if decoding.left_out_by_max_prompts %};
+{{ decoding.left_out_by_max_prompts }} prompts left out by max_prompts{% endif %}{% endif %}</p>
 {% for note in notes %}<p class="note">{{ note }}</p>{% endfor %}
 
 <h2>Figures</h2>

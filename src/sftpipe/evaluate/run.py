@@ -57,14 +57,21 @@ def decoding_settings(cfg: Config) -> DecodingSettings:
     return DecodingSettings(cfg.eval.max_new_tokens, g.num_samples, g.temperature, g.top_p, g.batch_size, g.seed)
 
 
-def load_eval_items(cfg: Config) -> list[EvalItem]:
-    """The prompts/problems of `eval.generation.source`, at most `max_prompts` of them."""
+def load_eval_items(cfg: Config) -> tuple[list[EvalItem], dict[str, int]]:
+    """The prompts/problems of `eval.generation.source`, at most `max_prompts` of them, and the accounting:
+    how many the source had, how many had no prompt, how many were left out by max_prompts."""
+    if not cfg.eval.generation.enabled:
+        return [], {}
     g = cfg.eval.generation
+    no_prompt = 0
     if g.source == "split":
-        items = items_from_split(Path(cfg.data.output_dir), cfg.eval.split, cfg.eval.code.language)
+        items, no_prompt = items_from_split(Path(cfg.data.output_dir), cfg.eval.split, cfg.eval.code.language)
     else:
         items = load_items(g.source, cfg.eval.code.language, g.hf_config, g.hf_split)
-    return items[: g.max_prompts] if g.max_prompts else items
+    used = items[: g.max_prompts] if g.max_prompts else items
+    counts = {"records": len(items) + no_prompt, "skipped_without_prompt": no_prompt,
+              "left_out_by_max_prompts": len(items) - len(used)}
+    return used, counts
 
 
 def default_output_dir(cfg: Config, model_path: str) -> Path:
@@ -79,9 +86,9 @@ def run(cfg: Config, model_path: str, output_dir: str | None = None) -> EvalResu
     from sftpipe.evaluate.report_html import write_report
 
     out = Path(output_dir) if output_dir else default_output_dir(cfg, model_path)
-    items = load_eval_items(cfg) if cfg.eval.generation.enabled else []
+    items, counts = load_eval_items(cfg)
     executor, skipped = make_executor(cfg.eval.code, items)
-    result = evaluate_model(cfg, model_path, out, items, executor, skipped)
+    result = evaluate_model(cfg, model_path, out, items, executor, skipped, counts)
     write_report(out / "report.html", [("model", result)], cfg)
     return result
 
@@ -89,10 +96,10 @@ def run(cfg: Config, model_path: str, output_dir: str | None = None) -> EvalResu
 def compare(cfg: Config, base_path: str, run_path: str, output_dir: str | None = None) -> CompareResult:
     """Evaluate two models on the same items with the same settings (and seed); a side-by-side report."""
     out = Path(output_dir) if output_dir else Path(cfg.train.output_dir) / "eval_compare"
-    items = load_eval_items(cfg) if cfg.eval.generation.enabled else []
+    items, counts = load_eval_items(cfg)
     executor, skipped = make_executor(cfg.eval.code, items)
-    base = evaluate_model(cfg, base_path, out / "base", items, executor, skipped)
-    tuned = evaluate_model(cfg, run_path, out / "run", items, executor, skipped)
+    base = evaluate_model(cfg, base_path, out / "base", items, executor, skipped, counts)
+    tuned = evaluate_model(cfg, run_path, out / "run", items, executor, skipped, counts)
     write_compare(out, base, tuned, cfg)
     return CompareResult(base, tuned, out)
 
@@ -122,7 +129,7 @@ def deltas(base: dict, tuned: dict) -> dict[str, float]:
 
 
 def evaluate_model(cfg: Config, model_path: str, out: Path, items: list[EvalItem], executor: Executor | None,
-                   skipped: str | None) -> EvalResult:
+                   skipped: str | None, counts: dict[str, int] | None = None) -> EvalResult:
     """Loss on the prepared split (if eval.loss), generation + execution on `items`; writes metrics.json and
     generations.jsonl into `out`."""
     device = pick_device(cfg.train.device)
@@ -149,7 +156,7 @@ def evaluate_model(cfg: Config, model_path: str, out: Path, items: list[EvalItem
     if items:
         settings["decoding"] = {"source": g.source, "prompts": len(items), "num_samples": g.num_samples,
                                 "temperature": g.temperature, "top_p": g.top_p,
-                                "max_new_tokens": cfg.eval.max_new_tokens, "seed": g.seed}
+                                "max_new_tokens": cfg.eval.max_new_tokens, "seed": g.seed, **(counts or {})}
     result = EvalResult(str(model_path), cfg.eval.split, metrics, out, suite, settings)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result.as_dict(), indent=2), encoding="utf-8")
