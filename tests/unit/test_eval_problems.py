@@ -46,6 +46,8 @@ def test_jsonl_json_parquet_and_dataset_dir(tmp_path):
     ("not json", r"bad\.jsonl:2: invalid JSON"),
     ('{"name": "x", "language": "rs", "prompt": "fn f", "tests": "t"}', r"bad\.jsonl:2: language 'rs'"),
     ('{"instruction": "x", "tests": ""}', r"bad\.jsonl:2: field 'tests' must be a non-empty string"),
+    ('{"name": "x", "language": "py", "prompt": "def f():", "tests": "assert f(("}',
+     r"bad\.jsonl:2: field 'tests' is not valid Python \(line 1"),
 ])
 def test_bad_records_name_file_and_line(tmp_path, line, message):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "ok"}, line])
@@ -83,3 +85,11 @@ def test_split_rows_without_a_prompt_are_counted_not_prompted(tmp_path, tiny_dir
     assert len(items) == 5 and all(i.messages and i.messages[-1]["role"] == "user" for i in items)
     assert counts["skipped_without_prompt"] > 0  # the plain-text paragraphs
     assert counts["records"] == counts["skipped_without_prompt"] + 5 + counts["left_out_by_max_prompts"]
+
+
+def test_repeated_ids_get_a_suffix_instead_of_pooling_samples(tmp_path):
+    from sftpipe.evaluate.problems import unique_ids
+
+    problem = {"id": "p", "instruction": "x", "tests": "main = pure ()"}
+    items = unique_ids(load_items(str(write_jsonl(tmp_path / "dup.jsonl", [problem, problem, problem])), "haskell"))
+    assert [i.id for i in items] == ["p", "p#2", "p#3"] and [i.problem.id for i in items] == ["p", "p#2", "p#3"]

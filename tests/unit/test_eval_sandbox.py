@@ -1,6 +1,7 @@
 """The execution sandbox's layers, for every isolation mode this machine offers (none is always tested)."""
 
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -128,3 +129,13 @@ def test_requesting_an_unavailable_mode_is_a_clear_error(monkeypatch):
     with pytest.raises(SftpipeError, match="bwrap is not usable.*apt-get install bubblewrap"):
         Sandbox("bwrap")
     assert Sandbox("auto").mode == "none"
+
+
+def test_limits_hold_without_the_prlimit_tool(tmp_path):
+    box = Sandbox("none")
+    box.prlimit = None  # a system without util-linux's prlimit: limits are set in the child before exec
+    done = box.run(py("x = bytearray(900 * 1024 * 1024); print('allocated')"), tmp_path, Limits(5, memory_mb=256))
+    assert "MemoryError" in done.stderr and "allocated" not in done.stdout
+    assert box.wrap(["prog"], tmp_path, LIMITS) == ["prog"]
+    if shutil.which("prlimit"):
+        assert Sandbox("none").wrap(["prog"], tmp_path, LIMITS)[-2:] == ["--", "prog"]  # prlimit wraps it otherwise

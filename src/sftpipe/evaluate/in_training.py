@@ -19,7 +19,7 @@ from sftpipe.data.writer import read_manifest
 from sftpipe.errors import SftpipeError
 from sftpipe.evaluate.execute import Executor
 from sftpipe.evaluate.generation import DecodingSettings
-from sftpipe.evaluate.problems import EvalItem, items_from_split
+from sftpipe.evaluate.problems import EvalItem, items_from_split, unique_ids
 from sftpipe.evaluate.suite import make_executor, run_suite
 
 
@@ -44,7 +44,8 @@ class TrainingEval:
         if accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
             raise SftpipeError("eval.during_training.every > 0 needs the whole model on one process; it is not "
                                "supported with FSDP or DeepSpeed. Set it to 0 and run `sftpipe eval` on checkpoints.")
-        items = items_from_split(Path(cfg.data.output_dir), "val", cfg.eval.code.language)[0][: settings.max_prompts]
+        items = unique_ids(items_from_split(Path(cfg.data.output_dir), "val", cfg.eval.code.language)[0])
+        items = items[: settings.max_prompts]
         if not items:
             return None
         executor, skipped = make_executor(cfg.eval.code, items)

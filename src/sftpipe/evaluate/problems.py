@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,19 @@ def load_items(source: str, language: str, hf_config: str | None = None, hf_spli
     return items_from_records(read_records(source, hf_config, hf_split), source, language)
 
 
+def unique_ids(items: list[EvalItem]) -> list[EvalItem]:
+    """Samples are grouped by item id for pass@k, so a repeated id gets a suffix (`id#2`) instead of
+    silently pooling two problems' samples."""
+    seen: dict[str, int] = {}
+    for item in items:
+        seen[item.id] = seen.get(item.id, 0) + 1
+        if seen[item.id] > 1:
+            item.id = f"{item.id}#{seen[item.id]}"
+            if item.problem is not None:
+                item.problem = replace(item.problem, id=item.id)
+    return items
+
+
 def read_records(source: str, hf_config: str | None = None, hf_split: str = "test") -> list[dict[str, Any]]:
     """Raw records of a file, dataset dir or hub dataset; in columnar sources a missing field is absent, not None."""
     return [_present(r) if isinstance(r, dict) else r for r in _read_raw(source, hf_config, hf_split)]
@@ -184,6 +197,7 @@ def _sftpipe_item(record: dict[str, Any], where: str, language: str) -> EvalItem
         if not isinstance(record.get(name), str) or not record[name].strip():
             raise SftpipeError(f"{where}: field {name!r} must be a non-empty string")
     item_id = str(record.get("id") or where)
+    _check_tests_compile(language, record["tests"], where)
     problem = CodeProblem(item_id, language, record["tests"], "sftpipe", record.get("entry_point"))
     reference = record.get("solution")
     if isinstance(reference, str):
@@ -201,6 +215,7 @@ def _multiple_item(record: dict[str, Any], where: str, default_language: str) ->
     prompt, tests = record["prompt"], record["tests"]
     if not isinstance(prompt, str) or not isinstance(tests, str):
         raise SftpipeError(f"{where}: MultiPL-E fields `prompt` and `tests` must be strings")
+    _check_tests_compile(language, tests, where)
     stops = record.get("stop_tokens") or ()
     problem = CodeProblem(str(record.get("name") or where), language, tests, "multipl-e",
                           multiple_entry_point(language, prompt, tests), prompt, tuple(stops))
@@ -208,6 +223,16 @@ def _multiple_item(record: dict[str, Any], where: str, default_language: str) ->
     user = (f"Complete the following {language.capitalize()} function. Reply with the whole function in a "
             f"fenced code block.\n\n```{tag}\n{prompt.rstrip()}\n```")
     return EvalItem(problem.id, [{"role": "user", "content": user}], None, problem)
+
+
+def _check_tests_compile(language: str, tests: str, where: str) -> None:
+    """Python tests that do not even parse would fail every answer as if it were wrong: refuse the file."""
+    if language != "python":
+        return
+    try:
+        compile(tests, "tests", "exec")
+    except SyntaxError as exc:
+        raise SftpipeError(f"{where}: field 'tests' is not valid Python (line {exc.lineno}: {exc.msg})") from None
 
 
 def multiple_entry_point(language: str, prompt: str, tests: str) -> str | None:

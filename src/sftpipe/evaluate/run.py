@@ -19,7 +19,7 @@ from sftpipe.errors import SftpipeError
 from sftpipe.evaluate.execute import Executor
 from sftpipe.evaluate.generation import DecodingSettings
 from sftpipe.evaluate.metrics import LossMetrics, evaluate_loss
-from sftpipe.evaluate.problems import EvalItem, items_from_split, load_items
+from sftpipe.evaluate.problems import EvalItem, items_from_split, load_items, unique_ids
 from sftpipe.evaluate.suite import SuiteResult, make_executor, run_suite
 from sftpipe.models.loading import load_trained, pick_device, resolve_model_dir, tokenizer_sha256
 
@@ -68,6 +68,7 @@ def load_eval_items(cfg: Config) -> tuple[list[EvalItem], dict[str, int]]:
         items, no_prompt = items_from_split(Path(cfg.data.output_dir), cfg.eval.split, cfg.eval.code.language)
     else:
         items = load_items(g.source, cfg.eval.code.language, g.hf_config, g.hf_split)
+    items = unique_ids(items)
     used = items[: g.max_prompts] if g.max_prompts else items
     counts = {"records": len(items) + no_prompt, "skipped_without_prompt": no_prompt,
               "left_out_by_max_prompts": len(items) - len(used)}
