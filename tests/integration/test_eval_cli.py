@@ -2,6 +2,7 @@
 and the in-training hook."""
 
 import json
+import re
 import shutil
 from collections import Counter
 
@@ -78,7 +79,8 @@ def test_compare_same_model_is_identical_and_other_model_differs(haskell_cfg, ti
                  "--out", str(tmp_path / "same"), *common]) == 0
     same = json.loads((tmp_path / "same" / "metrics.json").read_text())
     assert set(same) == {"base", "run", "delta"} and all(v == 0 for v in same["delta"].values())
-    gens = [[r["generation"] for r in lines(tmp_path / "same" / side / "generations.jsonl")] for side in ("base", "run")]
+    gens = [[r["generation"] for r in lines(tmp_path / "same" / side / "generations.jsonl")]
+            for side in ("base", "run")]
     assert gens[0] == gens[1] and len(gens[0]) == 3
     # Negative control: a different model gives different generations and a non-zero loss delta.
     assert main(["eval", str(tmp / "config.json"), "--compare", str(tiny_dir), str(other),
@@ -87,13 +89,14 @@ def test_compare_same_model_is_identical_and_other_model_differs(haskell_cfg, ti
     assert diff["delta"]["loss"] != 0
     other_gens = [r["generation"] for r in lines(tmp_path / "diff" / "run" / "generations.jsonl")]
     assert other_gens != gens[0]
-    page = (tmp_path / "diff" / "report.html").read_text()
+    page = re.sub(r">\s+<", "><", (tmp_path / "diff" / "report.html").read_text())
     assert "<th>base</th><th>fine-tuned</th><th>change</th>" in page
 
 
 def test_sampled_multiple_e_python_problems_from_a_file(tmp_path, tiny_dir, capsys):
     prompt = "def double(x: int) -> int:\n    \"\"\"Twice x.\"\"\"\n"
-    tests = "def check(candidate):\n    assert candidate(2) == 4\n\ndef test_check():\n    check(double)\n\ntest_check()\n"
+    tests = ("def check(candidate):\n    assert candidate(2) == 4\n\n"
+             "def test_check():\n    check(double)\n\ntest_check()\n")
     problems = write_jsonl(tmp_path / "humaneval-py.jsonl", [
         {"name": f"HumanEval_{i}_double", "language": "py", "prompt": prompt, "tests": tests,
          "stop_tokens": ["\ndef"]} for i in range(2)])

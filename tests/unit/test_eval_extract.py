@@ -68,7 +68,8 @@ def test_forbidden_pragmas_are_refused_and_harmless_ones_allowed():
     assert forbidden_haskell(split_haskell("{-# LANGUAGE BangPatterns, CPP #-}\nf = 1\n"))
     assert forbidden_haskell(split_haskell("{-# OPTIONS_GHC -F -pgmF /bin/sh #-}\nf = 1\n"))
     assert forbidden_haskell(split_haskell("f = 1\n{-# ANN f \"x\" #-}\n"))
-    assert forbidden_haskell(split_haskell("{-# LANGUAGE BangPatterns, LambdaCase #-}\n{-# INLINE f #-}\nf = 1\n")) == []
+    allowed = "{-# LANGUAGE BangPatterns, LambdaCase #-}\n{-# INLINE f #-}\nf = 1\n"
+    assert forbidden_haskell(split_haskell(allowed)) == []
 
 
 def test_normalise_code_ignores_line_end_whitespace_only():
@@ -99,7 +100,8 @@ def test_multiple_haskell_completion_continues_the_prompt_or_stands_alone():
 
 def test_multiple_python_full_function_keeps_prompt_imports():
     prompt = "from typing import List\n\ndef total(xs: List[int]) -> int:\n    \"\"\"Sum.\"\"\"\n"
-    tests = "def check(candidate):\n    assert candidate([1]) == 1\n\ndef test_check():\n    check(total)\n\ntest_check()\n"
+    tests = ("def check(candidate):\n    assert candidate([1]) == 1\n\n"
+             "def test_check():\n    check(total)\n\ntest_check()\n")
     problem = multiple_problem("python", prompt, tests)
     assert problem.entry_point == "total"
     code = program_for(problem, "```python\ndef total(xs):\n    return sum(xs)\n```")

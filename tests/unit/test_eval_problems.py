@@ -67,7 +67,8 @@ def test_split_items_keep_tests_as_problems(tmp_path, tiny_dir):
     cfg = make_config(tmp_path, tiny_dir, sources, data={"max_length": 512})
     prepare.run(cfg)
     items, skipped = items_from_split(tmp_path / "data", "test", "haskell")
-    assert len(items) == 8 and skipped == 0 and all(i.problem is not None and i.problem.tests.startswith("module Main") for i in items)
+    assert len(items) == 8 and skipped == 0
+    assert all(i.problem is not None and i.problem.tests.startswith("module Main") for i in items)
     assert all(i.messages[-1]["role"] == "user" and i.reference.startswith("```haskell") for i in items)
 
 

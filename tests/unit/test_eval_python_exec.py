@@ -76,7 +76,8 @@ def test_cache_and_duplicates(tmp_path):
 
 
 def test_multiple_e_python_file(tmp_path):
-    prompt = "from typing import List\n\ndef below_zero(ops: List[int]) -> bool:\n    \"\"\"True if the balance dips.\"\"\"\n"
+    prompt = ("from typing import List\n\ndef below_zero(ops: List[int]) -> bool:\n"
+              "    \"\"\"True if the balance dips.\"\"\"\n")
     tests = ("def check(candidate):\n    assert candidate([1, 2]) == False\n    assert candidate([1, -2]) == True\n\n"
              "def test_check():\n    check(below_zero)\n\ntest_check()\n")
     path = tmp_path / "humaneval-py.jsonl"

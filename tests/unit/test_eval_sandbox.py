@@ -116,7 +116,8 @@ def test_bwrap_hides_user_files_and_makes_the_system_read_only(tmp_path):
     work.mkdir()
     code = (f"import os\nprint(os.path.exists({str(secret_dir / 'key.txt')!r}))\n"
             "open('mine.txt', 'w').write('ok')\n"
-            "try:\n    open('/usr/sftpipe-test', 'w')\n    print('wrote /usr')\nexcept OSError:\n    print('read-only')\n")
+            "try:\n    open('/usr/sftpipe-test', 'w')\n    print('wrote /usr')\n"
+            "except OSError:\n    print('read-only')\n")
     done = Sandbox("bwrap", ro_paths=interpreter_paths()).run(py(code), work, LIMITS)
     assert done.stdout.split() == ["False", "read-only"], done.stderr
     assert (work / "mine.txt").read_text() == "ok"

@@ -167,7 +167,8 @@ class CodeEvalConfig(Section):
         "$XDG_CACHE_HOME/sftpipe/exec (~/.cache/sftpipe/exec); a directory; null disables it. Timeouts are "
         "never cached.")
     ghc: str = Field("ghc", description="GHC executable.")
-    ghc_flags: list[str] = Field(["-O0"], description="Extra GHC flags (-dynamic, -w, -fkeep-going are added).")
+    ghc_flags: list[str] = Field(["-O0"], description="Extra GHC flags (-w, -fkeep-going and, where GHC has "
+                                 "shared libraries, -dynamic are added).")
     haskell_batch_size: int = Field(32, gt=0, description="Haskell samples built per compiler call.")
     python: str | None = Field(None, description="Python interpreter for Python problems; default: this one.")
     limits: ExecLimits = Field(default_factory=ExecLimits)

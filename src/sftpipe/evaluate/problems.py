@@ -239,7 +239,9 @@ def multiple_entry_point(language: str, prompt: str, tests: str) -> str | None:
     """The function the MultiPL-E tests call: `candidate = f` (Haskell), `check(f)` (Python), else the
     first definition in the prompt."""
     if language == "haskell":
-        found = re.search(r"\bcandidate\s*=\s*([a-z_][\w']*)", tests) or re.search(r"^([a-z_][\w']*)\s*::", prompt, re.M)
+        found = (re.search(r"\bcandidate\s*=\s*([a-z_][\w']*)", tests)
+                 or re.search(r"^([a-z_][\w']*)\s*::", prompt, re.M))
     else:
-        found = re.search(r"(?<!def )\bcheck\(\s*([A-Za-z_]\w*)\s*\)", tests) or re.search(r"^def\s+([A-Za-z_]\w*)", prompt, re.M)
+        found = (re.search(r"(?<!def )\bcheck\(\s*([A-Za-z_]\w*)\s*\)", tests)
+                 or re.search(r"^def\s+([A-Za-z_]\w*)", prompt, re.M))
     return found.group(1) if found else None

@@ -46,47 +46,92 @@ max-height:28em;overflow:auto;font-size:.85em;margin:.3em 0}
 .note{background:#fff8e1;border:1px solid #ffe082;padding:.5em .8em;border-radius:4px}
 </style></head><body>
 <h1>sftpipe eval report</h1>
-<p class="muted">{% for label, r in results %}<b>{{ label }}</b>: {{ r.model }}{% if not loop.last %} &nbsp;·&nbsp; {% endif %}{% endfor %}<br>
-data dir {{ data_dir }}, split {{ split }}{% if decoding %}; {{ decoding.prompts }} prompts from {{ decoding.source }},
-{{ decoding.num_samples }} sample(s) each, {% if decoding.temperature > 0 %}temperature {{ decoding.temperature }}, top-p {{ decoding.top_p }}{% else %}greedy{% endif %},
-max_new_tokens {{ decoding.max_new_tokens }}, seed {{ decoding.seed }}{% if decoding.skipped_without_prompt %};
-{{ decoding.skipped_without_prompt }} records without a user prompt (plain text) skipped{% endif %}{% if decoding.left_out_by_max_prompts %};
-{{ decoding.left_out_by_max_prompts }} prompts left out by max_prompts{% endif %}{% endif %}</p>
-{% for note in notes %}<p class="note">{{ note }}</p>{% endfor %}
+<p class="muted">
+{% for label, r in results %}<b>{{ label }}</b>: {{ r.model }}{% if not loop.last %} &nbsp;·&nbsp; {% endif %}
+{% endfor %}<br>
+data dir {{ data_dir }}, split {{ split }}{% if decoding %}; {{ decoding_text }}{% endif %}
+</p>
+{% for note in notes %}
+<p class="note">{{ note }}</p>
+{% endfor %}
 
 <h2>Figures</h2>
-<table><tr><th>figure</th>{% for label, r in results %}<th>{{ label }}</th>{% endfor %}{% if results|length == 2 %}<th>change</th>{% endif %}</tr>
-{% for row in figures %}<tr><td>{{ row.label }}</td>{% for v in row.cells %}<td>{{ v }}</td>{% endfor %}{% if results|length == 2 %}<td>{{ row.delta }}</td>{% endif %}</tr>
-{% endfor %}</table>
+<table>
+<tr><th>figure</th>{% for label, r in results %}<th>{{ label }}</th>{% endfor %}
+{% if results|length == 2 %}<th>change</th>{% endif %}</tr>
+{% for row in figures %}
+<tr><td>{{ row.label }}</td>{% for v in row.cells %}<td>{{ v }}</td>{% endfor %}
+{% if results|length == 2 %}<td>{{ row.delta }}</td>{% endif %}</tr>
+{% endfor %}
+</table>
 
 {% if has_code %}
 <h2>Execution: pass@k</h2>
-<table><tr><th>k</th>{% for label, r in results %}<th>{{ label }}</th>{% endfor %}</tr>
-{% for row in passk %}<tr><td>{{ row.k }}</td>{% for v in row.cells %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}
+<table>
+<tr><th>k</th>{% for label, r in results %}<th>{{ label }}</th>{% endfor %}</tr>
+{% for row in passk %}
+<tr><td>{{ row.k }}</td>{% for v in row.cells %}<td>{{ v }}</td>{% endfor %}</tr>
+{% endfor %}
 </table>
-<p class="muted">{% for label, r in results %}{% set c = r.suite.code %}{% if c and not c.skipped or c and c.problems %}<b>{{ label }}</b>: {{ c.problems }} problems, {{ c.samples }} samples ({{ c.samples_per_problem }} per problem), {{ ', '.join(c.languages) }}, sandbox {{ c.sandbox }}, {{ c.executed }} executed + {{ c.cached }} from cache in {{ '%.1f' % c.exec_wall_s }} s. {% endif %}{% endfor %}
+<p class="muted">
+{% for line in code_notes %}{{ line }}<br>
+{% endfor %}
 Unbiased pass@k = mean over problems of 1 − C(n−c, k)/C(n, k).</p>
 
 <h2>Verdicts</h2>
-<table><tr><th>verdict</th>{% for label, r in results %}<th>{{ label }}</th>{% endfor %}</tr>
-{% for row in verdicts %}<tr><td><span class="badge" style="background:{{ row.color }}">{{ row.verdict }}</span></td>{% for v in row.cells %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}
+<table>
+<tr><th>verdict</th>{% for label, r in results %}<th>{{ label }}</th>{% endfor %}</tr>
+{% for row in verdicts %}
+<tr><td><span class="badge" style="background:{{ row.color }}">{{ row.verdict }}</span></td>
+{% for v in row.cells %}<td>{{ v }}</td>{% endfor %}</tr>
+{% endfor %}
 </table>
 {{ verdict_svg }}
 {% endif %}
 
-{% if length_svg %}<h2>Generation lengths (tokens)</h2>{{ length_svg }}{% endif %}
+{% if length_svg %}
+<h2>Generation lengths (tokens)</h2>
+{{ length_svg }}
+{% endif %}
 
-{% if examples %}<h2>Examples</h2>
-{% for ex in examples %}<div class="item"><b>{{ ex.id }}</b>
-<pre>{{ ex.prompt }}</pre>{% if ex.reference %}<details><summary class="muted">reference answer</summary><pre>{{ ex.reference }}</pre></details>{% endif %}
-<div class="grid">{% for col in ex.columns %}<div><b>{{ col.label }}</b>{% if col.verdict %} <span class="badge" style="background:{{ col.color }}">{{ col.verdict }}</span> <span class="muted">{{ col.detail }}</span>{% endif %}
-<pre>{{ col.generation }}</pre><span class="muted">{{ col.num_tokens }} tokens, {{ 'ended with the end token' if col.ended else 'hit max_new_tokens' }}</span>
-{% if col.excerpt %}<details><summary class="muted">error excerpt</summary><pre>{{ col.excerpt }}</pre></details>{% endif %}</div>{% endfor %}</div></div>
-{% endfor %}{% endif %}
-{% if problems %}<h2>Per problem (passing samples / samples)</h2>
-<table><tr><th>problem</th>{% for label, r in results %}<th>{{ label }}</th>{% endfor %}</tr>
-{% for row in problems %}<tr><td>{{ row.id }}</td>{% for v in row.cells %}<td>{{ v }}</td>{% endfor %}</tr>{% endfor %}</table>{% endif %}
-<p class="muted">Written by sftpipe eval. metrics.json and generations.jsonl next to this file hold every figure and sample.</p>
+{% if examples %}
+<h2>Examples</h2>
+{% for ex in examples %}
+<div class="item"><b>{{ ex.id }}</b>
+<pre>{{ ex.prompt }}</pre>
+{% if ex.reference %}
+<details><summary class="muted">reference answer</summary><pre>{{ ex.reference }}</pre></details>
+{% endif %}
+<div class="grid">
+{% for col in ex.columns %}
+<div><b>{{ col.label }}</b>
+{% if col.verdict %}
+ <span class="badge" style="background:{{ col.color }}">{{ col.verdict }}</span>
+ <span class="muted">{{ col.detail }}</span>
+{% endif %}
+<pre>{{ col.generation }}</pre>
+<span class="muted">{{ col.num_tokens }} tokens,
+{{ 'ended with the end token' if col.ended else 'hit max_new_tokens' }}</span>
+{% if col.excerpt %}
+<details><summary class="muted">error excerpt</summary><pre>{{ col.excerpt }}</pre></details>
+{% endif %}
+</div>
+{% endfor %}
+</div></div>
+{% endfor %}
+{% endif %}
+
+{% if problems %}
+<h2>Per problem (passing samples / samples)</h2>
+<table>
+<tr><th>problem</th>{% for label, r in results %}<th>{{ label }}</th>{% endfor %}</tr>
+{% for row in problems %}
+<tr><td>{{ row.id }}</td>{% for v in row.cells %}<td>{{ v }}</td>{% endfor %}</tr>
+{% endfor %}
+</table>
+{% endif %}
+<p class="muted">Written by sftpipe eval. metrics.json and generations.jsonl next to this file hold every figure
+and sample.</p>
 </body></html>
 """
 
@@ -157,8 +202,9 @@ def histogram_svg(series: list[tuple[str, list[int]]], max_value: int, bins: int
                      f'{edges[b]}</text>')
     parts.append(f'<text x="{pad}" y="12" font-size="11">max {top} samples per bin</text>')
     for m, (label, _) in enumerate(series):
-        parts.append(f'<rect x="{pad + 160 * m}" y="{height + 24}" width="10" height="10" fill="{MODEL_COLORS[m % 2]}"/>'
-                     f'<text x="{pad + 160 * m + 14}" y="{height + 33}" font-size="11">{html.escape(label)}</text>')
+        parts.append(f'<rect x="{pad + 160 * m}" y="{height + 24}" width="10" height="10" '
+                     f'fill="{MODEL_COLORS[m % 2]}"/><text x="{pad + 160 * m + 14}" y="{height + 33}" '
+                     f'font-size="11">{html.escape(label)}</text>')
     parts.append("</svg>")
     return Markup("".join(parts))
 
@@ -204,9 +250,10 @@ def render_report(results: list[tuple[str, EvalResult]], cfg: Config) -> str:
         for s in suites]} for v in VERDICTS]
     lengths = [(label, [rec.num_tokens for rec in r.suite.records]) for label, r in results if r.suite]
     examples = _examples(results, cfg.eval.report_examples)
-    env = Environment(autoescape=True)
+    env = Environment(autoescape=True, trim_blocks=True, lstrip_blocks=True)
     decoding = payloads[0].get("decoding")
     return env.from_string(TEMPLATE).render(
+        decoding_text=_decoding_text(decoding) if decoding else "", code_notes=_code_notes(results),
         results=results, data_dir=payloads[0].get("data_dir"), split=payloads[0].get("split"), decoding=decoding,
         notes=notes, figures=figure_rows(payloads), has_code=has_code, passk=passk, verdicts=verdict_rows,
         verdict_svg=verdict_svg([(label, r.suite.code.verdicts) for label, r in results
@@ -219,6 +266,28 @@ def render_report(results: list[tuple[str, EvalResult]], cfg: Config) -> str:
 def write_report(path: Path, results: list[tuple[str, EvalResult]], cfg: Config) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_report(results, cfg), encoding="utf-8")
+
+
+def _decoding_text(d: dict) -> str:
+    sampling = f"temperature {d['temperature']}, top-p {d['top_p']}" if d["temperature"] > 0 else "greedy"
+    parts = [f"{d['prompts']} prompts from {d['source']}, {d['num_samples']} sample(s) each, {sampling}, "
+             f"max_new_tokens {d['max_new_tokens']}, seed {d['seed']}"]
+    if d.get("skipped_without_prompt"):
+        parts.append(f"{d['skipped_without_prompt']} records without a user prompt (plain text) skipped")
+    if d.get("left_out_by_max_prompts"):
+        parts.append(f"{d['left_out_by_max_prompts']} prompts left out by max_prompts")
+    return "; ".join(parts)
+
+
+def _code_notes(results: list[tuple[str, EvalResult]]) -> list[str]:
+    notes = []
+    for label, r in results:
+        c = r.suite.code if r.suite else None
+        if c is not None and c.problems:
+            notes.append(f"{label}: {c.problems} problems, {c.samples} samples ({c.samples_per_problem} per "
+                         f"problem), {', '.join(c.languages)}, sandbox {c.sandbox}, {c.executed} executed + "
+                         f"{c.cached} from cache in {c.exec_wall_s:.1f} s.")
+    return notes
 
 
 def _verdict_cell(count: int, total: int) -> str:
