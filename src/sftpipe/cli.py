@@ -34,10 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default="auto", help="auto (newest complete checkpoint), never, or a checkpoint dir")
     p.add_argument("--resume-force", action="store_true",
                    help="resume even from a checkpoint made with other settings, data or model")
-    p = sub.add_parser("eval", help="loss, perplexity and accuracy of a model on a prepared split")
+    p = sub.add_parser("eval", help="loss/accuracy on a prepared split, generation metrics, executed tests (pass@k)")
     _config_args(p)
-    p.add_argument("--model", help="run dir, adapter dir or model dir (default: train.output_dir)")
-    p.add_argument("--out", help="output dir for metrics.json (default: <run dir>/eval)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", help="run dir, adapter dir or model dir (default: train.output_dir)")
+    which.add_argument("--compare", nargs=2, metavar=("BASE", "RUN"),
+                       help="evaluate two models side by side on the same prompts (e.g. the base model and a run)")
+    p.add_argument("--out", help="output dir (default: <run dir>/eval; with --compare: <train.output_dir>/eval_compare)")
     p = sub.add_parser("merge", help="merge a LoRA adapter into its base model (checked by logits)")
     _config_args(p)
     p.add_argument("--adapter", help="run dir or adapter dir (default: train.output_dir)")
@@ -119,11 +122,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from sftpipe.evaluate.run import run
-    from sftpipe.report import print_eval
+    from sftpipe.evaluate.run import compare, run
+    from sftpipe.report import print_compare, print_eval
 
     cfg = _load(args)
-    print_eval(run(cfg, args.model or cfg.train.output_dir, args.out))
+    if args.compare:
+        print_compare(compare(cfg, args.compare[0], args.compare[1], args.out))
+    else:
+        print_eval(run(cfg, args.model or cfg.train.output_dir, args.out))
     return 0
 
 

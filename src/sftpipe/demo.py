@@ -31,9 +31,18 @@ def demo_config(out: Path, examples: Path) -> dict:
         "train": {"method": "lora", "output_dir": str(out / "run"), "epochs": 15, "micro_batch_size": 4,
                   "grad_accum": 2, "lr": 3.0e-3, "warmup_ratio": 0.05, "scheduler": "cosine",
                   "eval_every": 30, "save_every": 30, "save_total_limit": 2, "log_every": 5},
-        "eval": {"split": "test", "batch_size": 8, "max_new_tokens": 96},
+        # Held-out test problems are generated for and their answers compiled and run against the tests.
+        "eval": {"split": "test", "batch_size": 8, "max_new_tokens": 96,
+                 "code": {"cache_dir": str(out / "exec_cache")}},
         "export": {"output_dir": str(out / "merged")},
     }
+
+
+def _pass_at_1(result) -> str:
+    code = result.suite.code if result.suite else None
+    if code is None or not code.problems:
+        return f"n/a ({code.skipped})" if code is not None and code.skipped else "n/a"
+    return f"{code.pass_at_k['pass@1']:.3f} ({code.verdicts['pass']}/{code.samples} samples pass)"
 
 
 def _stage(name: str) -> float:
@@ -80,6 +89,8 @@ def run(out: Path) -> None:
     t = _stage("eval fine-tuned model (test split)")
     after = evaluate.run(cfg, str(out / "run"))
     print_eval(after)
+    evaluate.write_compare(out / "eval_compare", before, after, cfg)
+    print(f"base vs fine-tuned side by side: {out / 'eval_compare' / 'report.html'}")
     timings["eval"] = time.perf_counter() - t
 
     t = _stage("merge")
@@ -99,6 +110,9 @@ def run(out: Path) -> None:
     total = time.perf_counter() - t0
     print("\n== summary ==")
     print(f"held-out test loss: base {before.metrics.loss:.4f} -> fine-tuned {after.metrics.loss:.4f}")
+    print(f"held-out pass@1: {_pass_at_1(before)} -> fine-tuned {_pass_at_1(after)} "
+          f"(report: {out / 'eval_compare' / 'report.html'})")
     print("stage times: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()) + f"; total {total:.1f}s")
-    print(f"outputs under {out}: tiny/, data/, run/ (final/, checkpoints/, logs/), run/eval/, merged/")
+    print(f"outputs under {out}: tiny/, data/, run/ (final/, checkpoints/, logs/), run/eval/, eval_base/, "
+          "eval_compare/, merged/")
     print(f"re-run any stage by hand, e.g.: sftpipe train {config_path}")

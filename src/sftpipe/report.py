@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from sftpipe.data.prepare import PrepareResult
-    from sftpipe.evaluate.run import EvalResult
+    from sftpipe.evaluate.run import CompareResult, EvalResult
     from sftpipe.preflight import Check
     from sftpipe.train.loop import TrainResult
 
@@ -40,9 +40,36 @@ def print_train(result: TrainResult) -> None:
 
 def print_eval(result: EvalResult) -> None:
     m = result.metrics
-    print(f"eval {result.model} on {result.split} ({m.examples} examples, {m.tokens} tokens): loss {m.loss:.4f}, "
-          f"ppl {m.perplexity:.2f}, token acc {m.token_accuracy:.3f}, sequence acc {m.sequence_accuracy:.3f}")
+    if m is not None:
+        print(f"eval {result.model} on {result.split} ({m.examples} examples, {m.tokens} tokens): loss {m.loss:.4f}, "
+              f"ppl {m.perplexity:.2f}, token acc {m.token_accuracy:.3f}, sequence acc {m.sequence_accuracy:.3f}")
+    else:
+        print(f"eval {result.model}")
+    suite = result.suite
+    if suite is not None and suite.generation is not None:
+        g = suite.generation
+        print(f"  generation: {g.count} samples in {suite.generate_s:.1f}s, length mean {g.length_mean:.1f} tokens, "
+              f"{g.ended_with_eos:.0%} ended with the end token, distinct-2 {g.distinct_2:.3f}, "
+              f"repetition {g.repetition_rate:.3f}")
+    if suite is not None and suite.code is not None:
+        c = suite.code
+        if c.problems:
+            passk = ", ".join(f"{k} {v:.3f}" for k, v in c.pass_at_k.items())
+            verdicts = ", ".join(f"{k} {v}" for k, v in c.verdicts.items() if v)
+            print(f"  execution: {c.problems} problems, {c.samples} samples ({c.sandbox} sandbox, "
+                  f"{c.executed} run + {c.cached} cached, {c.exec_wall_s:.1f}s): {passk}; {verdicts}")
+        if c.skipped:
+            print(f"  execution skipped: {c.skipped}")
     print(f"  metrics: {result.output_dir / 'metrics.json'}")
+    if (result.output_dir / "report.html").is_file():
+        print(f"  report: {result.output_dir / 'report.html'}")
+
+
+def print_compare(result: CompareResult) -> None:
+    for label, r in (("base", result.base), ("run", result.run)):
+        print(f"[{label}]", end=" ")
+        print_eval(r)
+    print(f"side by side: {result.output_dir / 'report.html'}")
 
 
 def print_checks(checks: list[Check]) -> None:

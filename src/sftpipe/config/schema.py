@@ -141,10 +141,87 @@ class TrainConfig(Section):
     progress_bar: bool = Field(True, description="Show a progress bar with loss, tokens/s and ETA.")
 
 
+class ExecLimits(Section):
+    compile_timeout_s: float = Field(30.0, gt=0, description="Wall-clock limit to compile one sample (a batch "
+                                     "of n Haskell samples gets this + min(this, 2 s) per sample).")
+    compile_memory_mb: int = Field(2048, ge=64, description="Address-space limit of the compiler process.")
+    run_timeout_s: float = Field(10.0, gt=0, description="Wall-clock limit to run one sample's tests "
+                                 "(CPU limit: this + 1 s); exceeding it is a timeout.")
+    run_memory_mb: int = Field(1024, ge=64, description="Address-space limit of one sample's process.")
+    file_size_mb: int = Field(16, gt=0, description="Largest file a sample may write (stdout/stderr included).")
+    output_kb: int = Field(64, gt=0, description="stdout/stderr kept per sample for verdicts and excerpts.")
+
+
+class CodeEvalConfig(Section):
+    enabled: bool | Literal["auto"] = Field(
+        "auto", description="Execute answers of problems that have tests. auto: skip (and say so) when the "
+        "language's toolchain is missing; true: missing toolchain is an error.")
+    language: Literal["haskell", "python"] = Field(
+        "haskell", description="Language of problems from the prepared split or sftpipe problem files "
+        "(MultiPL-E records carry their own).")
+    k: list[int] = Field([1, 5, 10], description="k values of pass@k; those above the samples per problem are "
+                         "left out.")
+    sandbox: Literal["auto", "bwrap", "unshare", "none"] = Field(
+        "auto", description="Isolation: bwrap (read-only system, no network, private /tmp), unshare (no "
+        "network, PID namespace), none. auto: the strongest available.")
+    workers: int = Field(0, ge=0, description="Parallel compile/run workers; 0: one per CPU core.")
+    cache_dir: str | None = Field(
+        "auto", description="Verdict cache keyed by (toolchain, flags, limits, tests, normalised code). auto: "
+        "$XDG_CACHE_HOME/sftpipe/exec (~/.cache/sftpipe/exec); a directory; null disables it. Timeouts are "
+        "never cached.")
+    ghc: str = Field("ghc", description="GHC executable.")
+    ghc_flags: list[str] = Field(["-O0"], description="Extra GHC flags (-w, -fkeep-going and, where GHC has "
+                                 "shared libraries, -dynamic are added).")
+    haskell_batch_size: int = Field(32, gt=0, description="Haskell samples built per compiler call.")
+    python: str | None = Field(None, description="Python interpreter for Python problems; default: this one.")
+    limits: ExecLimits = Field(default_factory=ExecLimits)
+
+    @model_validator(mode="after")
+    def _positive_k(self) -> "CodeEvalConfig":
+        if not self.k or any(k < 1 for k in self.k):
+            raise ValueError(f"k must be a non-empty list of integers >= 1, got {self.k}")
+        return self
+
+
+class GenerationEvalConfig(Section):
+    enabled: bool = Field(True, description="Generate answers for the eval prompts (quality metrics, code "
+                          "execution, report).")
+    source: str = Field(
+        "split", description="Prompts: `split` (eval.split of the data dir; rows with tests are code problems), "
+        "a .jsonl/.json/.parquet file or dataset dir of prompts / sftpipe problems / MultiPL-E problems, or "
+        "hf:NAME for datasets.load_dataset.")
+    hf_config: str | None = Field(None, description="Dataset config for hf:NAME sources (e.g. humaneval-hs).")
+    hf_split: str = Field("test", description="Split of hf:NAME or dataset-dir sources.")
+    max_prompts: int = Field(0, ge=0, description="Use at most this many prompts (the first ones); 0: all.")
+    num_samples: int = Field(1, gt=0, description="Samples per prompt (n of pass@k).")
+    temperature: float = Field(0.0, ge=0, description="0: greedy decoding; > 0: sampling.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold (sampling only).")
+    batch_size: int = Field(8, gt=0, description="Sequences per generate call.")
+    seed: int = Field(0, description="Seed of sampling, so base and fine-tuned draw alike.")
+
+    @model_validator(mode="after")
+    def _sampling_needs_temperature(self) -> "GenerationEvalConfig":
+        if self.num_samples > 1 and self.temperature == 0:
+            raise ValueError("num_samples > 1 with temperature 0 gives identical greedy samples; "
+                             "set temperature > 0 (e.g. 0.8) or num_samples: 1")
+        return self
+
+
+class TrainingEvalConfig(Section):
+    every: int = Field(0, ge=0, description="Generate + execute on a subset every N optimizer steps; 0: never.")
+    max_prompts: int = Field(8, gt=0, description="Prompts of the val split used each time.")
+    max_new_tokens: int = Field(128, gt=0, description="Generation length limit for in-training eval.")
+
+
 class EvalConfig(Section):
     split: Literal["val", "test"] = Field("test", description="Prepared split to evaluate on.")
     batch_size: int = Field(8, gt=0, description="Examples per forward pass during evaluation.")
     max_new_tokens: int = Field(256, gt=0, description="Generation length limit.")
+    loss: bool = Field(True, description="Teacher-forced loss, perplexity and accuracies on the prepared split.")
+    generation: GenerationEvalConfig = Field(default_factory=GenerationEvalConfig)
+    code: CodeEvalConfig = Field(default_factory=CodeEvalConfig)
+    report_examples: int = Field(6, ge=0, description="Prompts shown with their generations in report.html.")
+    during_training: TrainingEvalConfig = Field(default_factory=TrainingEvalConfig)
 
 
 class ExportConfig(Section):

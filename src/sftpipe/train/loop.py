@@ -23,6 +23,7 @@ from sftpipe.config.loader import dump_config, save_config
 from sftpipe.config.schema import Config
 from sftpipe.data.writer import load_split, read_manifest
 from sftpipe.errors import SftpipeError
+from sftpipe.evaluate.in_training import TrainingEval
 from sftpipe.evaluate.metrics import LossMetrics, evaluate_loss
 from sftpipe.faults import failpoint
 from sftpipe.models.adapters import build_trainable_model, count_parameters
@@ -125,6 +126,7 @@ def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainR
                              accelerator.process_index, accelerator.num_processes,
                              reduce=lambda t: accelerator.reduce(t, "sum"))
 
+    gen_eval = TrainingEval.create(cfg, tokenizer, accelerator)  # None unless eval.during_training.every > 0
     val_before = validate() if state.step == 0 else None
     if val_before is not None:
         logger.log(0, val_before.as_dict("val_"))
@@ -176,6 +178,8 @@ def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainR
                 logger.log(state.step, last_val.as_dict("val_"))
                 if state.best_val_loss is None or last_val.loss < state.best_val_loss:
                     state.best_val_loss, state.best_step = last_val.loss, state.step
+        if gen_eval is not None and gen_eval.due(state.step):
+            logger.log(state.step, gen_eval(accelerator.unwrap_model(model)))
         if (tc.save_every and state.step % tc.save_every == 0) or is_last:
             accelerator.wait_for_everyone()
             rng_states = gather_object([capture_rng()])  # each process draws its own dropout masks
