@@ -1,6 +1,7 @@
 """Drive the real `sftpipe` CLI end to end: init-tiny -> prepare -> train -> eval -> merge -> infer."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -15,8 +16,10 @@ pytestmark = pytest.mark.integration
 
 
 def sftpipe(*args, cwd, expect=0):
+    # One thread: on a loaded 2-core machine OpenMP spinning makes tiny-model steps many times slower.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "sftpipe.cli", *map(str, args)], cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, env=env)
     assert proc.returncode == expect, f"{args}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc
 
