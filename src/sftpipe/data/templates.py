@@ -85,6 +85,17 @@ def render(
     return text
 
 
+def render_batch(
+    tokenizer: PreTrainedTokenizerBase, template: str, chats: list[list[dict[str, str]]], add_generation_prompt: bool
+) -> list[str]:
+    """`render` for many conversations in one call (the same renderer, without the per-call overhead)."""
+    texts = tokenizer.apply_chat_template(
+        chats, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    assert isinstance(texts, list) and len(texts) == len(chats)
+    return texts
+
+
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Token ids that end an assistant turn: eos plus known end-of-turn tokens the vocabulary has."""
     ids = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]

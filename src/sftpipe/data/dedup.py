@@ -1,0 +1,205 @@
+"""Fingerprints of records for exact and near-duplicate detection and n-gram overlap.
+
+Records are compared on their user and assistant turns (system messages are shared boilerplate), after
+NFKC normalisation, case folding and whitespace collapsing. Exact duplicates share `content_hash`; near
+duplicates have MinHash signatures (datasketch) of word shingles whose Jaccard similarity reaches the
+threshold, found with datasketch's `MinHashLSH` in `NearDuplicateIndex`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import unicodedata
+import zlib
+from collections.abc import Iterable
+
+import numpy as np
+from datasketch import LeanMinHash, MinHash, MinHashLSH
+
+from sftpipe.data.records import Conversation
+
+WORD_RE = re.compile(r"\w+")
+MINHASH_SEED = 1
+MINHASH_SCHEME = "affine32"  # datasketch's 32-bit scheme: 4 bytes per permutation
+
+
+def normalize(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+
+
+def compared_turns(conv: Conversation) -> list[tuple[str, str]]:
+    """(role, normalised content) of the turns that dedup compares: all but system messages."""
+    return [(m["role"], normalize(m["content"])) for m in conv.messages if m["role"] != "system"]
+
+
+def content_hash(turns: list[tuple[str, str]]) -> int:
+    """64-bit hash of the normalised turns: equal for exact duplicates."""
+    payload = "\x1e".join(f"{role}\x1f{text}" for role, text in turns).encode()
+    return int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "little")
+
+
+def split_key(digest: int, seed: int) -> int:
+    """Where a record falls in the seeded order that decides the split (a function of its content)."""
+    payload = digest.to_bytes(8, "little") + seed.to_bytes(8, "little", signed=True)
+    return int.from_bytes(hashlib.blake2b(payload, digest_size=8).digest(), "little")
+
+
+def words_of(turns: list[tuple[str, str]]) -> list[str]:
+    return WORD_RE.findall(" ".join(text for _, text in turns))
+
+
+def word_ngrams(words: list[str], n: int) -> list[str]:
+    """Every run of `n` words; a text shorter than `n` words is one n-gram of all its words."""
+    if len(words) <= n:
+        return [" ".join(words)] if words else []
+    return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)]
+
+
+_ROLL = np.uint64(0x100000001B3)  # odd multiplier of the polynomial n-gram hash
+
+
+def word_hashes(words: list[str]) -> np.ndarray:
+    """A 64-bit hash per word (uint64 array), the input of `ngram_hashes`."""
+    return np.array([int.from_bytes(hashlib.blake2b(w.encode(), digest_size=8).digest(), "little") for w in words],
+                    dtype=np.uint64)
+
+
+def ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
+    """Polynomial hashes (mod 2^64) of every run of `n` word hashes, computed for all runs at once."""
+    count = len(hashes) - n + 1
+    if count <= 0:
+        return np.zeros(0, dtype=np.uint64)
+    acc = np.zeros(count, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(n):
+            acc = acc * _ROLL + hashes[k : k + count]
+    return acc
+
+
+class Signer:
+    """MinHash signatures (datasketch) of word shingles, as uint32 arrays of `num_perm` values."""
+
+    def __init__(self, num_perm: int, shingle_words: int):
+        self.shingle_words = shingle_words
+        # crc32 instead of datasketch's default sha1: the same 32-bit range, several times faster.
+        self._template = MinHash(num_perm=num_perm, seed=MINHASH_SEED, hashfunc=zlib.crc32, scheme=MINHASH_SCHEME)
+
+    def __call__(self, words: list[str]) -> np.ndarray:
+        minhash = self._template.copy()
+        minhash.update_batch(g.encode() for g in word_ngrams(words, self.shingle_words))
+        return minhash.hashvalues
+
+
+def lean_minhash(signature: np.ndarray) -> LeanMinHash:
+    return LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme=MINHASH_SCHEME)
+
+
+class SignatureStore:
+    """Append-only file of fixed-size signatures, read back by row with `pread` (no memory map, so reading
+    never adds file pages to the process's resident set)."""
+
+    def __init__(self, path: os.PathLike, num_perm: int):
+        self.path = path
+        self.row_bytes = num_perm * 4
+        self.num_perm = num_perm
+        self._fh = open(path, "wb")  # noqa: SIM115 - closed by close()
+        self._fd: int | None = None
+
+    def append(self, signatures: np.ndarray) -> None:
+        assert signatures.dtype == np.uint32 and signatures.shape[1:] == (self.num_perm,)
+        self._fh.write(np.ascontiguousarray(signatures).tobytes())
+
+    def finish_writing(self) -> None:
+        self._fh.close()
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        assert self._fd is not None, "finish_writing() first"
+        raw = os.pread(self._fd, count * self.row_bytes, start * self.row_bytes)
+        return np.frombuffer(raw, dtype=np.uint32).reshape(-1, self.num_perm)
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class NearDuplicateIndex:
+    """MinHash LSH over kept records; candidates are confirmed by their estimated Jaccard similarity."""
+
+    def __init__(self, threshold: float, num_perm: int, signatures: SignatureStore):
+        # Band keys are hashed to 8 bytes: the index keeps one per band per record, so this bounds its size.
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm,
+                              hashfunc=lambda band: hashlib.blake2b(band, digest_size=8).digest())
+        self.threshold = threshold
+        self.signatures = signatures
+
+    def find(self, signature: np.ndarray) -> tuple[int, float] | None:
+        """The first indexed row whose similarity to `signature` reaches the threshold, with it."""
+        best: tuple[int, float] | None = None
+        for row in sorted(self.lsh.query(lean_minhash(signature))):
+            similarity = float(np.mean(self.signatures.read(row, 1)[0] == signature))
+            if similarity >= self.threshold:
+                best = (row, similarity)
+                break
+        return best
+
+    def add(self, row: int, signature: np.ndarray) -> None:
+        self.lsh.insert(row, lean_minhash(signature), check_duplication=False)
+
+
+class NgramIndex:
+    """Word n-grams of protected texts (eval sets, optionally val/test), each mapped to the item it is from.
+
+    A protected text shorter than `n` words is kept whole, so it matches wherever it appears in full. The
+    index is sorted numpy arrays (16 bytes per n-gram), queried for all of a record's n-grams at once.
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+        self._parts: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def add(self, words: list[str], item: int) -> None:
+        if not words:
+            return
+        length = min(self.n, len(words))
+        grams = ngram_hashes(word_hashes(words), length)
+        self._parts.setdefault(length, []).append((grams, np.full(len(grams), item, dtype=np.int64)))
+        self._tables.clear()
+
+    def __len__(self) -> int:
+        return sum(len(g) for parts in self._parts.values() for g, _ in parts)
+
+    def find(self, words: list[str]) -> int | None:
+        """The protected item sharing an n-gram with `words` (the earliest added one), or None."""
+        if not self._parts:
+            return None
+        if not self._tables:
+            self._freeze()
+        hashes = word_hashes(words)
+        found: int | None = None
+        for length, (keys, items) in self._tables.items():
+            grams = ngram_hashes(hashes, length)
+            if not len(grams):
+                continue
+            pos = np.minimum(np.searchsorted(keys, grams), len(keys) - 1)
+            hits = items[pos[keys[pos] == grams]]
+            if len(hits):
+                first = int(hits.min())
+                found = first if found is None else min(found, first)
+        return found
+
+    def _freeze(self) -> None:
+        for length, parts in self._parts.items():
+            keys = np.concatenate([g for g, _ in parts])
+            items = np.concatenate([i for _, i in parts])
+            order = np.lexsort((items, keys))  # by hash, then item: a shared n-gram maps to its first item
+            keys, items = keys[order], items[order]
+            first = np.ones(len(keys), dtype=bool)
+            first[1:] = keys[1:] != keys[:-1]
+            self._tables[length] = (keys[first], items[first])
