@@ -2,9 +2,9 @@
 
 Examples are visited test first, then val, then train (each in input order). An example is removed when
 it is an exact or near duplicate of an example already kept: a duplicate within its own split is
-`exact_duplicate` / `near_duplicate`; one of a more protected split (train of val or test, val of test)
-is contamination (`contamination_exact` / `contamination_near`). So near-duplicates never straddle
-train and test: the train copy goes. Then train examples sharing a word n-gram with an eval set (and,
+`exact_duplicate` / `near_duplicate`; a near duplicate of a more protected split (train of val or test,
+val of test) is contamination (`contamination_near`), so near-duplicates never straddle train and test:
+the train copy goes. (Exact duplicates share their split key, so the split never separates them.) Then train examples sharing a word n-gram with an eval set (and,
 if asked, with val/test) are removed as `contamination_ngram`.
 
 Memory: the exact index holds one entry per kept example (~100 bytes) and datasketch's LSH one key per
@@ -36,11 +36,10 @@ from sftpipe.data.records import Conversation, RecordError
 from sftpipe.data.split import SPLIT_NAMES, TEST, TRAIN, VAL
 from sftpipe.errors import SftpipeError
 
-KEPT, EXACT_DUP, NEAR_DUP, CONTAM_EXACT, CONTAM_NEAR, CONTAM_NGRAM = range(6)
+KEPT, EXACT_DUP, NEAR_DUP, CONTAM_NEAR, CONTAM_NGRAM = range(5)
 REASONS = {
     EXACT_DUP: ("dedup", "exact_duplicate"),
     NEAR_DUP: ("dedup", "near_duplicate"),
-    CONTAM_EXACT: ("decontam", "contamination_exact"),
     CONTAM_NEAR: ("decontam", "contamination_near"),
     CONTAM_NGRAM: ("decontam", "contamination_ngram"),
 }
@@ -88,7 +87,8 @@ def find_duplicates(digest: np.ndarray, split: np.ndarray, signatures: Signature
                 d = int(digest[row])
                 if cfg.exact and d in seen:
                     other = seen[d]
-                    removals.mark(row, EXACT_DUP if split[other] == code else CONTAM_EXACT, other)
+                    assert split[other] == code, "the split keeps exact duplicates together"
+                    removals.mark(row, EXACT_DUP, other)
                     continue
                 if near is not None:
                     assert block is not None

@@ -23,6 +23,7 @@ from sftpipe.data.records import Conversation
 WORD_RE = re.compile(r"\w+")
 MINHASH_SEED = 1
 MINHASH_SCHEME = "affine32"  # datasketch's 32-bit scheme: 4 bytes per permutation
+LSH_WEIGHTS = (0.05, 0.95)  # (false positive, false negative) weights of datasketch's band optimisation
 
 
 def normalize(text: str) -> str:
@@ -79,16 +80,21 @@ def ngram_hashes(hashes: np.ndarray, n: int) -> np.ndarray:
 
 
 class Signer:
-    """MinHash signatures (datasketch) of word shingles, as uint32 arrays of `num_perm` values."""
+    """MinHash signatures (datasketch) of word shingles, as uint32 arrays of `num_perm` values.
+
+    A shingle's value is a polynomial hash of its words' crc32s, computed for all shingles of a record
+    at once; datasketch applies its permutations to these values (hashfunc=int, as they are already hashes).
+    """
 
     def __init__(self, num_perm: int, shingle_words: int):
         self.shingle_words = shingle_words
-        # crc32 instead of datasketch's default sha1: the same 32-bit range, several times faster.
-        self._template = MinHash(num_perm=num_perm, seed=MINHASH_SEED, hashfunc=zlib.crc32, scheme=MINHASH_SCHEME)
+        self._template = MinHash(num_perm=num_perm, seed=MINHASH_SEED, hashfunc=int, scheme=MINHASH_SCHEME)
 
     def __call__(self, words: list[str]) -> np.ndarray:
+        hashes = np.fromiter((zlib.crc32(w.encode()) for w in words), dtype=np.uint64, count=len(words))
+        shingles = ngram_hashes(hashes, min(self.shingle_words, len(words))) if len(words) else hashes
         minhash = self._template.copy()
-        minhash.update_batch(g.encode() for g in word_ngrams(words, self.shingle_words))
+        minhash.update_batch((shingles & np.uint64(0xFFFFFFFF)).tolist())
         return minhash.hashvalues
 
 
@@ -132,9 +138,13 @@ class NearDuplicateIndex:
     """MinHash LSH over kept records; candidates are confirmed by their estimated Jaccard similarity."""
 
     def __init__(self, threshold: float, num_perm: int, signatures: SignatureStore):
-        # Band keys are hashed to 8 bytes: the index keeps one per band per record, so this bounds its size.
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm,
-                              hashfunc=lambda band: hashlib.blake2b(band, digest_size=8).digest())
+        # Band keys are hashed to one int (the index keeps one per band per record, so this bounds its size).
+        # Python's hash is salted per process, which is fine: the index lives in one process, and a chance
+        # collision only adds a candidate that the Jaccard check then rejects.
+        # Bands are tuned for recall (false-negative weight 0.95): with 128 permutations at threshold 0.85,
+        # 93% of pairs at the threshold and 99% at 0.9 become candidates (46% and 81% with datasketch's
+        # default 0.5/0.5); a false candidate only costs the Jaccard check below.
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=LSH_WEIGHTS, hashfunc=hash)
         self.threshold = threshold
         self.signatures = signatures
 

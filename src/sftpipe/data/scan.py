@@ -15,6 +15,8 @@ import json
 import multiprocessing
 import os
 from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,10 @@ from sftpipe.data.tokenize import ConversationTokenizer, TokenizedExample
 from sftpipe.data.writer import FEATURES
 from sftpipe.errors import SftpipeError
 
-CHUNK_RECORDS = 1024
+CHUNK_RECORDS = 512
+# Conversations per batched render + tokenizer call. The Rust encodings and Python offset lists of a batch
+# are transient but large (~20 KB per example), so batches stay small to keep the peak low.
+TOKENIZE_BATCH = 64
 SCHEMA = FEATURES.arrow_schema
 
 
@@ -88,93 +93,118 @@ def init_worker(cfg: Config, tokenizer: Any, template: str, work_dir: str) -> No
 
 
 def scan_chunk(chunk: Chunk) -> ChunkResult:
-    """Convert, filter, tokenize and fingerprint one chunk; write its examples to an Arrow file."""
+    """Convert, filter, tokenize and fingerprint one chunk; write its examples to an Arrow file.
+
+    Records go through in batches of TOKENIZE_BATCH, each written out before the next is tokenized, so
+    only one batch of token lists is alive at a time.
+    """
     worker = _WORKER
     assert worker is not None, "init_worker() first"
     data = worker.cfg.data
-    sources = data.sources
-    rejections: list[tuple[int, Rejection]] = []
-    convs: list[tuple[int, int, Conversation]] = []  # (position in chunk, source index, conversation)
+    out = _ChunkOutput(worker, str(worker.work_dir / f"chunk-{chunk.index:07d}.arrow"))
+    batch: list[tuple[int, int, Conversation]] = []  # (position in chunk, source index, conversation)
     for pos, (src, location, record, fmt) in enumerate(chunk.items):
-        source = sources[src]
+        source = data.sources[src]
         try:
             if isinstance(record, RecordError):
                 raise record
             conv = to_conversation(record, fmt or detect_format(record, source), source, location, data.system_prompt)
         except RecordError as err:
             excerpt = "" if isinstance(record, RecordError) else record
-            rejections.append((pos, Rejection.of(source.display_name, location, "read", err, excerpt)))
+            out.rejections.append((pos, Rejection.of(source.display_name, location, "read", err, excerpt)))
             continue
         try:
             check_quality(conv, data.filters)
             if source.syntax_check != "none":
                 check_syntax(conv, source.syntax_check)
         except RecordError as err:
-            rejections.append((pos, Rejection.of(source.display_name, location, "filter", err, conv.messages)))
+            out.rejections.append((pos, Rejection.of(source.display_name, location, "filter", err, conv.messages)))
             continue
-        convs.append((pos, src, conv))
-
-    kept: list[tuple[int, Conversation, TokenizedExample]] = []
-    for (pos, src, conv), example in zip(convs, worker.encode.encode_batch([c for _, _, c in convs])):
-        stage = "tokenize"
-        try:
-            if isinstance(example, RecordError):
-                raise example
-            stage = "filter"
-            check_token_lengths(example, data.filters)
-        except RecordError as err:
-            rejections.append((pos, Rejection.of(conv.source, conv.location, stage, err, conv.messages)))
-            continue
-        kept.append((src, conv, example))
-    rejections.sort(key=lambda item: item[0])
-    return _result(worker, chunk, kept, [r for _, r in rejections])
+        batch.append((pos, src, conv))
+        if len(batch) == TOKENIZE_BATCH:
+            out.add_batch(batch)
+            batch = []
+    if batch:
+        out.add_batch(batch)
+    return out.finish(chunk)
 
 
-def _result(worker: _Worker, chunk: Chunk, kept: list[tuple[int, Conversation, TokenizedExample]],
-            rejections: list[Rejection]) -> ChunkResult:
-    seed = worker.cfg.data.split.seed
-    digests, keys, signatures = [], [], []
-    for _, conv, _ in kept:
-        turns = compared_turns(conv)
-        digest = content_hash(turns)
-        digests.append(digest)
-        keys.append(split_key(digest, seed))
-        if worker.signer is not None:
-            signatures.append(worker.signer(words_of(turns)))
-    path = None
-    if kept:
-        path = str(worker.work_dir / f"chunk-{chunk.index:07d}.arrow")
-        write_chunk(path, kept)
-    return ChunkResult(
-        index=chunk.index,
-        records=len(chunk.items),
-        rejections=rejections,
-        path=path,
-        source=np.array([src for src, _, _ in kept], dtype=np.uint16),
-        digest=np.array(digests, dtype=np.uint64),
-        key=np.array(keys, dtype=np.uint64),
-        tokens=np.array([len(ex.input_ids) for _, _, ex in kept], dtype=np.int32),
-        trained=np.array([ex.num_trained for _, _, ex in kept], dtype=np.int32),
-        truncated=np.array([ex.truncated for _, _, ex in kept], dtype=bool),
-        locations=[conv.location for _, conv, _ in kept],
-        signatures=np.stack(signatures) if signatures else None,
-    )
+class _ChunkOutput:
+    """The examples of one chunk as they are produced: Arrow record batches on disk, figures in lists."""
 
+    def __init__(self, worker: _Worker, path: str):
+        self.worker = worker
+        self.path = path
+        self.rejections: list[tuple[int, Rejection]] = []
+        self._writer: pa.ipc.RecordBatchStreamWriter | None = None
+        self.figures: dict[str, list] = {k: [] for k in ("source", "digest", "key", "tokens", "trained", "truncated",
+                                                         "locations", "signatures")}
 
-def write_chunk(path: str, kept: list[tuple[int, Conversation, TokenizedExample]]) -> None:
-    table = pa.table(
-        {
+    def add_batch(self, batch: list[tuple[int, int, Conversation]]) -> None:
+        filters = self.worker.cfg.data.filters
+        kept: list[tuple[int, Conversation, TokenizedExample]] = []
+        for (pos, src, conv), example in zip(batch, self.worker.encode.encode_batch([c for _, _, c in batch])):
+            stage = "tokenize"
+            try:
+                if isinstance(example, RecordError):
+                    raise example
+                stage = "filter"
+                check_token_lengths(example, filters)
+            except RecordError as err:
+                self.rejections.append((pos, Rejection.of(conv.source, conv.location, stage, err, conv.messages)))
+                continue
+            kept.append((src, conv, example))
+        if kept:
+            self._fingerprint(kept)
+            self._write(kept)
+
+    def _fingerprint(self, kept: list[tuple[int, Conversation, TokenizedExample]]) -> None:
+        seed, signer, f = self.worker.cfg.data.split.seed, self.worker.signer, self.figures
+        for src, conv, example in kept:
+            turns = compared_turns(conv)
+            digest = content_hash(turns)
+            f["source"].append(src)
+            f["digest"].append(digest)
+            f["key"].append(split_key(digest, seed))
+            f["tokens"].append(len(example.input_ids))
+            f["trained"].append(example.num_trained)
+            f["truncated"].append(example.truncated)
+            f["locations"].append(conv.location)
+            if signer is not None:
+                f["signatures"].append(signer(words_of(turns)))
+
+    def _write(self, kept: list[tuple[int, Conversation, TokenizedExample]]) -> None:
+        columns = {
             "input_ids": [ex.input_ids for _, _, ex in kept],
             "labels": [ex.labels for _, _, ex in kept],
             "source": [conv.source for _, conv, _ in kept],
             "location": [conv.location for _, conv, _ in kept],
             "messages": [json.dumps(conv.messages, ensure_ascii=False) for _, conv, _ in kept],
             "meta": [json.dumps(conv.meta, ensure_ascii=False, default=str) for _, conv, _ in kept],
-        },
-        schema=SCHEMA,
-    )
-    with pa.ipc.new_stream(path, SCHEMA) as writer:
-        writer.write_table(table)
+        }
+        if self._writer is None:
+            self._writer = pa.ipc.new_stream(self.path, SCHEMA)
+        self._writer.write_batch(pa.record_batch(columns, schema=SCHEMA))
+
+    def finish(self, chunk: Chunk) -> ChunkResult:
+        if self._writer is not None:
+            self._writer.close()
+        f = self.figures
+        self.rejections.sort(key=lambda item: item[0])
+        return ChunkResult(
+            index=chunk.index,
+            records=len(chunk.items),
+            rejections=[r for _, r in self.rejections],
+            path=self.path if self._writer is not None else None,
+            source=np.array(f["source"], dtype=np.uint16),
+            digest=np.array(f["digest"], dtype=np.uint64),
+            key=np.array(f["key"], dtype=np.uint64),
+            tokens=np.array(f["tokens"], dtype=np.int32),
+            trained=np.array(f["trained"], dtype=np.int32),
+            truncated=np.array(f["truncated"], dtype=bool),
+            locations=f["locations"],
+            signatures=np.stack(f["signatures"]) if f["signatures"] else None,
+        )
 
 
 def read_chunk(path: str, columns: list[str] | None = None) -> pa.Table:
@@ -278,13 +308,21 @@ def run_chunks(chunks: Iterator[Chunk], num_proc: int, init_args: tuple[Any, ...
                 yield scan_chunk(chunk)
         return
     methods = multiprocessing.get_all_start_methods()
-    # fork: workers inherit the loaded tokenizer and libraries instead of importing them again
+    # fork: workers inherit the loaded tokenizer and libraries instead of importing them again.
+    # ProcessPoolExecutor (not Pool): a worker that dies raises BrokenProcessPool here instead of hanging.
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with context.Pool(workers, initializer=init_worker, initargs=init_args) as pool:
-        pending: deque = deque([pool.apply_async(scan_chunk, (first,)), pool.apply_async(scan_chunk, (second,))])
-        for chunk in chunks:
-            pending.append(pool.apply_async(scan_chunk, (chunk,)))
-            while len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker, initargs=init_args) as pool:
+        pending: deque[Future[ChunkResult]] = deque([pool.submit(scan_chunk, first), pool.submit(scan_chunk, second)])
+        try:
+            for chunk in chunks:
+                pending.append(pool.submit(scan_chunk, chunk))
+                while len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        except BrokenProcessPool as exc:
+            raise SftpipeError("a prepare worker process died (killed for memory?); re-run with --set "
+                               "data.num_proc=1 to see the failure in one process") from exc
+        finally:
+            for future in pending:  # on an error (or a strict-mode stop), do not wait for chunks nobody reads
+                future.cancel()
