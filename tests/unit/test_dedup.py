@@ -76,7 +76,8 @@ def test_planted_near_duplicates_across_train_and_test_are_removed_from_train(tm
 
 def test_exact_duplicates_after_normalisation_are_removed_within_and_across_sources(tmp_path, tiny_dir):
     records = distinct_records(20, seed=2)
-    variant = {"prompt": "  " + records[3]["prompt"].upper(), "completion": records[3]["completion"].replace(" ", "\n ")}
+    variant = {"prompt": "  " + records[3]["prompt"].upper(),
+               "completion": records[3]["completion"].replace(" ", "\n ")}
     a = write_jsonl(tmp_path / "a.jsonl", records + [records[5]])
     b = write_jsonl(tmp_path / "b.jsonl", [records[7], variant, *distinct_records(5, seed=3)])
     result = prepare.run(make_config(tmp_path, tiny_dir, [{"path": str(a)}, {"path": str(b)}]))
@@ -164,7 +165,8 @@ def test_ngram_overlap_with_val_and_test_only_when_asked(tmp_path, tiny_dir, aga
     for r in base:  # shares a 15-word run with its base record, otherwise unrelated
         run = r["completion"].split()[10:25]
         carriers.append({"prompt": "Tell me more " + " ".join(rng.choices(["alpha", "beta", "gamma"], k=5)),
-                         "completion": " ".join([f"pre{i}" for i in range(30)] + run + [f"post{i}" for i in range(30)])})
+                         "completion": " ".join([f"pre{i}" for i in range(30)] + run
+                                                + [f"post{i}" for i in range(30)])})
     path = write_jsonl(tmp_path / "in.jsonl", base + carriers)
     cfg = make_config(tmp_path, tiny_dir, [{"path": str(path)}],
                       data={"decontam": {"ngram_against_splits": against_splits}})

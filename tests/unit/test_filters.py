@@ -28,7 +28,7 @@ CASES = [  # (filter settings, prompt, response, expected reason)
     ({"min_prompt_chars": 10}, "Hi?", "A fine answer.", "prompt_chars_too_few"),
     ({"max_prompt_chars": 10}, "A prompt that is long.", "A fine answer.", "prompt_chars_too_many"),
     ({"min_response_chars": 20}, "Question?", "Short.", "response_chars_too_few"),
-    ({"max_response_chars": 20}, "Question?", "An answer much longer than twenty characters.", "response_chars_too_many"),
+    ({"max_response_chars": 20}, "Question?", "An answer longer than twenty characters.", "response_chars_too_many"),
     ({"urls": "drop_response"}, "Question?", "See https://example.com/page for more.", "url_in_response"),
     ({"urls": "drop_any"}, "Read www.example.org please", "Done.", "url_in_prompt"),
     ({"code_blocks": "require"}, "Question?", "No code here.", "no_code_block"),
@@ -100,8 +100,8 @@ def test_haskell_check_with_ghc():
 
 
 def test_prepare_counts_every_filtered_record_by_reason(tmp_path, tiny_dir):
-    good = [{"prompt": f"Write a function number {i}", "completion": f"```python\ndef f{i}(x):\n    return x + {i}\n```"}
-            for i in range(12)]
+    good = [{"prompt": f"Write a function number {i}",
+             "completion": f"```python\ndef f{i}(x):\n    return x + {i}\n```"} for i in range(12)]
     bad_code = [{"prompt": f"Write broken code {i}", "completion": f"```python\ndef g{i}(:\n```"} for i in range(3)]
     url = [{"prompt": "Where to read?", "completion": "Read https://example.com/docs first."}]
     junk = [{"prompt": "Say something", "completion": "..."}]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sftpipe.config.schema import DataConfig
-from sftpipe.data.decontam import CONTAM_NGRAM, KEPT, NEAR_DUP, CONTAM_NEAR, REASONS, Removals, against
+from sftpipe.data.decontam import CONTAM_NEAR, CONTAM_NGRAM, KEPT, NEAR_DUP, REASONS, Removals, against
 from sftpipe.data.ledger import EXCERPT_CHARS, Ledger, Rejection
 from sftpipe.data.scan import LocationStore, read_chunk
 from sftpipe.data.shards import ShardWriter

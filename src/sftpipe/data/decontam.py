@@ -4,11 +4,13 @@ Examples are visited test first, then val, then train (each in input order). An 
 it is an exact or near duplicate of an example already kept: a duplicate within its own split is
 `exact_duplicate` / `near_duplicate`; a near duplicate of a more protected split (train of val or test,
 val of test) is contamination (`contamination_near`), so near-duplicates never straddle train and test:
-the train copy goes. (Exact duplicates share their split key, so the split never separates them.) Then train examples sharing a word n-gram with an eval set (and,
-if asked, with val/test) are removed as `contamination_ngram`.
+the train copy goes. (Exact duplicates share their split key, so the split never separates them.)
+Then train examples sharing a word n-gram with an eval set (and, if asked, with val/test) are removed
+as `contamination_ngram`.
 
-Memory: the exact index holds one entry per kept example (~100 bytes) and datasketch's LSH one key per
-band per kept example (~2 KB at the defaults); signatures stay on disk.
+Memory: only examples that can have a duplicate enter the indexes (a repeated content hash; an LSH band
+shared with another example), so the exact index (~100 bytes an entry) and datasketch's LSH (~3.5 KB an
+entry at the defaults) grow with the duplicates, not the input; signatures and locations stay on disk.
 """
 
 from __future__ import annotations
@@ -23,12 +25,13 @@ import numpy as np
 from sftpipe.config.data_sections import DecontamConfig, DedupConfig, EvalSetConfig
 from sftpipe.config.schema import SourceConfig
 from sftpipe.data.dedup import (
+    WORD_RE,
     NearDuplicateIndex,
     NgramIndex,
     SignatureStore,
-    WORD_RE,
     compared_turns,
     normalize,
+    repeated,
     words_of,
 )
 from sftpipe.data.readers import read_source
@@ -67,38 +70,43 @@ class Removals:
 
 
 def find_duplicates(digest: np.ndarray, split: np.ndarray, signatures: SignatureStore | None,
-                    cfg: DedupConfig) -> Removals:
-    """Exact and near duplicates, test first, then val, then train (see the module docstring)."""
+                    cfg: DedupConfig, work: Path) -> Removals:
+    """Exact and near duplicates, test first, then val, then train (see the module docstring).
+
+    Only examples that can have a duplicate are indexed: those whose content hash occurs more than once
+    (exact), and those sharing an LSH band with another example (near). Finding them takes a sort of
+    8-byte values per example, so the indexes hold candidates, not the whole input.
+    """
     n = len(digest)
     removals = Removals.none(n)
-    if not (cfg.exact or cfg.near):
-        return removals
-    seen: dict[int, int] = {}
+    exact = repeated(digest) if cfg.exact else np.zeros(n, dtype=bool)
     near = NearDuplicateIndex(cfg.threshold, cfg.num_perm, signatures) if cfg.near and signatures is not None else None
+    near_rows = near.colliding_rows(n, work) if near is not None else np.zeros(n, dtype=bool)
+    seen: dict[int, int] = {}
     for code in (TEST, VAL, TRAIN):
         for start in range(0, n, BLOCK_ROWS):
             stop = min(n, start + BLOCK_ROWS)
-            rows = np.flatnonzero(split[start:stop] == code)
+            in_split = split[start:stop] == code
+            rows = np.flatnonzero(in_split & (exact[start:stop] | near_rows[start:stop]))
             if not len(rows):
                 continue
-            block = signatures.read(start, stop - start) if near is not None else None
+            block = signatures.read(start, stop - start) if near is not None and signatures is not None else None
             for local in rows.tolist():
                 row = start + local
                 d = int(digest[row])
-                if cfg.exact and d in seen:
+                if exact[row] and d in seen:
                     other = seen[d]
                     assert split[other] == code, "the split keeps exact duplicates together"
                     removals.mark(row, EXACT_DUP, other)
                     continue
-                if near is not None:
-                    assert block is not None
+                if near is not None and block is not None and near_rows[row]:
                     hit = near.find(block[local])
                     if hit is not None:
                         other, similarity = hit
                         removals.mark(row, NEAR_DUP if split[other] == code else CONTAM_NEAR, other, similarity)
                         continue
                     near.add(row, block[local])
-                if cfg.exact:
+                if exact[row]:
                     seen[d] = row
     return removals
 

@@ -13,7 +13,7 @@ import os
 import re
 import unicodedata
 import zlib
-from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
@@ -21,6 +21,7 @@ from datasketch import LeanMinHash, MinHash, MinHashLSH
 from sftpipe.data.records import Conversation
 
 WORD_RE = re.compile(r"\w+")
+BAND_BLOCK_ROWS = 8192
 MINHASH_SEED = 1
 MINHASH_SCHEME = "affine32"  # datasketch's 32-bit scheme: 4 bytes per permutation
 LSH_WEIGHTS = (0.05, 0.95)  # (false positive, false negative) weights of datasketch's band optimisation
@@ -86,16 +87,24 @@ class Signer:
     at once; datasketch applies its permutations to these values (hashfunc=int, as they are already hashes).
     """
 
+    CACHE_WORDS = 1 << 20  # word -> crc32 cache entries before it is cleared (bounds its memory)
+
     def __init__(self, num_perm: int, shingle_words: int):
         self.shingle_words = shingle_words
-        self._template = MinHash(num_perm=num_perm, seed=MINHASH_SEED, hashfunc=int, scheme=MINHASH_SCHEME)
+        self._minhash = MinHash(num_perm=num_perm, seed=MINHASH_SEED, hashfunc=int, scheme=MINHASH_SCHEME)
+        self._empty = self._minhash.hashvalues.copy()
+        self._cache: dict[str, int] = {}
 
     def __call__(self, words: list[str]) -> np.ndarray:
-        hashes = np.fromiter((zlib.crc32(w.encode()) for w in words), dtype=np.uint64, count=len(words))
+        cache = self._cache
+        if len(cache) > self.CACHE_WORDS:
+            cache.clear()
+        hashes = np.array([cache.get(w) or cache.setdefault(w, zlib.crc32(w.encode()) | 1 << 32) for w in words],
+                          dtype=np.uint64)
         shingles = ngram_hashes(hashes, min(self.shingle_words, len(words))) if len(words) else hashes
-        minhash = self._template.copy()
-        minhash.update_batch((shingles & np.uint64(0xFFFFFFFF)).tolist())
-        return minhash.hashvalues
+        self._minhash.hashvalues = self._empty.copy()  # reuse one MinHash: its permutations are fixed
+        self._minhash.update_batch((shingles & np.uint64(0xFFFFFFFF)).tolist())
+        return self._minhash.hashvalues
 
 
 def lean_minhash(signature: np.ndarray) -> LeanMinHash:
@@ -160,6 +169,51 @@ class NearDuplicateIndex:
 
     def add(self, row: int, signature: np.ndarray) -> None:
         self.lsh.insert(row, lean_minhash(signature), check_duplication=False)
+
+    def colliding_rows(self, n: int, work: Path) -> np.ndarray:
+        """Which of the `n` stored signatures share at least one LSH band with another one.
+
+        Only those can have a near duplicate, so only those need to enter the index: its size then
+        follows the number of candidates, not of examples. One pass over the signatures writes each band's
+        hash (the index's own bands, `lsh.hashranges`) to a file; each band is then sorted on its own.
+        """
+        paths = [work / f"band-{i:03d}.u64" for i in range(len(self.lsh.hashranges))]
+        files = [path.open("wb") for path in paths]
+        try:
+            for start in range(0, n, BAND_BLOCK_ROWS):
+                block = self.signatures.read(start, min(BAND_BLOCK_ROWS, n - start)).astype(np.uint64)
+                for fh, (first, stop) in zip(files, self.lsh.hashranges):
+                    fh.write(ngram_hashes_2d(block[:, first:stop]).tobytes())
+        finally:
+            for fh in files:
+                fh.close()
+        colliding = np.zeros(n, dtype=bool)
+        for path in paths:
+            colliding |= repeated(np.fromfile(path, dtype=np.uint64))
+            path.unlink()
+        return colliding
+
+
+def ngram_hashes_2d(values: np.ndarray) -> np.ndarray:
+    """The polynomial hash (mod 2^64) of each row of a 2-D uint64 array."""
+    acc = np.zeros(len(values), dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for k in range(values.shape[1]):
+            acc = acc * _ROLL + values[:, k]
+    return acc
+
+
+def repeated(values: np.ndarray) -> np.ndarray:
+    """Boolean mask of the entries whose value occurs more than once in `values`."""
+    order = np.argsort(values, kind="stable")
+    ranked = values[order]
+    same = ranked[1:] == ranked[:-1]
+    mask = np.zeros(len(values), dtype=bool)
+    mask[1:] |= same
+    mask[:-1] |= same
+    out = np.empty(len(values), dtype=bool)
+    out[order] = mask
+    return out
 
 
 class NgramIndex:

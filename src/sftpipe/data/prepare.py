@@ -25,18 +25,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sftpipe.config.schema import Config
+from sftpipe.data.assemble import write_splits
 from sftpipe.data.card import data_card, length_figures, write_histogram_svg
 from sftpipe.data.decontam import KEPT, find_duplicates, find_ngram_overlaps
 from sftpipe.data.dedup import SignatureStore
 from sftpipe.data.ledger import Ledger
 from sftpipe.data.mixing import SourceMix, plan_mix
 from sftpipe.data.scan import LocationStore, read_chunks, run_chunks
-from sftpipe.data.shards import ShardWriter, metadata_template
+from sftpipe.data.shards import metadata_template
 from sftpipe.data.split import SPLIT_NAMES, TRAIN, assign_splits
 from sftpipe.data.syntax import require_checker
 from sftpipe.data.templates import check_template, resolve_template
 from sftpipe.data.writer import MANIFEST, build_manifest
-from sftpipe.data.assemble import write_splits
 from sftpipe.errors import SftpipeError
 from sftpipe.models.loading import load_tokenizer
 
@@ -135,7 +135,7 @@ def _prepare(cfg: Config, tokenizer, template: str, out: Path, tmp: Path) -> Pre
         if signatures is not None:
             signatures.finish_writing()
         locations.finish_writing()
-        removals = find_duplicates(table.digest, split, signatures, data.dedup)
+        removals = find_duplicates(table.digest, split, signatures, data.dedup, tmp / "_work")
         find_ngram_overlaps(removals, split, table.chunks, data.decontam)
         repeat = (removals.status == KEPT).astype(np.int64)
         mixes = _mix(cfg, table, split, repeat)

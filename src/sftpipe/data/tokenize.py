@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
 from sftpipe.data.records import Conversation, RecordError
-from sftpipe.data.templates import render, render_batch
+from sftpipe.data.templates import BatchRenderer, render
 from sftpipe.errors import SftpipeError
 
 IGNORE_INDEX = -100
@@ -45,6 +45,7 @@ class ConversationTokenizer:
         self.eos_id = tokenizer.eos_token_id
         self.add_bos = tokenizer_adds_bos(tokenizer)
         self.backend = plain_backend(tokenizer)
+        self.render_batch = BatchRenderer(tokenizer, template)
 
     def __call__(self, conv: Conversation) -> TokenizedExample:
         """Tokenize one conversation.
@@ -157,7 +158,7 @@ class ConversationTokenizer:
             if not idx:
                 continue
             try:
-                texts = render_batch(self.tokenizer, self.template, [jobs[k][0] for k in idx], gen)
+                texts = self.render_batch([jobs[k][0] for k in idx], gen)
             except Exception:  # noqa: BLE001 - jinja raises many types; find the record that fails below
                 texts = []
                 for k in idx:
