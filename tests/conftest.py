@@ -93,3 +93,14 @@ def lora_run(tmp_path_factory, tiny_dir, chat_sources):
     prepare.run(cfg)
     result = loop.run(cfg, resume="never")
     return cfg, result
+
+
+def distinct_records(n: int, seed: int = 0, words: int = 30) -> list[dict]:
+    """`n` prompt/completion records of random words: no two are near-duplicates of each other."""
+    import random
+
+    rng = random.Random(seed)
+    syllables = ["ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "an", "el", "in", "or", "us", "be", "da", "fe"]
+    vocab = sorted({a + b + c for a in syllables for b in syllables for c in syllables})
+    return [{"prompt": " ".join(rng.choices(vocab, k=12)) + "?", "completion": " ".join(rng.choices(vocab, k=words)) + "."}
+            for _ in range(n)]

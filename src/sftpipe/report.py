@@ -12,16 +12,22 @@ if TYPE_CHECKING:
 
 
 def print_prepare(result: PrepareResult) -> None:
-    kept = sum(s.examples for s in result.splits.values())
+    kept = sum(c["kept"] for c in result.per_source.values())
+    rate = f" in {result.wall_s:.1f}s ({result.records_read / result.wall_s:.0f} records/s)" if result.wall_s else ""
     print(f"prepared {result.output_dir}: {result.records_read} records read, {kept} kept, "
-          f"{sum(result.rejected.values())} rejected")
+          f"{sum(result.rejected.values())} rejected{rate}")
     for name, s in result.splits.items():
         print(f"  {name:<5} {s.examples:>6} examples  {s.tokens:>8} tokens  {s.trained_tokens:>8} trained  "
               f"{s.truncated} truncated  longest {s.max_tokens}")
-    for reason, count in sorted(result.rejected.items()):
-        print(f"  rejected {reason}: {count}")
+    for stage, reasons in sorted(result.removed_by_stage.items()):
+        for reason, count in sorted(reasons.items()):
+            print(f"  rejected ({stage}) {reason}: {count}")
+    if result.mixing:
+        for m in result.mixing:
+            print(f"  mix {m.source}: target {m.target_share:.1%}, achieved {m.achieved_share:.1%} "
+                  f"({m.available_examples} -> {m.examples} examples)")
     if result.rejected:
-        print(f"  details: {result.output_dir / 'rejected.jsonl'}")
+        print(f"  details: {result.output_dir / 'rejected.jsonl'}; summary: {result.output_dir / 'DATA_CARD.md'}")
 
 
 def print_train(result: TrainResult) -> None:

@@ -97,5 +97,10 @@ def test_all_shipped_samples_prepare_without_rejections(tmp_path, tiny_dir):
         {"path": str(EXAMPLES / "haskell" / "problems.jsonl"), "format": "code", "fields": {"code": "solution"}},
     ]
     result = prepare.run(make_config(tmp_path, tiny_dir, sources, data={"max_length": 1024}))
-    assert result.rejected == {}
-    assert result.records_read == sum(s.examples for s in result.splits.values()) >= 300
+    # qa_sample.csv is documented as the first 20 records of qa_sample.jsonl: dedup across sources removes
+    # exactly those copies (the later source's), and nothing else is rejected.
+    assert result.rejected == {"exact_duplicate": 20}
+    rejected = [json.loads(x) for x in (tmp_path / "data" / "rejected.jsonl").read_text().splitlines()]
+    assert {r["source"] for r in rejected} == {"qa-csv"}
+    assert all("qa_sample.jsonl:" in r["duplicate_of"] for r in rejected)
+    assert result.records_read == sum(s.examples for s in result.splits.values()) + 20 >= 300

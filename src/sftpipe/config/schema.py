@@ -9,13 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+from sftpipe.config.base import Section
+from sftpipe.config.data_sections import DecontamConfig, DedupConfig, FilterConfig, MixConfig
 
 
 class ModelConfig(Section):
@@ -53,6 +50,12 @@ class SourceConfig(Section):
     name: str | None = Field(None, description="Source name used in reports; defaults to the file name.")
     system_prompt: str | None = Field(None, description="System message added to every record of this source.")
     code_language: str = Field("haskell", description="Language of `code` records (used by the instruction template).")
+    weight: float | None = Field(None, gt=0, description="Mixing weight of this source in the train split (see "
+                                 "data.mix); set it on every source or on none.")
+    syntax_check: Literal["none", "python", "haskell"] = Field(
+        "none", description="Keep only records whose code (fenced blocks of the response, or the whole response) "
+        "passes a syntax check: python (ast.parse, fast) or haskell (ghc -fno-code, ~0.3 s per record, needs ghc).",
+    )
 
     @model_validator(mode="after")
     def _one_location(self) -> "SourceConfig":
@@ -97,11 +100,24 @@ class DataConfig(Section):
         "skip", description="skip: reject bad records (counted, written to rejected.jsonl); raise: stop at the first."
     )
     split: SplitConfig = Field(default_factory=SplitConfig)
+    filters: FilterConfig = Field(default_factory=FilterConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    decontam: DecontamConfig = Field(default_factory=DecontamConfig)
+    mix: MixConfig = Field(default_factory=MixConfig)
+    num_proc: int = Field(0, ge=0, description="Worker processes for prepare; 0: one per available CPU core.")
+    shard_size: int = Field(50_000, gt=0, description="Examples per Arrow shard file of each split.")
 
     @model_validator(mode="after")
     def _custom_needs_template(self) -> "DataConfig":
         if self.template == "custom" and not self.custom_template:
             raise ValueError("template is custom but custom_template is empty: give a Jinja chat template")
+        return self
+
+    @model_validator(mode="after")
+    def _weights_all_or_none(self) -> "DataConfig":
+        unweighted = [f"sources[{i}]" for i, s in enumerate(self.sources) if s.weight is None]
+        if unweighted and len(unweighted) < len(self.sources):
+            raise ValueError(f"mixing needs a weight on every source; {', '.join(unweighted)} has none")
         return self
 
 

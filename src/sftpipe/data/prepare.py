@@ -1,40 +1,44 @@
-"""The `prepare` stage: read -> canonical conversations -> split -> tokenize with masks -> data dir.
+"""The `prepare` stage: sources -> filtered, split, deduplicated, decontaminated, mixed, tokenized data dir.
+
+1. scan (`scan.py`): read the sources as a stream; on all cores convert, filter, tokenize with masks and
+   fingerprint each record; examples go to Arrow chunk files, per-example figures to arrays.
+2. split (`split.py`): a content-keyed deterministic split with exact ratios, before dedup.
+3. dedup and decontamination (`decontam.py`): test first, then val, then train, so a near duplicate of a
+   test example is removed from train, never kept on both sides; then n-gram overlap with eval sets.
+4. mix (`mixing.py`): weighted up/down-sampling of sources in train, if weights are set.
+5. write (`shards.py`, `card.py`): sharded split dirs, manifest.json, DATA_CARD.md, rejected.jsonl.
 
 Every record read is accounted for: it ends up in a split or in `rejected.jsonl` with a reason, and the
-counts per reason are in the manifest, the data card and the CLI output.
+counts per reason are in the manifest, the data card and the CLI output. Memory stays bounded by the
+input's size only through the dedup indexes (see `decontam.py`).
 """
 
 from __future__ import annotations
 
-import json
-import random
+import shutil
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
 
 from sftpipe.config.schema import Config
-from sftpipe.data.formats import detect_format, to_conversation
-from sftpipe.data.readers import read_source
-from sftpipe.data.records import Conversation, RecordError
+from sftpipe.data.assemble import write_splits
+from sftpipe.data.card import data_card, length_figures, write_histogram_svg
+from sftpipe.data.decontam import KEPT, find_duplicates, find_ngram_overlaps
+from sftpipe.data.dedup import SignatureStore
+from sftpipe.data.ledger import Ledger
+from sftpipe.data.mixing import SourceMix, plan_mix
+from sftpipe.data.scan import LocationStore, read_chunks, run_chunks
+from sftpipe.data.shards import metadata_template
+from sftpipe.data.split import SPLIT_NAMES, TRAIN, assign_splits
+from sftpipe.data.syntax import require_checker
 from sftpipe.data.templates import check_template, resolve_template
-from sftpipe.data.tokenize import ConversationTokenizer, TokenizedExample
-from sftpipe.data.writer import SPLITS, write_data_dir
+from sftpipe.data.writer import MANIFEST, build_manifest
 from sftpipe.errors import SftpipeError
 from sftpipe.models.loading import load_tokenizer
-
-
-@dataclass
-class Rejection:
-    source: str
-    location: str
-    stage: str  # "read" or "tokenize"
-    reason: str
-    detail: str
-    excerpt: str
-
-    def as_json(self) -> dict[str, Any]:
-        return self.__dict__.copy()
 
 
 @dataclass
@@ -44,6 +48,7 @@ class SplitStats:
     trained_tokens: int = 0
     truncated: int = 0
     max_tokens: int = 0
+    shards: int = 0
 
 
 @dataclass
@@ -53,105 +58,156 @@ class PrepareResult:
     splits: dict[str, SplitStats]
     rejected: Counter[str] = field(default_factory=Counter)
     per_source: dict[str, dict[str, int]] = field(default_factory=dict)
+    removed_by_stage: dict[str, dict[str, int]] = field(default_factory=dict)
+    mixing: list[SourceMix] | None = None
+    wall_s: float = 0.0
 
 
-class Ledger:
-    """Collects rejections; in strict mode (data.on_error: raise) the first one stops the run."""
+@dataclass
+class ScanTable:
+    """Per-example figures of the scanned examples (rows in chunk order), a few dozen bytes each."""
 
-    def __init__(self, strict: bool):
-        self.strict = strict
-        self.items: list[Rejection] = []
+    source: np.ndarray
+    digest: np.ndarray
+    key: np.ndarray
+    tokens: np.ndarray
+    trained: np.ndarray
+    truncated: np.ndarray
+    chunks: list[tuple[int, str]]  # (first row, Arrow file)
 
-    def reject(self, conv_source: str, location: str, stage: str, err: RecordError, excerpt: Any) -> None:
-        if self.strict:
-            raise SftpipeError(f"{location}: {err.reason}: {err.detail} (data.on_error is raise; set it to skip "
-                               "to reject such records and continue)")
-        text = excerpt if isinstance(excerpt, str) else json.dumps(excerpt, ensure_ascii=False, default=str)
-        self.items.append(Rejection(conv_source, location, stage, err.reason, err.detail, text[:500]))
-
-    def counts(self) -> Counter[str]:
-        return Counter(r.reason for r in self.items)
+    def __len__(self) -> int:
+        return len(self.source)
 
 
 def run(cfg: Config) -> PrepareResult:
-    """Prepare the data dir described by `cfg.data` with the tokenizer of `cfg.model`."""
-    if not cfg.data.sources:
-        raise SftpipeError("data.sources is empty: add at least one source, e.g. sources: [{path: train.jsonl}]")
-    missing = [f"data.sources[{i}].path: {s.path!r} not found" for i, s in enumerate(cfg.data.sources)
-               if s.path is not None and not Path(s.path).exists()]
-    if missing:
-        raise SftpipeError("; ".join(missing))
+    """Prepare the data dir described by `cfg.data` with the tokenizer of `cfg.model`.
+
+    Raises:
+        SftpipeError: missing inputs, a broken template, a data error in strict mode, or an unmeetable mix.
+    """
+    t0 = time.perf_counter()
+    check_inputs(cfg)
     tokenizer = load_tokenizer(cfg.model)
     template = resolve_template(cfg.data, tokenizer)
     check_template(tokenizer, template, cfg.data.template)
-    ledger = Ledger(strict=cfg.data.on_error == "raise")
-
-    conversations, per_source, records_read = read_conversations(cfg, ledger)
-    split_convs = split_conversations(conversations, cfg)
-    encode = ConversationTokenizer(tokenizer, template, cfg.data.max_length, cfg.data.overlong)
-    tokenized: dict[str, list[tuple[Conversation, TokenizedExample]]] = {}
-    for split, convs in split_convs.items():
-        tokenized[split] = []
-        for conv in convs:
-            try:
-                tokenized[split].append((conv, encode(conv)))
-            except RecordError as err:
-                ledger.reject(conv.source, conv.location, "tokenize", err, conv.messages)
-                per_source[conv.source]["rejected"] += 1
-                per_source[conv.source]["kept"] -= 1
-
-    stats = {split: _stats(items) for split, items in tokenized.items()}
     out = Path(cfg.data.output_dir)
-    result = PrepareResult(out, records_read, stats, ledger.counts(), per_source)
-    write_data_dir(out, cfg, tokenizer, template, tokenized, result, [r.as_json() for r in ledger.items])
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "_work").mkdir(parents=True)
+    try:
+        result = _prepare(cfg, tokenizer, template, out, tmp)
+        shutil.rmtree(tmp / "_work")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written data dir behind
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    result.wall_s = time.perf_counter() - t0
     return result
 
 
-def read_conversations(cfg: Config, ledger: Ledger) -> tuple[list[Conversation], dict[str, dict[str, int]], int]:
-    """Read every source into canonical conversations; bad records go to the ledger."""
-    conversations: list[Conversation] = []
-    per_source: dict[str, dict[str, int]] = {}
-    records_read = 0
-    for source in cfg.data.sources:
-        name = source.display_name
-        counts = per_source.setdefault(name, {"read": 0, "kept": 0, "rejected": 0})
-        fmt: str | None = None
-        for location, record in read_source(source):
-            records_read += 1
-            counts["read"] += 1
-            try:
-                if isinstance(record, RecordError):
-                    raise record
-                fmt = fmt or detect_format(record, source)
-                conv = to_conversation(record, fmt, source, location, cfg.data.system_prompt)
-            except RecordError as err:
-                ledger.reject(name, location, "read", err, record if not isinstance(record, RecordError) else "")
-                counts["rejected"] += 1
-                continue
-            conversations.append(conv)
-            counts["kept"] += 1
-        if counts["read"] == 0:
-            raise SftpipeError(f"data source {name!r} ({source.path or source.hf_dataset}) has no records")
-    return conversations, per_source, records_read
+def check_inputs(cfg: Config) -> None:
+    """Fail before any work on missing sources, eval sets or syntax checkers, naming each field."""
+    data = cfg.data
+    if not data.sources:
+        raise SftpipeError("data.sources is empty: add at least one source, e.g. sources: [{path: train.jsonl}]")
+    problems = [f"data.sources[{i}].path: {s.path!r} not found" for i, s in enumerate(data.sources)
+                if s.path is not None and not Path(s.path).exists()]
+    problems += [f"data.decontam.eval_sets[{i}].path: {e.path!r} not found"
+                 for i, e in enumerate(data.decontam.eval_sets) if not Path(e.path).exists()]
+    if problems:
+        raise SftpipeError("; ".join(problems))
+    for i, source in enumerate(data.sources):
+        require_checker(source.syntax_check, f"data.sources[{i}].syntax_check")
 
 
-def split_conversations(conversations: list[Conversation], cfg: Config) -> dict[str, list[Conversation]]:
-    """Deterministic split: a seeded permutation cut by the configured ratios (val and test rounded)."""
-    order = list(range(len(conversations)))
-    random.Random(cfg.data.split.seed).shuffle(order)
-    n = len(order)
-    n_val = round(n * cfg.data.split.val)
-    n_test = round(n * cfg.data.split.test)
-    cuts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
-    return {split: [conversations[i] for i in sorted(cuts[split])] for split in SPLITS}
+def _prepare(cfg: Config, tokenizer, template: str, out: Path, tmp: Path) -> PrepareResult:
+    data = cfg.data
+    work = tmp / "_work"
+    ledger = Ledger(tmp / "rejected.jsonl", strict=data.on_error == "raise")
+    signatures = SignatureStore(work / "signatures.u32", data.dedup.num_perm) if data.dedup.near else None
+    locations = LocationStore(work / "locations.txt")
+    try:
+        counts: dict[str, dict[str, int]] = {}
+        table = _scan(cfg, tokenizer, template, work, ledger, signatures, locations, counts)
+        split = assign_splits(table.key, data.split)
+        if signatures is not None:
+            signatures.finish_writing()
+        locations.finish_writing()
+        removals = find_duplicates(table.digest, split, signatures, data.dedup, tmp / "_work")
+        find_ngram_overlaps(removals, split, table.chunks, data.decontam)
+        repeat = (removals.status == KEPT).astype(np.int64)
+        mixes = _mix(cfg, table, split, repeat)
+        shards = write_splits(tmp, table, split, removals, repeat, ledger, locations, data, metadata_template())
+    finally:
+        ledger.close()
+        locations.close()
+        if signatures is not None:
+            signatures.close()
+    for name, c in counts.items():
+        c["rejected"] = sum(ledger.by_source[name].values())
+        c["kept"] = c["read"] - c["rejected"]
+    splits = {}
+    lengths = {}
+    for code, name in SPLIT_NAMES.items():
+        sel = (split == code) & (removals.status == KEPT)
+        rep = repeat[sel]
+        tokens = np.repeat(table.tokens[sel], rep)
+        splits[name] = SplitStats(
+            examples=int(rep.sum()), tokens=int(tokens.sum()),
+            trained_tokens=int((table.trained[sel].astype(np.int64) * rep).sum()),
+            truncated=int((table.truncated[sel] * rep).sum()), max_tokens=int(tokens.max(initial=0)),
+            shards=shards[name],
+        )
+        lengths[name] = tokens
+    result = PrepareResult(out, sum(c["read"] for c in counts.values()), splits, Counter(ledger.by_reason), counts,
+                           {stage: dict(c) for stage, c in ledger.by_stage.items()}, mixes)
+    figures = length_figures(lengths, data.max_length)
+    manifest = build_manifest(cfg, tokenizer, template, result, figures, ledger)
+    (tmp / MANIFEST).write_text(__import__("json").dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_histogram_svg(tmp / "length_histogram.svg", figures)
+    (tmp / "DATA_CARD.md").write_text(data_card(manifest), encoding="utf-8")
+    return result
 
 
-def _stats(items: list[tuple[Conversation, TokenizedExample]]) -> SplitStats:
-    stats = SplitStats()
-    for _, ex in items:
-        stats.examples += 1
-        stats.tokens += len(ex.input_ids)
-        stats.trained_tokens += ex.num_trained
-        stats.truncated += int(ex.truncated)
-        stats.max_tokens = max(stats.max_tokens, len(ex.input_ids))
-    return stats
+def _scan(cfg: Config, tokenizer, template: str, work: Path, ledger: Ledger, signatures: SignatureStore | None,
+          locations: LocationStore, counts: dict[str, dict[str, int]]) -> ScanTable:
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("source", "digest", "key", "tokens", "trained", "truncated")}
+    chunks: list[tuple[int, str]] = []
+    rows = 0
+    # The bar appears only for inputs that take more than a few seconds (and only on a terminal).
+    with tqdm(desc="prepare", unit=" records", delay=3, disable=None, dynamic_ncols=True) as bar:
+        init_args = (cfg, tokenizer, template, str(work))
+        for res in run_chunks(read_chunks(cfg, counts), cfg.data.num_proc, init_args):
+            for rejection in res.rejections:
+                ledger.add(rejection)
+            if res.kept:
+                assert res.path is not None
+                chunks.append((rows, res.path))
+                for name in parts:
+                    parts[name].append(getattr(res, name))
+                if signatures is not None:
+                    assert res.signatures is not None
+                    signatures.append(res.signatures)
+                locations.extend(res.locations)
+                rows += res.kept
+            bar.update(res.records)
+    dtypes = {"source": np.uint16, "digest": np.uint64, "key": np.uint64, "tokens": np.int32, "trained": np.int32,
+              "truncated": bool}
+    arrays = {name: np.concatenate(p) if p else np.zeros(0, dtype=dtypes[name]) for name, p in parts.items()}
+    return ScanTable(chunks=chunks, **arrays)
+
+
+def _mix(cfg: Config, table: ScanTable, split: np.ndarray, repeat: np.ndarray) -> list[SourceMix] | None:
+    data = cfg.data
+    if not data.sources or data.sources[0].weight is None:
+        return None
+    rows = np.flatnonzero((split == TRAIN) & (repeat > 0))
+    amount = {"samples": np.ones(len(rows), dtype=np.int64), "tokens": table.tokens[rows].astype(np.int64),
+              "trained_tokens": table.trained[rows].astype(np.int64)}[data.mix.unit]
+    names = [s.display_name for s in data.sources]
+    weights = [float(s.weight or 0) for s in data.sources]
+    counts, mixes = plan_mix(names, weights, table.source[rows].astype(np.int64), amount, data.mix)
+    repeat[rows] = counts
+    return mixes

@@ -31,6 +31,9 @@ class RecordError(Exception):
         self.detail = detail
         super().__init__(f"{reason}: {detail}")
 
+    def __reduce__(self):  # pickled to and from prepare's worker processes with both fields
+        return (RecordError, (self.reason, self.detail))
+
 
 def validate_messages(messages: list[dict[str, str]]) -> None:
     """Check role order: optional system first, then user/assistant alternating, ending with assistant.

@@ -85,6 +85,56 @@ def render(
     return text
 
 
+def render_batch(
+    tokenizer: PreTrainedTokenizerBase, template: str, chats: list[list[dict[str, str]]], add_generation_prompt: bool
+) -> list[str]:
+    """`render` for many conversations in one call (the same renderer, without the per-call overhead)."""
+    texts = tokenizer.apply_chat_template(
+        chats, chat_template=template, tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    assert isinstance(texts, list) and len(texts) == len(chats)
+    return texts
+
+
+class BatchRenderer:
+    """Renders many conversations with the template transformers compiled (its sandboxed Jinja).
+
+    `apply_chat_template` re-validates and copies its inputs on every call; rendering the compiled template
+    directly is about twice as fast. Every batch is checked: its first conversation is also rendered by
+    `apply_chat_template`, and on any difference (or if transformers no longer exposes the compiled
+    template) every later batch goes through `apply_chat_template`, so the output never differs from it.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, template: str):
+        self.tokenizer = tokenizer
+        self.template = template
+        self._kwargs = dict(tokenizer.special_tokens_map)
+        try:
+            from transformers.utils.chat_template_utils import _compile_jinja_template
+
+            self._compiled = _compile_jinja_template(template)
+        except Exception:  # noqa: BLE001 - a private helper: any failure means use the public path
+            self._compiled = None
+
+    def __call__(self, chats: list[list[dict[str, str]]], add_generation_prompt: bool) -> list[str]:
+        if self._compiled is not None and chats:
+            try:
+                texts = [self._compiled.render(messages=chat, tools=None, documents=None,
+                                               add_generation_prompt=add_generation_prompt, **self._kwargs)
+                         for chat in chats]
+            except Exception:  # noqa: BLE001 - let the reference path raise (or pin) the record's error
+                texts = None
+            if texts is not None:
+                if texts[0] == render_batch(self.tokenizer, self.template, chats[:1], add_generation_prompt)[0]:
+                    return texts
+                self._compiled = None  # differs from apply_chat_template: never use it again
+        return render_batch(self.tokenizer, self.template, chats, add_generation_prompt)
+
+    @property
+    def fast(self) -> bool:
+        return self._compiled is not None
+
+
 def stop_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Token ids that end an assistant turn: eos plus known end-of-turn tokens the vocabulary has."""
     ids = [] if tokenizer.eos_token_id is None else [int(tokenizer.eos_token_id)]

@@ -9,12 +9,15 @@ prefix of the full tokens: the example is rejected, never trained on with a shif
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from dataclasses import dataclass
 
+from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
 from sftpipe.data.records import Conversation, RecordError
-from sftpipe.data.templates import render
+from sftpipe.data.templates import BatchRenderer, render
+from sftpipe.errors import SftpipeError
 
 IGNORE_INDEX = -100
 
@@ -27,7 +30,7 @@ class TokenizedExample:
 
     @property
     def num_trained(self) -> int:
-        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+        return len(self.labels) - self.labels.count(IGNORE_INDEX)  # list.count runs in C
 
 
 class ConversationTokenizer:
@@ -42,55 +45,142 @@ class ConversationTokenizer:
         self.eos_id = tokenizer.eos_token_id
         self.add_bos = tokenizer_adds_bos(tokenizer)
         self.special_texts = special_token_texts(tokenizer)
+        self.backend = plain_backend(tokenizer)
+        self.render_batch = BatchRenderer(tokenizer, template)
 
     def __call__(self, conv: Conversation) -> TokenizedExample:
+        """Tokenize one conversation.
+
+        Raises:
+            RecordError: the record cannot be trained on (see `encode_batch`).
+        """
+        result = self.encode_batch([conv])[0]
+        if isinstance(result, RecordError):
+            raise result
+        return result
+
+    def encode_batch(self, convs: list[Conversation]) -> list[TokenizedExample | RecordError]:
+        """Tokenize many conversations with one batched render and one batched fast-tokenizer call per kind.
+
+        Each result is the example or the `RecordError` (template_error, template_not_prefix,
+        boundary_straddle, multiple_bos, empty_mask, too_long, ...) that rejects it.
+        """
+        results: list[TokenizedExample | RecordError | None] = [None] * len(convs)
+        for i, conv in enumerate(convs):
+            results[i] = self._special_token_in_text(conv)
+        pending = [i for i, r in enumerate(results) if r is None]
+        chat = [i for i in pending if convs[i].kind != "text"]
+        text = [i for i in pending if convs[i].kind == "text"]
+        if text:
+            if self.eos_id is None:
+                for i in text:
+                    results[i] = RecordError("no_eos", "the tokenizer has no eos token to end a text record")
+            else:
+                encoded = self.backend.encode_batch([convs[i].messages[0]["content"] for i in text],
+                                                    add_special_tokens=False)
+                for i, enc in zip(text, encoded):
+                    ids = [*enc.ids, self.eos_id]
+                    results[i] = self._finish(ids, list(ids))
+        rendered = self._render_chats([convs[i].messages for i in chat])
+        ok = [(i, r) for i, r in zip(chat, rendered) if not isinstance(r, RecordError)]
+        for i, r in zip(chat, rendered):
+            if isinstance(r, RecordError):
+                results[i] = r
+        if ok:
+            encoded = self.backend.encode_batch([full for _, (full, _) in ok], add_special_tokens=False)
+            for (i, (_, spans)), enc in zip(ok, encoded):
+                ids = enc.ids
+                try:
+                    results[i] = self._finish(ids, _mask(ids, enc.offsets, spans))
+                except RecordError as err:
+                    results[i] = err
+        return results  # type: ignore[return-value]  # every slot is filled above
+
+    def _special_token_in_text(self, conv: Conversation) -> RecordError | None:
         for i, msg in enumerate(conv.messages):
             found = next((t for t in self.special_texts if t in msg["content"]), None)
             if found is not None:
-                raise RecordError("special_token_in_text", f"message {i} ({msg['role']}) contains the special token "
-                                  f"{found!r}, which would be read as a control token, not as text")
-        if conv.kind == "text":
-            ids = self.tokenizer(conv.messages[0]["content"], add_special_tokens=False).input_ids
-            if self.eos_id is None:
-                raise RecordError("no_eos", "the tokenizer has no eos token to end a text record")
-            ids = ids + [self.eos_id]
-            labels = list(ids)
-        else:
-            ids, labels = self._chat(conv.messages)
+                return RecordError("special_token_in_text", f"message {i} ({msg['role']}) contains the special token "
+                                   f"{found!r}, which would be read as a control token, not as text")
+        return None
+
+    def _finish(self, ids: list[int], labels: list[int]) -> TokenizedExample | RecordError:
         if self.add_bos and (not ids or ids[0] != self.bos_id):
             ids, labels = [self.bos_id, *ids], [IGNORE_INDEX, *labels]
         if self.bos_id is not None and ids.count(self.bos_id) > 1:
-            raise RecordError("multiple_bos", "the BOS token occurs more than once (template or text contains it)")
-        return self._fit(TokenizedExample(ids, labels))
+            return RecordError("multiple_bos", "the BOS token occurs more than once (template or text contains it)")
+        try:
+            return self._fit(TokenizedExample(ids, labels))
+        except RecordError as err:
+            return err
 
-    def _chat(self, messages: list[dict[str, str]]) -> tuple[list[int], list[int]]:
-        full = render(self.tokenizer, self.template, messages, add_generation_prompt=False)
-        spans = []
-        for i, msg in enumerate(messages):
-            if msg["role"] != "assistant":
+    def _render_chats(self, chats: list[list[dict[str, str]]]) -> list[tuple[str, list[tuple[int, int]]] | RecordError]:
+        """Full text and assistant character spans of each chat, rendering all chats in a few batched calls.
+
+        For assistant turn i the span runs from the end of the prompt (turns before i with the generation
+        prompt) to the end of the text up to and including turn i; the last turn's "up to" is the full text.
+        """
+        if not chats:
+            return []
+        jobs: list[tuple[int, int, list[dict[str, str]], bool]] = []  # (chat, turn, messages, generation prompt)
+        for c, messages in enumerate(chats):
+            jobs.append((c, -1, messages, False))
+            for i, msg in enumerate(messages):
+                if msg["role"] == "assistant":
+                    jobs.append((c, i, messages[:i], True))
+                    if i + 1 < len(messages):
+                        jobs.append((c, i, messages[: i + 1], False))
+        texts = self._render_many([(messages, gen) for _, _, messages, gen in jobs])
+        out: list[tuple[str, list[tuple[int, int]]] | RecordError] = []
+        by_chat: dict[int, dict[tuple[int, bool], str | RecordError]] = {}
+        for (c, i, _, gen), text in zip(jobs, texts):
+            by_chat.setdefault(c, {})[(i, gen)] = text
+        for c, messages in enumerate(chats):
+            parts = by_chat[c]
+            failed = next((t for t in parts.values() if isinstance(t, RecordError)), None)
+            if failed is not None:
+                out.append(failed)
                 continue
-            prompt = render(self.tokenizer, self.template, messages[:i], add_generation_prompt=True)
-            upto = render(self.tokenizer, self.template, messages[: i + 1], add_generation_prompt=False)
-            if not (upto.startswith(prompt) and full.startswith(upto)):
-                raise RecordError(
-                    "template_not_prefix",
-                    f"rendering turn {i} changes earlier text, so the assistant span cannot be located",
-                )
-            spans.append((len(prompt), len(upto.rstrip())))
-        enc = self.tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
-        ids: list[int] = enc["input_ids"]
-        labels = [IGNORE_INDEX] * len(ids)
-        for j, (start, end) in enumerate(enc["offset_mapping"]):
-            for a, b in spans:
-                if start < a < end or start < b < end:
-                    raise RecordError(
-                        "boundary_straddle",
-                        f"token {j} spans the prompt/answer boundary, so prompt tokens are not a prefix of the "
-                        "full tokens; end prompts with a newline or use a template with special tokens",
-                    )
-                if a <= start < b:
-                    labels[j] = ids[j]
-        return ids, labels
+            full = parts[(-1, False)]
+            spans = []
+            try:
+                for i, msg in enumerate(messages):
+                    if msg["role"] != "assistant":
+                        continue
+                    prompt = parts[(i, True)]
+                    upto = parts.get((i, False), full)
+                    if not (upto.startswith(prompt) and full.startswith(upto)):
+                        raise RecordError(
+                            "template_not_prefix",
+                            f"rendering turn {i} changes earlier text, so the assistant span cannot be located",
+                        )
+                    spans.append((len(prompt), len(upto.rstrip())))
+            except RecordError as err:
+                out.append(err)
+                continue
+            out.append((full, spans))
+        return out
+
+    def _render_many(self, jobs: list[tuple[list[dict[str, str]], bool]]) -> list[str | RecordError]:
+        """Render (messages, add_generation_prompt) pairs: one batched call per flag; if a batch fails, each
+        of its conversations is rendered alone so the failure is pinned on its record."""
+        out: list[str | RecordError] = [""] * len(jobs)
+        for gen in (False, True):
+            idx = [k for k, (_, g) in enumerate(jobs) if g == gen]
+            if not idx:
+                continue
+            try:
+                texts = self.render_batch([jobs[k][0] for k in idx], gen)
+            except Exception:  # noqa: BLE001 - jinja raises many types; find the record that fails below
+                texts = []
+                for k in idx:
+                    try:
+                        texts.append(render(self.tokenizer, self.template, jobs[k][0], gen))
+                    except Exception as exc:  # noqa: BLE001
+                        texts.append(RecordError("template_error", f"the template cannot render it: {exc}"))
+            for k, text in zip(idx, texts):
+                out[k] = text
+        return out
 
     def _fit(self, example: TokenizedExample) -> TokenizedExample:
         if example.num_trained == 0:
@@ -112,6 +202,68 @@ def special_token_texts(tokenizer: PreTrainedTokenizerBase) -> list[str]:
     texts = set(tokenizer.all_special_tokens)
     texts.update(t.content for t in tokenizer.added_tokens_decoder.values() if t.special)
     return sorted((t for t in texts if t), key=len, reverse=True)
+
+
+def _mask(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """Labels: a token is trained iff it starts inside an assistant span [a, b).
+
+    Raises:
+        RecordError: boundary_straddle, when a token crosses a span boundary (the prompt tokens are then
+            not a prefix of the full tokens).
+    """
+    starts = [start for start, _ in offsets]
+    ends = [end for _, end in offsets]
+    if not (_ascending(starts) and _ascending(ends)):
+        return _mask_token_by_token(ids, offsets, spans)
+    labels = [IGNORE_INDEX] * len(ids)
+    for a, b in spans:
+        for boundary in (a, b):
+            # Offsets ascend, so the only token that can contain the boundary is the last one starting before it.
+            j = bisect_left(starts, boundary) - 1
+            if j >= 0 and ends[j] > boundary:
+                raise _straddle(j)
+        first, last = bisect_left(starts, a), bisect_left(starts, b)
+        labels[first:last] = ids[first:last]
+    return labels
+
+
+def _ascending(values: list[int]) -> bool:
+    return values == sorted(values)  # in C: timsort is linear on sorted input
+
+
+def _mask_token_by_token(ids: list[int], offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[int]:
+    """The definition itself, for tokenizers whose offsets do not ascend."""
+    labels = [IGNORE_INDEX] * len(ids)
+    for j, (start, end) in enumerate(offsets):
+        for a, b in spans:
+            if start < a < end or start < b < end:
+                raise _straddle(j)
+            if a <= start < b:
+                labels[j] = ids[j]
+    return labels
+
+
+def _straddle(j: int) -> RecordError:
+    return RecordError(
+        "boundary_straddle",
+        f"token {j} spans the prompt/answer boundary, so prompt tokens are not a prefix of the full tokens; end "
+        "prompts with a newline or use a template with special tokens",
+    )
+
+
+def plain_backend(tokenizer: PreTrainedTokenizerBase) -> Tokenizer:
+    """A copy of the fast tokenizer's Rust backend with truncation and padding off.
+
+    Calling it directly returns ids and offsets without building the Python dicts of every other output
+    (attention mask, type ids, ...) that `tokenizer(...)` builds: half of the tokenization time.
+    """
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise SftpipeError(f"tokenizer {tokenizer.name_or_path!r} is a slow tokenizer; sftpipe needs a fast one")
+    plain = Tokenizer.from_str(backend.to_str())
+    plain.no_truncation()
+    plain.no_padding()
+    return plain
 
 
 def tokenizer_adds_bos(tokenizer: PreTrainedTokenizerBase) -> bool:

@@ -1,17 +1,16 @@
-"""Write a self-describing data dir: Arrow splits, manifest.json, DATA_CARD.md, rejected.jsonl.
+"""The data dir's contract: the example features, manifest.json, and how later stages read a split.
 
-The dir is built under a temporary name and renamed into place, so a crash never leaves a half-written
-data dir that `train` would accept.
+`prepare` builds the dir under a temporary name and renames it into place, so a crash never leaves a
+half-written data dir that `train` would accept.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import datasets
 
@@ -24,9 +23,8 @@ from sftpipe.redact import redact
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from sftpipe.data.ledger import Ledger
     from sftpipe.data.prepare import PrepareResult
-    from sftpipe.data.records import Conversation
-    from sftpipe.data.tokenize import TokenizedExample
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"
@@ -42,44 +40,9 @@ FEATURES = datasets.Features(
 )
 
 
-def write_data_dir(
-    out: Path,
-    cfg: Config,
-    tokenizer: PreTrainedTokenizerBase,
-    template: str,
-    tokenized: dict[str, list[tuple[Conversation, TokenizedExample]]],
-    result: PrepareResult,
-    rejected: list[dict[str, Any]],
-) -> None:
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for split in SPLITS:
-        rows = tokenized[split]
-        ds = datasets.Dataset.from_dict(
-            {
-                "input_ids": [ex.input_ids for _, ex in rows],
-                "labels": [ex.labels for _, ex in rows],
-                "source": [conv.source for conv, _ in rows],
-                "location": [conv.location for conv, _ in rows],
-                "messages": [json.dumps(conv.messages, ensure_ascii=False) for conv, _ in rows],
-                "meta": [json.dumps(conv.meta, ensure_ascii=False, default=str) for conv, _ in rows],
-            },
-            features=FEATURES,
-        )
-        ds.save_to_disk(str(tmp / split))
-    with (tmp / "rejected.jsonl").open("w", encoding="utf-8") as fh:
-        for item in rejected:
-            fh.write(json.dumps(item, ensure_ascii=False) + "\n")
-    manifest = build_manifest(cfg, tokenizer, template, result)
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
-    (tmp / "DATA_CARD.md").write_text(data_card(manifest), encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-
-
-def build_manifest(cfg: Config, tokenizer: PreTrainedTokenizerBase, template: str, result: PrepareResult) -> dict:
+def build_manifest(cfg: Config, tokenizer: PreTrainedTokenizerBase, template: str, result: PrepareResult,
+                   lengths: dict, ledger: Ledger) -> dict:
+    """What the data dir holds and how it was made; `train` checks its tokenizer hash."""
     return {
         "kind": "sftpipe-data",
         "sftpipe_version": __version__,
@@ -94,39 +57,18 @@ def build_manifest(cfg: Config, tokenizer: PreTrainedTokenizerBase, template: st
         "splits": {name: stats.__dict__ for name, stats in result.splits.items()},
         "sources": result.per_source,
         "rejected": dict(sorted(result.rejected.items())),
+        "removed_by_stage": {stage: dict(sorted(c.items())) for stage, c in sorted(result.removed_by_stage.items())},
+        "rejected_by_source": {name: dict(sorted(c.items())) for name, c in sorted(ledger.by_source.items())},
+        "overlaps": [{"reason": reason, "against": target, "count": n}
+                     for (reason, target), n in sorted(ledger.by_target.items())],
+        "mixing": None if result.mixing is None else {
+            "unit": cfg.data.mix.unit,
+            "total": sum(m.achieved for m in result.mixing),
+            "sources": [m.as_json() for m in result.mixing],
+        },
+        "lengths": lengths,
         "data_config": redact(cfg.data.model_dump(mode="json")),
     }
-
-
-def data_card(manifest: dict) -> str:
-    lines = [
-        "# Data card",
-        "",
-        f"Made by sftpipe {manifest['sftpipe_version']} on {manifest['created']}.",
-        f"Tokenizer `{manifest['tokenizer']['name_or_path']}`, SHA-256 `{manifest['tokenizer']['sha256']}`.",
-        f"Template `{manifest['template']['name']}` (SHA-256 `{manifest['template']['sha256'][:16]}…`), "
-        f"max_length {manifest['max_length']}, over-long policy `{manifest['overlong']}`.",
-        "",
-        "## Sources",
-        "",
-        "| source | read | kept | rejected |",
-        "|---|---:|---:|---:|",
-    ]
-    for name, c in manifest["sources"].items():
-        lines.append(f"| {name} | {c['read']} | {c['kept']} | {c['rejected']} |")
-    lines += ["", "## Splits", "", "| split | examples | tokens | trained tokens | truncated | longest |",
-              "|---|---:|---:|---:|---:|---:|"]
-    for name, s in manifest["splits"].items():
-        lines.append(f"| {name} | {s['examples']} | {s['tokens']} | {s['trained_tokens']} | {s['truncated']} "
-                     f"| {s['max_tokens']} |")
-    lines += ["", "## Rejected records", ""]
-    if manifest["rejected"]:
-        lines += ["| reason | count |", "|---|---:|"]
-        lines += [f"| {reason} | {count} |" for reason, count in manifest["rejected"].items()]
-        lines += ["", "Each one is listed with its file, line and reason in `rejected.jsonl`."]
-    else:
-        lines.append("None.")
-    return "\n".join(lines) + "\n"
 
 
 def read_manifest(data_dir: Path) -> dict:
@@ -142,6 +84,11 @@ def read_manifest(data_dir: Path) -> dict:
 
 
 def load_split(data_dir: Path, split: str) -> datasets.Dataset:
+    """One prepared split (all its shards), memory-mapped by `datasets`.
+
+    Raises:
+        SftpipeError: the split is missing.
+    """
     path = data_dir / split
     if not path.is_dir():
         raise SftpipeError(f"{data_dir}: split {split!r} is missing; re-run `sftpipe prepare`")

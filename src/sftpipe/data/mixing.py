@@ -1,0 +1,111 @@
+"""Weighted mixing of sources in the train split: up- and down-sampling to target shares, deterministically.
+
+Each source s gets the target T_s = total * w_s / sum(w) in the configured unit (examples, tokens or
+trained tokens). It contributes every kept example floor(T_s / A_s) times (A_s: what it has), plus a
+seeded random subset for the remainder: for examples, exactly the remainder (largest-remainder rounding
+makes the targets sum to the total); for tokens, examples are taken in seeded order whenever they still
+fit, so each source ends within one example's length of its target. The plan is a repeat count per
+example, written out as repeated rows, so any later packing or sampling sees the mixed data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from sftpipe.config.data_sections import MixConfig
+from sftpipe.errors import SftpipeError
+
+
+@dataclass
+class SourceMix:
+    source: str
+    weight: float
+    available: int  # in `unit`, kept train examples before mixing
+    available_examples: int
+    target: float
+    achieved: int
+    examples: int  # rows in the mixed train split
+    target_share: float
+    achieved_share: float
+
+    def as_json(self) -> dict:
+        return asdict(self)
+
+
+def plan_mix(names: list[str], weights: list[float], source: np.ndarray, amount: np.ndarray, cfg: MixConfig
+             ) -> tuple[np.ndarray, list[SourceMix]]:
+    """Repeat count per train example (aligned with `source` / `amount`) and the per-source report.
+
+    Args:
+        names, weights: per source index.
+        source: source index of each kept train example.
+        amount: each example's size in the mixing unit (1 for samples).
+
+    Raises:
+        SftpipeError: a weighted source has no train examples left.
+    """
+    available = np.bincount(source, weights=amount, minlength=len(names)).astype(np.int64)
+    empty = [names[s] for s in range(len(names)) if available[s] == 0]
+    if empty:
+        raise SftpipeError(f"data.sources: {', '.join(empty)} has no train examples left after filtering, dedup "
+                           "and the split, so its mixing weight cannot be met; remove its weight or the source")
+    total = cfg.total if cfg.total is not None else int(available.sum())
+    shares = np.array(weights, dtype=np.float64) / sum(weights)
+    targets = shares * total
+    if cfg.unit == "samples":
+        targets = _largest_remainder(targets, total)
+    counts = np.zeros(len(source), dtype=np.int64)
+    report = []
+    for s, name in enumerate(names):
+        rows = np.flatnonzero(source == s)
+        order = rows[np.random.Generator(np.random.PCG64(_seed(cfg.seed, name))).permutation(len(rows))]
+        target = int(round(targets[s]))
+        copies, remainder = divmod(target, int(available[s]))
+        counts[rows] = copies
+        counts[_fill(order, amount, remainder)] += 1
+        report.append((s, name, target))
+    achieved = np.bincount(source, weights=amount * counts, minlength=len(names)).astype(np.int64)
+    grand = max(int(achieved.sum()), 1)
+    mixes = [
+        SourceMix(name, float(weights[s]), int(available[s]), int((source == s).sum()), float(targets[s]),
+                  int(achieved[s]), int(counts[source == s].sum()), float(shares[s]), achieved[s] / grand)
+        for s, name, _ in report
+    ]
+    return counts, mixes
+
+
+def _fill(order: np.ndarray, amount: np.ndarray, budget: int) -> np.ndarray:
+    """Rows of `order` taken in turn whenever their amount still fits the budget (all 1s: the first `budget`)."""
+    sizes = amount[order]
+    if np.all(sizes == 1):
+        return order[:budget]
+    taken = []
+    left = budget
+    for row, size in zip(order.tolist(), sizes.tolist()):
+        if left <= 0:
+            break
+        if size <= left:
+            taken.append(row)
+            left -= size
+    return np.array(taken, dtype=np.int64)
+
+
+def _largest_remainder(targets: np.ndarray, total: int) -> np.ndarray:
+    floors = np.floor(targets)
+    short = total - int(floors.sum())
+    order = np.argsort(-(targets - floors), kind="stable")
+    floors[order[:short]] += 1
+    return floors
+
+
+def _seed(seed: int, name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{seed}\x1f{name}".encode(), digest_size=8).digest(), "little")
+
+
+def within(mixes: list[SourceMix], tolerance: float) -> bool:
+    """Whether every source's achieved share is within `tolerance` of its target share."""
+    return all(math.isclose(m.achieved_share, m.target_share, abs_tol=tolerance) for m in mixes)
