@@ -16,6 +16,7 @@ from sftpipe.models.adapters import build_trainable_model
 from sftpipe.tiny import init_tiny
 from sftpipe.train import loop
 from sftpipe.train.batching import collate
+from sftpipe.train.causal_lm import CausalLMLoss
 from sftpipe.train.loss import token_loss_sum
 from sftpipe.train.tracking import read_metrics
 from tests.conftest import EXAMPLES, make_config
@@ -30,7 +31,7 @@ def _train_steps(cfg, model, rows, steps=3):
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     batch = collate(rows, pad_id=0)
     for _ in range(steps):
-        loop.accumulate_gradients(model, [batch], acc)
+        loop.accumulate_gradients(CausalLMLoss(model), [batch], acc)
         opt.step()
         opt.zero_grad()
 
@@ -108,7 +109,7 @@ def test_gradient_is_token_weighted_over_the_whole_step(tmp_path, tiny_dir, chat
     for micro in (8, 4, 1):
         model.zero_grad()
         batches = [collate(rows[i : i + micro], pad_id=0) for i in range(0, 8, micro)]
-        loop.accumulate_gradients(model, batches, acc)
+        loop.accumulate_gradients(CausalLMLoss(model), batches, acc)
         results[micro] = _grads(model)
     for micro in (4, 1):
         for name, grad in results[8].items():

@@ -27,7 +27,7 @@ class ModelConfig(Section):
         "auto", description="Weights dtype when loading. auto: bfloat16 on a GPU that supports it, else float32."
     )
     attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
-        "auto", description="Attention kernel. auto: sdpa (flash_attention_2 must be asked for explicitly)."
+        "auto", description="Attention kernel. auto: flash_attention_2 on CUDA when flash-attn is installed, else sdpa."
     )
     trust_remote_code: bool = Field(
         False, description="Run Python code shipped with a hub model. Off by default: only enable for models you trust."
@@ -155,6 +155,26 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
     progress_bar: bool = Field(True, description="Show a progress bar with loss, tokens/s and ETA.")
+    # Speed (issue 3). Defaults keep the plain padded batches; `packing: true` is the fast path.
+    packing: bool = Field(
+        False, description="Pack examples best-fit-decreasing into rows of pack_length tokens; position ids restart "
+        "at each example and attention never crosses examples. Same loss per example as unpacked, far less padding.")
+    tokens_per_batch: int = Field(
+        0, ge=0, description="Token budget of one micro-batch (padding included). With packing: rows per micro-batch "
+        "= tokens_per_batch // pack_length (0: micro_batch_size rows). Without packing: > 0 groups examples of "
+        "similar length, as many per micro-batch as fit; 0 uses micro_batch_size examples.")
+    pack_length: int = Field(
+        0, ge=0, description="Tokens per packed row; 0 uses data.max_length of the data dir. Must be at least the "
+        "longest example: examples are never cut during training.")
+    cross_entropy: Literal["auto", "chunked", "liger", "full"] = Field(
+        "auto", description="Loss implementation. chunked: LM head applied to supervised positions in chunks, full "
+        "logits never materialised; liger: Liger's fused kernel (CUDA, pip install 'sftpipe[liger]'); full: logits "
+        "of every position. auto: liger when installed on CUDA, else chunked, else full.")
+    loss_chunk_tokens: int = Field(
+        0, ge=0, description="Positions per chunk of the chunked cross-entropy; 0: as many as 256 MiB of fp32 "
+        "logits allow.")
+    compile: bool = Field(False, description="torch.compile the decoder (first steps are slower while it compiles).")
+    pin_memory: bool = Field(True, description="Pin host memory of batches for faster copies to a CUDA device.")
 
 
 class ExecLimits(Section):

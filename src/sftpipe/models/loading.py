@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -11,6 +13,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from sftpipe.config.schema import ModelConfig
 from sftpipe.errors import SftpipeError
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -62,7 +66,12 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return DTYPES[name]
 
 
-def resolve_attn(name: str) -> str:
+def resolve_attn(name: str, device: torch.device | None = None) -> str:
+    """auto: flash-attention 2 on CUDA when installed (varlen kernels for packed rows), else sdpa."""
+    if name == "auto" and device is not None and device.type == "cuda":
+        if importlib.util.find_spec("flash_attn") is not None:
+            return "flash_attention_2"
+        log.info("flash-attn is not installed; using sdpa attention (pip install 'sftpipe[flash]' for varlen kernels)")
     if name == "flash_attention_2":
         try:
             import flash_attn  # noqa: F401
@@ -83,7 +92,7 @@ def load_model(cfg: ModelConfig, device: torch.device, path: str | Path | None =
             source,
             revision=None if path else cfg.revision,
             dtype=resolve_dtype(cfg.dtype, device),
-            attn_implementation=resolve_attn(cfg.attn_implementation),
+            attn_implementation=resolve_attn(cfg.attn_implementation, device),
             trust_remote_code=cfg.trust_remote_code,
             use_safetensors=True,
         )

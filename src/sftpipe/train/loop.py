@@ -27,13 +27,13 @@ from sftpipe.evaluate.in_training import TrainingEval
 from sftpipe.evaluate.metrics import LossMetrics, evaluate_loss
 from sftpipe.faults import failpoint
 from sftpipe.models.adapters import build_trainable_model, count_parameters
-from sftpipe.models.loading import load_tokenizer, pick_device, tokenizer_sha256
-from sftpipe.train.batching import BatchPlan, collate
+from sftpipe.models.loading import load_tokenizer, pick_device, resolve_attn, tokenizer_sha256
+from sftpipe.train.causal_lm import CausalLMLoss
 from sftpipe.train.checkpoint import capture_rng, save_checkpoint
+from sftpipe.train.microbatches import MicroBatchSource, TokenStore, build_plan, micro_batch_loader
 from sftpipe.train.resume import resume_from_latest_complete, run_fingerprint, trim_metrics
-from sftpipe.train.tracking import MetricsLogger, write_run_manifest
-from sftpipe.train.loss import token_loss_sum
 from sftpipe.train.saving import save_final
+from sftpipe.train.tracking import MetricsLogger, write_run_manifest
 
 
 @dataclass
@@ -49,6 +49,7 @@ class TrainResult:
     tokens_per_s: float
     wall_s: float
     resumed_from: Path | None
+    packing_efficiency: float = float("nan")  # real tokens / token slots of the batches this run trained on
 
 
 def check_tokenizer_matches(manifest: dict, tokenizer, cfg: Config, data_dir: Path) -> None:
@@ -96,13 +97,19 @@ def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainR
     optimizer = torch.optim.AdamW(
         _param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.adam_betas, foreach=device.type == "cuda"
     )
-    plan = BatchPlan(len(train_ds), tc.micro_batch_size, tc.seed, accelerator.num_processes,
-                     accelerator.process_index)
+    # The module trained is the model plus its loss (see causal_lm.py); `model` stays the bare model for
+    # validation and saving.
+    loss_model = CausalLMLoss(model, tc.cross_entropy, tc.loss_chunk_tokens, compile=tc.compile)
+    attention = resolve_attn(cfg.model.attn_implementation, device)
+    speed = {"cross_entropy": loss_model.cross_entropy, "attention": attention, "compile": tc.compile}
+    store = TokenStore(train_ds)
+    plan, layout = build_plan(tc, store.lengths, manifest["max_length"], accelerator.num_processes,
+                              accelerator.process_index, flat=attention == "flash_attention_2")
     total_micro = tc.max_steps * tc.grad_accum if tc.max_steps else math.ceil(tc.epochs * plan.micro_batches_per_epoch)
     total_steps = math.ceil(total_micro / tc.grad_accum)
     scheduler = get_scheduler(tc.scheduler, optimizer, num_warmup_steps=int(tc.warmup_ratio * total_steps),
                               num_training_steps=total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
 
     fingerprint = run_fingerprint(cfg, data_dir, manifest["tokenizer"]["sha256"], accelerator.num_processes)
     state, resumed_from = resume_from_latest_complete(
@@ -118,6 +125,7 @@ def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainR
         write_run_manifest(run_dir, cfg, manifest, accelerator.num_processes, str(device))
     accelerator.init_trackers("tensorboard")
     logger = MetricsLogger(run_dir / "logs" / "metrics.jsonl", accelerator, enabled=accelerator.is_main_process)
+    logger.log(state.step, {"speed": {**layout.describe(), **speed}})
 
     def validate() -> LossMetrics | None:
         if len(val_ds) == 0:
@@ -134,17 +142,19 @@ def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainR
     model.train()
     bar = tqdm(total=total_steps, initial=state.step, disable=not (tc.progress_bar and accelerator.is_main_process),
                desc="train", dynamic_ncols=True)
-    window_tokens, window_t = 0, time.perf_counter()
+    window = torch.zeros(3, dtype=torch.float64)  # real tokens, token slots, supervised tokens since last log
+    run_real = run_slots = 0
+    window_t = time.perf_counter()
     step_loss = float("nan")
     last_val = None
+    source = MicroBatchSource(plan, layout, store, tokenizer.pad_token_id)
+    batch_iter = iter(micro_batch_loader(source, state.micro_batch, total_micro, tc.num_workers,
+                                         tc.pin_memory and device.type == "cuda"))
     while state.step < total_steps:
         failpoint("train.step")
         micro_ids = range(state.micro_batch, min(state.micro_batch + tc.grad_accum, total_micro))
-        batches = []
-        for g in micro_ids:
-            idx, real = plan.indices(g)
-            batches.append(collate(list(train_ds.select(idx)), tokenizer.pad_token_id, real))
-        loss_total, step_tokens = accumulate_gradients(model, batches, accelerator)
+        micro = [next(batch_iter) for _ in micro_ids]
+        loss_total, step_tokens = accumulate_gradients(loss_model, [mb.inputs for mb in micro], accelerator)
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm) if tc.max_grad_norm else None
         optimizer.step()
         failpoint("train.optimizer_step")
@@ -152,24 +162,29 @@ def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainR
         optimizer.zero_grad(set_to_none=True)
 
         step_loss = loss_total / max(step_tokens, 1)
-        seen = sum(int(b["attention_mask"].sum()) for b in batches)
-        seen = int(accelerator.reduce(torch.tensor(seen, device=device), "sum"))
+        local = torch.tensor([sum(mb.real_tokens for mb in micro if mb.real), sum(mb.slots for mb in micro)],
+                             device=device, dtype=torch.float64)
+        seen, slots = (int(x) for x in accelerator.reduce(local, "sum").tolist())
         state.step += 1
         state.micro_batch = micro_ids.stop
         state.tokens_seen += seen
         state.trained_tokens_seen += step_tokens
-        window_tokens += seen
+        window += torch.tensor([seen, slots, step_tokens], dtype=torch.float64)
+        run_real, run_slots = run_real + seen, run_slots + slots
         if state.step % tc.log_every == 0 or state.step == total_steps:
             elapsed = time.perf_counter() - window_t
-            tps = window_tokens / elapsed if elapsed > 0 else 0.0
+            tps = float(window[0]) / elapsed if elapsed > 0 else 0.0
             record = {"loss": step_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tps,
+                      "trained_tokens_per_s": float(window[2]) / elapsed if elapsed > 0 else 0.0,
+                      "packing_efficiency": float(window[0] / window[1]) if window[1] else 1.0,
                       "epoch": state.micro_batch / plan.micro_batches_per_epoch,
                       "grad_norm": float(grad_norm) if grad_norm is not None else None,
                       "tokens": state.tokens_seen, "trained_tokens": state.trained_tokens_seen}
             logger.log(state.step, record)
             failpoint("train.logged")
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tps:.0f}")
-            window_tokens, window_t = 0, time.perf_counter()
+            window.zero_()
+            window_t = time.perf_counter()
         bar.update(1)
         is_last = state.step == total_steps
         if (tc.eval_every and state.step % tc.eval_every == 0) or is_last:
@@ -196,12 +211,15 @@ def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainR
     accelerator.end_training()
     wall = time.perf_counter() - t0
     return TrainResult(run_dir, state.step, final_dir, step_loss, last_val, val_before, trainable, total,
-                       state.tokens_seen / wall if wall else 0.0, wall, resumed_from)
+                       state.tokens_seen / wall if wall else 0.0, wall, resumed_from,
+                       run_real / run_slots if run_slots else float("nan"))
 
 
 def accumulate_gradients(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], accelerator: Accelerator
                          ) -> tuple[float, int]:
     """Forward/backward every micro-batch of one optimizer step; gradients end up as the step's token mean.
+
+    `model` is a `CausalLMLoss` (as prepared by accelerate): its forward returns a micro-batch's loss sum.
 
     The loss of each micro-batch is its token SUM divided by the supervised tokens of the whole step on all
     ranks, so the accumulated gradient equals that of one big batch however the step is split into
@@ -215,11 +233,10 @@ def accumulate_gradients(model: torch.nn.Module, batches: list[dict[str, torch.T
     step_tokens = int(accelerator.reduce(torch.tensor(local_tokens, device=device), "sum"))
     loss_total = torch.zeros((), device=device, dtype=torch.float64)
     for i, batch in enumerate(batches):
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         sync = i == len(batches) - 1
         with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss_sum, _, _ = token_loss_sum(logits, batch["labels"])
+            loss_sum = model(**batch)
             # DDP averages gradients over ranks; scaling by world size turns that into a global token sum.
             loss = loss_sum * accelerator.num_processes / max(step_tokens, 1)
             accelerator.backward(loss)

@@ -35,3 +35,87 @@ def token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     with torch.no_grad():
         correct = (flat_logits.argmax(dim=-1) == flat_targets) & supervised
     return loss_sum, supervised.sum(), correct.sum()
+
+
+# Bytes of fp32 logits one chunk of the chunked cross-entropy may hold (rows = budget / (4 * vocab)).
+CHUNK_LOGITS_BYTES = 256 * 2**20
+
+
+def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                             chunk_tokens: int = 0) -> torch.Tensor:
+    """Summed cross-entropy of `hidden @ weight.T` against `targets`, never holding more than one chunk of logits.
+
+    The LM head is applied to `chunk_tokens` rows at a time and the gradients with respect to `hidden` and
+    `weight` are computed chunk by chunk inside the forward pass, so neither the forward nor the backward
+    ever holds the (tokens x vocab) fp32 logits at once, and nothing is recomputed. Liger's fused linear
+    cross-entropy does the same with Triton kernels on GPU; this is the portable version (CPU, any GPU).
+
+    Args:
+        hidden: (tokens, hidden) final hidden states of the supervised positions only.
+        weight: (vocab, hidden) LM head weight (no bias).
+        targets: (tokens,) target ids; no ignore index (select supervised positions before calling).
+        chunk_tokens: rows per chunk; 0 picks the largest chunk whose fp32 logits fit in CHUNK_LOGITS_BYTES.
+
+    Returns:
+        the loss sum, an fp32 scalar (fp64 for fp64 inputs); differentiable in `hidden` and `weight`.
+    """
+    if chunk_tokens <= 0:
+        chunk_tokens = max(1, CHUNK_LOGITS_BYTES // (4 * weight.size(0)))
+    needs_grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    if not needs_grad:
+        return _chunked_loss_sum(hidden, weight, targets, chunk_tokens)
+    return _LinearCrossEntropySum.apply(hidden, weight, targets, chunk_tokens)
+
+
+@torch.no_grad()
+def _chunked_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+    acc = torch.promote_types(hidden.dtype, torch.float32)
+    total = torch.zeros((), dtype=acc, device=hidden.device)
+    w = weight.to(hidden.dtype)
+    for start in range(0, hidden.size(0), chunk):
+        logits = (hidden[start : start + chunk] @ w.T).to(acc)
+        total += (torch.logsumexp(logits, -1) - logits.gather(1, targets[start : start + chunk, None]).squeeze(1)).sum()
+    return total
+
+
+class _LinearCrossEntropySum(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk):  # noqa: ANN001 - autograd signature
+        need_h, need_w = hidden.requires_grad, weight.requires_grad
+        # Matmuls run in the hidden states' dtype (what autocast would pick); softmax and sums in fp32.
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            w = weight.to(hidden.dtype)
+            acc = torch.promote_types(hidden.dtype, torch.float32)  # fp32, or fp64 for fp64 inputs
+            total = torch.zeros((), dtype=acc, device=hidden.device)
+            grad_h = torch.empty_like(hidden) if need_h else None
+            grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+            for start in range(0, hidden.size(0), chunk):
+                h = hidden[start : start + chunk]
+                t = targets[start : start + chunk]
+                logits = (h @ w.T).to(acc)
+                lse = torch.logsumexp(logits, -1)
+                total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+                # d(sum CE)/d logits = softmax - onehot, computed in place over the logits chunk
+                probs = logits.sub_(lse[:, None]).exp_()
+                probs[torch.arange(t.numel(), device=t.device), t] -= 1.0
+                probs = probs.to(h.dtype)
+                if need_h:
+                    grad_h[start : start + chunk] = probs @ w
+                if need_w:
+                    grad_w.addmm_(probs.T.to(acc), h.to(acc))  # accumulated in fp32 across chunks
+        ctx.save_for_backward(*(g for g in (grad_h, grad_w) if g is not None))
+        ctx.need = (need_h, need_w)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001 - autograd signature
+        saved = list(ctx.saved_tensors)
+        need_h, need_w = ctx.need
+        grad_h = grad_w = None
+        if need_h:
+            grad_h = saved.pop(0)
+            grad_h = grad_h * grad_out.to(grad_h.dtype)
+        if need_w:
+            grad_w = (saved.pop(0) * grad_out).to(ctx.weight_dtype)
+        return grad_h, grad_w, None, None
