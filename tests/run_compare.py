@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from sftpipe.train.tracking import read_metrics
 
-CLOCK_FIELDS = ("time", "tokens_per_s")
+CLOCK_FIELDS = ("time", "tokens_per_s", "trained_tokens_per_s")
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:

@@ -125,7 +125,8 @@ def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainR
         write_run_manifest(run_dir, cfg, manifest, accelerator.num_processes, str(device))
     accelerator.init_trackers("tensorboard")
     logger = MetricsLogger(run_dir / "logs" / "metrics.jsonl", accelerator, enabled=accelerator.is_main_process)
-    logger.log(state.step, {"speed": {**layout.describe(), **speed}})
+    if state.step == 0:  # once per run: a resumed run must not log it again (resumed logs equal uninterrupted)
+        logger.log(0, {"speed": {**layout.describe(), **speed}})
 
     def validate() -> LossMetrics | None:
         if len(val_ds) == 0:
