@@ -47,10 +47,13 @@ SFTPIPE_CHILD = textwrap.dedent("""
     from sftpipe.data import prepare
     from sftpipe.data.writer import load_split
     config, sample_out = sys.argv[1], sys.argv[2]
+    def cpu():
+        return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                   for f in ("ru_utime", "ru_stime"))
     cfg = load_config(config)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu()
     result = prepare.run(cfg)
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, cpu() - c0
     sample = {}
     train = load_split(result.output_dir, "train")
     for row in train.select(range(min(300, len(train)))):
@@ -58,7 +61,7 @@ SFTPIPE_CHILD = textwrap.dedent("""
         sample[messages[0]["content"] + "\\x1f" + messages[1]["content"]] = [row["input_ids"], row["labels"]]
     json.dump(sample, open(sample_out, "w"))
     print(json.dumps({
-        "seconds": seconds, "records": result.records_read,
+        "seconds": seconds, "cpu_seconds": cpu_seconds, "records": result.records_read,
         "examples": sum(s.examples for s in result.splits.values()),
         "tokens": sum(s.tokens for s in result.splits.values()),
         "rejected": dict(result.rejected),
@@ -80,7 +83,10 @@ TRL_CHILD = textwrap.dedent("""
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.chat_template = CHATML
     model = AutoModelForCausalLM.from_pretrained(model_dir)
-    t0 = time.perf_counter()
+    def cpu():
+        return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                   for f in ("ru_utime", "ru_stime"))
+    t0, c0 = time.perf_counter(), cpu()
     rows = []
     with open(data, encoding="utf-8") as fh:
         for line in fh:
@@ -92,7 +98,7 @@ TRL_CHILD = textwrap.dedent("""
     args = SFTConfig(output_dir=out_dir, max_length=int(max_length), report_to=[], use_cpu=True, bf16=False,
                      dataset_num_proc=int(num_proc) or None)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    seconds = time.perf_counter() - t0
+    seconds, cpu_seconds = time.perf_counter() - t0, cpu() - c0
     ds = trainer.train_dataset
     tokens = sum(len(ids) for ids in ds["input_ids"])
     sample = {}
@@ -101,7 +107,7 @@ TRL_CHILD = textwrap.dedent("""
         sample[key] = [row["input_ids"], row["labels"]]
     json.dump(sample, open(sample_out, "w"))
     print(json.dumps({
-        "seconds": seconds, "records": len(rows), "examples": len(ds), "tokens": tokens,
+        "seconds": seconds, "cpu_seconds": cpu_seconds, "records": len(rows), "examples": len(ds), "tokens": tokens,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "workers_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }))
@@ -143,7 +149,9 @@ def run_child(name: str, script: str, args: list[str], env: dict[str, str]) -> d
     result["tree_peak_pss_mib"] = round(peak_pss, 1)
     result["records_per_s"] = result["records"] / result["seconds"]
     result["tokens_per_s"] = result["tokens"] / result["seconds"]
-    print(f"   {result['seconds']:.1f}s, {result['records_per_s']:.0f} records/s, {result['tokens_per_s']:.0f} "
+    result["cpu_ms_per_record"] = 1000 * result["cpu_seconds"] / result["records"]
+    print(f"   {result['seconds']:.1f}s ({result['cpu_seconds']:.1f} CPU-s), {result['records_per_s']:.0f} records/s, "
+          f"{result['tokens_per_s']:.0f} "
           f"tokens/s, peak RSS {result['peak_rss_mib']:.0f} MiB (workers {result['workers_peak_rss_mib']:.0f}), "
           f"tree PSS {peak_pss:.0f} MiB", flush=True)
     return result
@@ -234,6 +242,9 @@ def main() -> None:
         "speedup_vs_trl_default": trl_default["seconds"] / results["sftpipe"]["seconds"],
         "speedup_vs_trl_best": trl_best["seconds"] / results["sftpipe"]["seconds"],
         "speedup_one_process_vs_trl_default": trl_default["seconds"] / results["sftpipe_one_process"]["seconds"],
+        "cpu_ratio_trl_default_vs_sftpipe": trl_default["cpu_seconds"] / results["sftpipe"]["cpu_seconds"],
+        "cpu_ratio_trl_default_vs_sftpipe_no_dedup": trl_default["cpu_seconds"]
+        / results["sftpipe_no_dedup"]["cpu_seconds"],
         "speedup_no_dedup_vs_trl_default": trl_default["seconds"] / results["sftpipe_no_dedup"]["seconds"],
         "speedup_no_dedup_vs_trl_best": trl_best["seconds"] / results["sftpipe_no_dedup"]["seconds"],
         "peak_rss_ratio_10x_vs_1x": results["sftpipe"]["peak_rss_mib"] / results["sftpipe_tenth"]["peak_rss_mib"],
@@ -276,10 +287,12 @@ def markdown(report: dict) -> str:
              f"{m['load_average_before']}, after {m['load_average_after']} (a shared machine: timings are noisy, "
              "the contenders ran one after the other in the same run). Tokenizer: the embedded tiny BPE; template "
              f"ChatML; max_length {report['max_length']}.", "",
-             "| contender | seconds | records/s | tokens/s | peak RSS MiB (main) | peak RSS MiB (largest worker) "
-             "| peak PSS MiB (process tree) |", "|---|---:|---:|---:|---:|---:|---:|"]
+             "| contender | seconds | CPU-seconds | records/s | tokens/s | peak RSS MiB (main) "
+             "| peak RSS MiB (largest worker) | peak PSS MiB (process tree) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for name, x in rows:
-        lines.append(f"| {name} | {x['seconds']:.1f} | {x['records_per_s']:.0f} | {x['tokens_per_s']:.0f} | "
+        lines.append(f"| {name} | {x['seconds']:.1f} | {x['cpu_seconds']:.1f} | {x['records_per_s']:.0f} "
+                     f"| {x['tokens_per_s']:.0f} | "
                      f"{x['peak_rss_mib']:.0f} | {x['workers_peak_rss_mib']:.0f} | {x['tree_peak_pss_mib']:.0f} |")
     t = r["sftpipe_tenth"]
     check = s["same_work_check"]
@@ -287,6 +300,9 @@ def markdown(report: dict) -> str:
               f"TRL setting: **{s['speedup_vs_trl_best']:.2f}x**.",
               f"- sftpipe default in one process vs TRL default (one process each): "
               f"{s['speedup_one_process_vs_trl_default']:.2f}x.",
+              f"- CPU time (user + system, all processes; independent of how busy the machine was): TRL default "
+              f"used {s['cpu_ratio_trl_default_vs_sftpipe']:.2f}x the CPU of sftpipe default and "
+              f"{s['cpu_ratio_trl_default_vs_sftpipe_no_dedup']:.2f}x that of sftpipe with dedup off.",
               f"- sftpipe with dedup off vs TRL default: {s['speedup_no_dedup_vs_trl_default']:.2f}x; vs the faster "
               f"TRL setting: {s['speedup_no_dedup_vs_trl_best']:.2f}x.",
               f"- sftpipe peak RSS at {report['records']} records vs a tenth ({t['records']}): main "
