@@ -14,9 +14,10 @@ from reading the file to prepared data, excluding interpreter start, imports and
   (apply_chat_template, completion mask, labels, truncation), with `dataset_num_proc` at its default
   (None: one process) and at the number of cores.
 
-Memory: each child's own peak RSS (ru_maxrss), the largest of its worker processes, and the peak of the
-summed proportional set size (PSS: shared pages counted once) of its whole process tree, sampled every
-0.2 s. The peak-RSS scaling of sftpipe is measured at a tenth of the records and at all of them.
+Each contender runs `--repeats` times (rounds interleave the contenders); figures are the median run's,
+memory the largest of any run. Memory: each child's own peak RSS (ru_maxrss), the largest of its worker
+processes, and the peak of the summed proportional set size (PSS: shared pages counted once) of its
+whole process tree, sampled every 0.2 s. The peak-RSS scaling of sftpipe is measured at a tenth of the records and at all of them.
 A check that both tools did the same work compares their token ids on the records both kept.
 """
 
@@ -157,6 +158,16 @@ def run_child(name: str, script: str, args: list[str], env: dict[str, str]) -> d
     return result
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The run with the median wall time; its memory figures replaced by the largest seen in any run."""
+    chosen = dict(sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2])
+    for key in ("peak_rss_mib", "workers_peak_rss_mib", "tree_peak_pss_mib"):
+        chosen[key] = max(r[key] for r in runs)
+    chosen["all_seconds"] = [round(r["seconds"], 2) for r in runs]
+    chosen["all_cpu_seconds"] = [round(r["cpu_seconds"], 2) for r in runs]
+    return chosen
+
+
 def same_work(ours_path: Path, trl_path: Path, bos_id: int) -> dict:
     """On records both kept (matched by text): do the token ids and trained labels agree (BOS aside)?"""
     ours = json.loads(ours_path.read_text())
@@ -191,6 +202,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--results", type=Path, default=HERE / "results")
     parser.add_argument("--work", type=Path, help="scratch dir (default: a temporary dir)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds; each figure is the median over them")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE))
     from make_alpaca import make_records
@@ -215,27 +227,28 @@ def main() -> None:
 
     bos_id = AutoTokenizer.from_pretrained(tiny.out_dir).bos_token_id
 
-    results: dict[str, dict] = {}
-    cfg = write_config(work / "full.json", data, tiny.out_dir, work / "out_full", args.max_length, {})
-    results["sftpipe"] = run_child("sftpipe prepare (filters + exact/near dedup + decontamination, all cores)",
-                                   SFTPIPE_CHILD, [str(cfg), str(work / "sample_sftpipe.json")], env)
-    cfg = write_config(work / "one.json", data, tiny.out_dir, work / "out_one", args.max_length, {"num_proc": 1})
-    results["sftpipe_one_process"] = run_child("sftpipe prepare (default data config, num_proc=1)", SFTPIPE_CHILD,
-                                               [str(cfg), str(work / "sample_one.json")], env)
-    cfg = write_config(work / "nodedup.json", data, tiny.out_dir, work / "out_nodedup", args.max_length,
-                       {"dedup": {"exact": False, "near": False}})
-    results["sftpipe_no_dedup"] = run_child("sftpipe prepare (dedup off: tokenize with masks only, all cores)",
-                                            SFTPIPE_CHILD, [str(cfg), str(work / "sample_nodedup.json")], env)
-    cfg = write_config(work / "tenth.json", small, tiny.out_dir, work / "out_tenth", args.max_length, {})
-    results["sftpipe_tenth"] = run_child(f"sftpipe prepare on a tenth ({args.records // 10} records)",
-                                         SFTPIPE_CHILD, [str(cfg), str(work / "sample_tenth.json")], env)
+    contenders: list[tuple[str, str, str, list[str]]] = []  # (key, label, child script, args)
+    for key, label, source, extra in (
+        ("sftpipe", "sftpipe prepare (filters + exact/near dedup + decontamination, all cores)", data, {}),
+        ("sftpipe_one_process", "sftpipe prepare (default data config, num_proc=1)", data, {"num_proc": 1}),
+        ("sftpipe_no_dedup", "sftpipe prepare (dedup off: tokenize with masks only, all cores)", data,
+         {"dedup": {"exact": False, "near": False}}),
+        ("sftpipe_tenth", f"sftpipe prepare on a tenth ({args.records // 10} records)", small, {}),
+    ):
+        cfg = write_config(work / f"{key}.json", source, tiny.out_dir, work / f"out_{key}", args.max_length, extra)
+        contenders.append((key, label, SFTPIPE_CHILD, [str(cfg), str(work / f"sample_{key}.json")]))
     for procs in (0, cores):
-        label = f"trl_num_proc_{procs or 'default'}"
-        results[label] = run_child(f"TRL SFTTrainer preparation (dataset_num_proc={procs or None})", TRL_CHILD,
-                                   [str(data), str(tiny.out_dir), str(procs), str(args.max_length),
-                                    str(work / f"trl_out_{procs}"), str(work / f"sample_{label}.json")], env)
+        key = f"trl_num_proc_{procs or 'default'}"
+        contenders.append((key, f"TRL SFTTrainer preparation (dataset_num_proc={procs or None})", TRL_CHILD,
+                           [str(data), str(tiny.out_dir), str(procs), str(args.max_length),
+                            str(work / f"trl_out_{procs}"), str(work / f"sample_{key}.json")]))
+    runs: dict[str, list[dict]] = {key: [] for key, *_ in contenders}
+    for round_ in range(args.repeats):  # rounds interleave the contenders, so load bursts hit all of them
+        for key, label, script, child_args in contenders:
+            runs[key].append(run_child(f"{label} [round {round_ + 1}/{args.repeats}]", script, child_args, env))
+    results = {key: _median_run(r) for key, r in runs.items()}
 
-    check = same_work(work / "sample_nodedup.json", work / "sample_trl_num_proc_default.json", bos_id)
+    check = same_work(work / "sample_sftpipe_no_dedup.json", work / "sample_trl_num_proc_default.json", bos_id)
     trl_best = min((results[k] for k in results if k.startswith("trl")), key=lambda r: r["seconds"])
     trl_default = results["trl_num_proc_default"]
     summary = {
@@ -259,7 +272,8 @@ def main() -> None:
                     "load_average_before": [round(x, 2) for x in load_before],
                     "load_average_after": [round(x, 2) for x in os.getloadavg()]},
         "versions": _versions(),
-        "records": args.records, "max_length": args.max_length, "results": results, "summary": summary,
+        "records": args.records, "max_length": args.max_length, "repeats": args.repeats, "results": results,
+        "summary": summary,
     }
     args.results.mkdir(parents=True, exist_ok=True)
     stem = f"prepare_{args.records}"
@@ -284,9 +298,10 @@ def markdown(report: dict) -> str:
             (f"TRL SFTTrainer preparation, dataset_num_proc={m['cores']}", r[f"trl_num_proc_{m['cores']}"])]
     lines = [f"# prepare benchmark: {report['records']} Alpaca-shaped records", "",
              f"{report['date']}; {m['cores']} cores, {m['memory_gib']} GiB; load average before "
-             f"{m['load_average_before']}, after {m['load_average_after']} (a shared machine: timings are noisy, "
-             "the contenders ran one after the other in the same run). Tokenizer: the embedded tiny BPE; template "
-             f"ChatML; max_length {report['max_length']}.", "",
+             f"{m['load_average_before']}, after {m['load_average_after']} (a machine shared with other jobs: "
+             f"wall times are noisy, so each contender ran {report['repeats']} times, rounds interleaved, and the "
+             "table shows the median run; CPU-seconds are less sensitive to the load). Tokenizer: the embedded tiny "
+             f"BPE; template ChatML; max_length {report['max_length']}.", "",
              "| contender | seconds | CPU-seconds | records/s | tokens/s | peak RSS MiB (main) "
              "| peak RSS MiB (largest worker) | peak PSS MiB (process tree) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -296,7 +311,9 @@ def markdown(report: dict) -> str:
                      f"{x['peak_rss_mib']:.0f} | {x['workers_peak_rss_mib']:.0f} | {x['tree_peak_pss_mib']:.0f} |")
     t = r["sftpipe_tenth"]
     check = s["same_work_check"]
-    lines += ["", f"- sftpipe default vs TRL default: **{s['speedup_vs_trl_default']:.2f}x** faster; vs the faster "
+    lines += ["", "Wall seconds of every run: " + "; ".join(
+        f"{key} {x['all_seconds']}" for key, x in r.items()) + ".", "",
+        f"- sftpipe default vs TRL default: **{s['speedup_vs_trl_default']:.2f}x** faster; vs the faster "
               f"TRL setting: **{s['speedup_vs_trl_best']:.2f}x**.",
               f"- sftpipe default in one process vs TRL default (one process each): "
               f"{s['speedup_one_process_vs_trl_default']:.2f}x.",
