@@ -205,3 +205,27 @@ def test_every_removal_is_counted_once(tmp_path, tiny_dir):
     assert manifest["sources"]["in.jsonl"] == {"read": len(lines), "kept": kept, "rejected": total}
     locations = {loc for s in ("train", "val", "test") for loc in datasets.load_from_disk(f"{out}/{s}")["location"]}
     assert not locations & {r["location"] for r in rejected} and len(locations) == kept
+
+
+def test_repeated_marks_exactly_the_values_that_occur_twice_or_more():
+    from sftpipe.data.dedup import repeated
+
+    values = np.array([5, 3, 5, 9, 1, 3, 3, 7], dtype=np.uint64)
+    assert repeated(values).tolist() == [True, True, True, False, False, True, True, False]
+    assert not repeated(np.arange(10, dtype=np.uint64)).any()
+
+
+def test_only_band_colliding_rows_are_candidates(tmp_path):
+    from sftpipe.data.dedup import NearDuplicateIndex, SignatureStore
+
+    signer = Signer(128, 3)
+    words = [[f"t{k}w{i}" for i in range(40)] for k in range(50)]
+    near = list(words[7])
+    near[20] = "changed"
+    store = SignatureStore(tmp_path / "sig.u32", 128)
+    store.append(np.stack([signer(w) for w in [*words, near]]))
+    store.finish_writing()
+    index = NearDuplicateIndex(0.85, 128, store)
+    colliding = index.colliding_rows(51, tmp_path)
+    store.close()
+    assert np.flatnonzero(colliding).tolist() == [7, 50]  # the planted pair, and nothing unrelated

@@ -42,26 +42,28 @@ def detect_format(record: dict[str, Any], source: SourceConfig) -> str:
 
 
 def to_conversation(
-    record: dict[str, Any], fmt: str, source: SourceConfig, location: str, system_prompt: str | None
+    record: dict[str, Any], fmt: str, source: SourceConfig, location: str, system_prompt: str | None,
+    name: str | None = None,
 ) -> Conversation:
-    """Convert one raw record.
+    """Convert one raw record; `name` is the source's display name (pass it to skip recomputing it).
 
     Raises:
         RecordError: missing or mistyped fields, bad role order, empty response.
     """
+    name = name or source.display_name
     get = _FieldGetter(record, source.fields)
     if fmt == "text":
         text = get.text("text")
         if not text.strip():
             raise RecordError("empty_content", f"field {get.name('text')!r} is empty")
-        return Conversation([{"role": "assistant", "content": text}], source.display_name, location, kind="text")
+        return Conversation([{"role": "assistant", "content": text}], name, location, kind="text")
     messages = _CONVERTERS[fmt](get, source)
     system = source.system_prompt or system_prompt
     if system and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system})
     validate_messages(messages)
     meta = {name: record[get.name(name)] for name in META_FIELDS if get.name(name) in record}
-    return Conversation(messages, source.display_name, location, meta)
+    return Conversation(messages, name, location, meta)
 
 
 class _FieldGetter:

@@ -6,15 +6,17 @@
 3. dedup and decontamination (`decontam.py`): test first, then val, then train, so a near duplicate of a
    test example is removed from train, never kept on both sides; then n-gram overlap with eval sets.
 4. mix (`mixing.py`): weighted up/down-sampling of sources in train, if weights are set.
-5. write (`shards.py`, `card.py`): sharded split dirs, manifest.json, DATA_CARD.md, rejected.jsonl.
+5. write (`assemble.py`, `shards.py`, `card.py`): sharded split dirs, manifest.json, DATA_CARD.md, rejected.jsonl.
 
 Every record read is accounted for: it ends up in a split or in `rejected.jsonl` with a reason, and the
-counts per reason are in the manifest, the data card and the CLI output. Memory stays bounded by the
-input's size only through the dedup indexes (see `decontam.py`).
+counts per reason are in the manifest, the data card and the CLI output. Memory does not grow with the
+input but for a few dozen bytes of figures per example and the dedup indexes, which hold only duplicate
+candidates (see `decontam.py`).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from collections import Counter
@@ -135,7 +137,7 @@ def _prepare(cfg: Config, tokenizer, template: str, out: Path, tmp: Path) -> Pre
         if signatures is not None:
             signatures.finish_writing()
         locations.finish_writing()
-        removals = find_duplicates(table.digest, split, signatures, data.dedup, tmp / "_work")
+        removals = find_duplicates(table.digest, split, signatures, data.dedup, work)
         find_ngram_overlaps(removals, split, table.chunks, data.decontam)
         repeat = (removals.status == KEPT).astype(np.int64)
         mixes = _mix(cfg, table, split, repeat)
@@ -148,27 +150,33 @@ def _prepare(cfg: Config, tokenizer, template: str, out: Path, tmp: Path) -> Pre
     for name, c in counts.items():
         c["rejected"] = sum(ledger.by_source[name].values())
         c["kept"] = c["read"] - c["rejected"]
-    splits = {}
-    lengths = {}
+    splits, lengths = _split_stats(table, split, removals.status == KEPT, repeat, shards)
+    result = PrepareResult(out, sum(c["read"] for c in counts.values()), splits, Counter(ledger.by_reason), counts,
+                           {stage: dict(c) for stage, c in ledger.by_stage.items()}, mixes)
+    figures = length_figures(lengths, data.max_length)
+    manifest = build_manifest(cfg, tokenizer, template, result, figures, ledger)
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+    write_histogram_svg(tmp / "length_histogram.svg", figures)
+    (tmp / "DATA_CARD.md").write_text(data_card(manifest), encoding="utf-8")
+    return result
+
+
+def _split_stats(table: ScanTable, split: np.ndarray, kept: np.ndarray, repeat: np.ndarray, shards: dict[str, int]
+                 ) -> tuple[dict[str, SplitStats], dict[str, np.ndarray]]:
+    """Figures of each split as written (train rows counted as often as the mix repeats them)."""
+    stats, lengths = {}, {}
     for code, name in SPLIT_NAMES.items():
-        sel = (split == code) & (removals.status == KEPT)
+        sel = (split == code) & kept
         rep = repeat[sel]
-        tokens = np.repeat(table.tokens[sel], rep)
-        splits[name] = SplitStats(
+        tokens = np.repeat(table.tokens[sel].astype(np.int64), rep)
+        stats[name] = SplitStats(
             examples=int(rep.sum()), tokens=int(tokens.sum()),
             trained_tokens=int((table.trained[sel].astype(np.int64) * rep).sum()),
             truncated=int((table.truncated[sel] * rep).sum()), max_tokens=int(tokens.max(initial=0)),
             shards=shards[name],
         )
         lengths[name] = tokens
-    result = PrepareResult(out, sum(c["read"] for c in counts.values()), splits, Counter(ledger.by_reason), counts,
-                           {stage: dict(c) for stage, c in ledger.by_stage.items()}, mixes)
-    figures = length_figures(lengths, data.max_length)
-    manifest = build_manifest(cfg, tokenizer, template, result, figures, ledger)
-    (tmp / MANIFEST).write_text(__import__("json").dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
-    write_histogram_svg(tmp / "length_histogram.svg", figures)
-    (tmp / "DATA_CARD.md").write_text(data_card(manifest), encoding="utf-8")
-    return result
+    return stats, lengths
 
 
 def _scan(cfg: Config, tokenizer, template: str, work: Path, ledger: Ledger, signatures: SignatureStore | None,

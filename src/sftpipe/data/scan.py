@@ -102,23 +102,25 @@ def scan_chunk(chunk: Chunk) -> ChunkResult:
     assert worker is not None, "init_worker() first"
     data = worker.cfg.data
     out = _ChunkOutput(worker, str(worker.work_dir / f"chunk-{chunk.index:07d}.arrow"))
+    names = [source.display_name for source in data.sources]
     batch: list[tuple[int, int, Conversation]] = []  # (position in chunk, source index, conversation)
     for pos, (src, location, record, fmt) in enumerate(chunk.items):
         source = data.sources[src]
         try:
             if isinstance(record, RecordError):
                 raise record
-            conv = to_conversation(record, fmt or detect_format(record, source), source, location, data.system_prompt)
+            conv = to_conversation(record, fmt or detect_format(record, source), source, location, data.system_prompt,
+                                   names[src])
         except RecordError as err:
             excerpt = "" if isinstance(record, RecordError) else record
-            out.rejections.append((pos, Rejection.of(source.display_name, location, "read", err, excerpt)))
+            out.rejections.append((pos, Rejection.of(names[src], location, "read", err, excerpt)))
             continue
         try:
             check_quality(conv, data.filters)
             if source.syntax_check != "none":
                 check_syntax(conv, source.syntax_check)
         except RecordError as err:
-            out.rejections.append((pos, Rejection.of(source.display_name, location, "filter", err, conv.messages)))
+            out.rejections.append((pos, Rejection.of(names[src], location, "filter", err, conv.messages)))
             continue
         batch.append((pos, src, conv))
         if len(batch) == TOKENIZE_BATCH:
