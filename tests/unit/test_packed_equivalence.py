@@ -15,6 +15,7 @@ from sftpipe.data import prepare
 from sftpipe.data.packing import pack_best_fit
 from sftpipe.data.tokenize import IGNORE_INDEX
 from sftpipe.data.writer import load_split
+from sftpipe.errors import SftpipeError
 from sftpipe.models.adapters import build_trainable_model
 from sftpipe.models.loading import resolve_attn
 from sftpipe.train import loop
@@ -229,3 +230,18 @@ def test_packed_gradient_is_token_weighted_for_any_split(prepared, layout):
         (loss_model(**inputs) / n / 8).backward()
     naive = _grads(model)
     assert max((naive[k] - reference[k]).abs().max().item() for k in naive) > 1e-4
+
+
+def test_loss_implementation_choice_and_fallbacks(tiny_dir, caplog):
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    assert CausalLMLoss(model).cross_entropy == "chunked"
+    assert CausalLMLoss(model, "full").cross_entropy == "full"
+    with caplog.at_level("WARNING", logger="sftpipe"):
+        assert CausalLMLoss(model, "liger").cross_entropy == "chunked"  # no CUDA here
+    assert "liger needs a CUDA device" in caplog.text
+    # a head that is not a plain linear map (here: a bias) cannot be applied in chunks by sftpipe
+    biased = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    biased.lm_head = torch.nn.Linear(biased.config.hidden_size, biased.config.vocab_size, bias=True)
+    assert CausalLMLoss(biased).cross_entropy == "full"
+    with pytest.raises(SftpipeError, match="train.cross_entropy=chunked"):
+        CausalLMLoss(biased, "chunked")
