@@ -85,10 +85,22 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
+def log_to_stderr() -> None:
+    """sftpipe's own log lines (e.g. a speed option falling back) go to stderr as plain messages."""
+    import logging
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("sftpipe")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command != "show-config":
         quiet_libraries()
+        log_to_stderr()
     try:
         return COMMANDS[args.command](args)
     except SftpipeError as exc:

@@ -35,6 +35,8 @@ def print_train(result: TrainResult) -> None:
         print(f"resumed from {result.resumed_from}")
     print(f"trained {result.steps} steps in {result.wall_s:.1f}s ({result.tokens_per_s:.0f} tokens/s), "
           f"{result.trainable_params:,} of {result.total_params:,} params trainable")
+    if result.packing_efficiency == result.packing_efficiency:  # not NaN
+        print(f"  packing efficiency {result.packing_efficiency:.1%} (real tokens / token slots computed)")
     if result.val_before is not None:
         print(f"  val loss before {result.val_before.loss:.4f} (ppl {result.val_before.perplexity:.2f})")
     if result.val is not None:

@@ -15,11 +15,13 @@ from sftpipe.data import prepare
 from sftpipe.data.packing import pack_best_fit
 from sftpipe.data.tokenize import IGNORE_INDEX
 from sftpipe.data.writer import load_split
+from sftpipe.errors import SftpipeError
 from sftpipe.models.adapters import build_trainable_model
+from sftpipe.models.loading import resolve_attn
 from sftpipe.train import loop
 from sftpipe.train.causal_lm import CausalLMLoss
 from sftpipe.train.loss import token_loss_sum
-from sftpipe.train.microbatches import TokenStore, collate_packed, collate_padded
+from sftpipe.train.microbatches import TokenStore, collate_flat, collate_packed, collate_padded
 from tests.conftest import make_config
 
 PAD = 0
@@ -44,10 +46,10 @@ def alone(model, store, index):
     return model(input_ids=ids, use_cache=False).logits[0]
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "sdpa_varlen"])
 def test_packed_logits_and_loss_equal_unpacked(prepared, tiny_dir, attn):
     _, store = prepared
-    model = AutoModelForCausalLM.from_pretrained(tiny_dir, attn_implementation=attn).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, attn_implementation=resolve_attn(attn)).eval()
     examples = mixed_examples(store, 3)
     rows = [examples[:3], examples[3:]]
     mb = collate_packed(store, rows, PAD)
@@ -82,7 +84,47 @@ def test_packed_logits_and_loss_equal_unpacked(prepared, tiny_dir, attn):
                 at += n
     assert worst <= 1e-5
     assert crossed > 1e-3, "negative control: attention across examples should change the logits"
-    assert cache_diff > 1e-3, "negative control: with a cache transformers ignores the packed position ids"
+    if attn != "sdpa_varlen":  # sdpa_varlen reads the segments itself, with or without a cache object
+        assert cache_diff > 1e-3, "negative control: with a cache transformers ignores the packed position ids"
+
+
+def test_flat_varlen_rows_give_every_example_its_own_loss(prepared, tiny_dir):
+    """The layout packed training uses on CPU: one padding-free row per micro-batch, sdpa_varlen attention."""
+    _, store = prepared
+    examples = mixed_examples(store, 3)
+    flat = collate_flat(store, [examples[:3], examples[3:]], PAD)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir, attn_implementation=resolve_attn("sdpa_varlen")).eval()
+    inputs = flat.inputs
+    assert inputs["input_ids"].shape[0] == 1 and flat.real_tokens == flat.slots
+    with torch.no_grad():
+        logits = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False).logits[0]
+        bounds = inputs["cu_seq_lens_q"].tolist()
+        worst = max((logits[a:b] - alone(model, store, i)).abs().max().item()
+                    for i, a, b in zip(examples, bounds, bounds[1:]))
+        total = CausalLMLoss(model)(**inputs)
+        separate = sum(CausalLMLoss(model)(**collate_padded(store, [[i]], PAD).inputs) for i in examples)
+        # negative control: the same flat row without its boundaries is one long sequence
+        crossing = model(input_ids=inputs["input_ids"], use_cache=False).logits[0]
+    assert worst <= 1e-5
+    assert abs(total.item() - separate.item()) / (inputs["labels"] != IGNORE_INDEX).sum().item() <= 1e-5
+    assert (crossing[bounds[1] :] - logits[bounds[1] :]).abs().max() > 1e-3
+
+
+def test_sdpa_varlen_leaves_padded_batches_and_generation_unchanged(tiny_dir):
+    """Outside packed rows (padding masks, a KV cache) sdpa_varlen is transformers' sdpa."""
+    varlen = AutoModelForCausalLM.from_pretrained(tiny_dir, attn_implementation=resolve_attn("sdpa_varlen")).eval()
+    sdpa = AutoModelForCausalLM.from_pretrained(tiny_dir, attn_implementation="sdpa").eval()
+    ids = torch.randint(5, 500, (2, 24), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 17:] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(varlen(input_ids=ids, attention_mask=mask).logits,
+                                   sdpa(input_ids=ids, attention_mask=mask).logits, rtol=0, atol=1e-6)
+        left = torch.ones(2, 8, dtype=torch.long)
+        left[1, :3] = 0  # left padding, as batched generation uses
+        out = {name: m.generate(ids[:, :8], attention_mask=left, max_new_tokens=6, do_sample=False)
+               for name, m in (("varlen", varlen), ("sdpa", sdpa))}
+    assert torch.equal(out["varlen"], out["sdpa"])
 
 
 def test_chunked_cross_entropy_equals_full_logits_loss(prepared, tiny_dir):
@@ -150,9 +192,17 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_packed_gradient_is_token_weighted_for_any_split(prepared):
-    """8x1, 4x2 and 1x8 packed micro-batches give the gradient of the one padded batch of all eight."""
+@pytest.mark.parametrize("layout", ["rows", "flat"])
+def test_packed_gradient_is_token_weighted_for_any_split(prepared, layout):
+    """8x1, 4x2 and 1x8 packed micro-batches give the gradient of the one padded batch of all eight.
+
+    rows: packed rows padded to a width, block-causal masks (sdpa); flat: one padding-free row per micro-batch
+    with sdpa_varlen, what packed training uses on CPU.
+    """
     cfg, store = prepared
+    if layout == "flat":
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"attn_implementation": "sdpa_varlen"})})
+    collate = collate_flat if layout == "flat" else collate_packed
     examples = mixed_examples(store, 4)
     counts = [int((store.example(i)[1][1:] != IGNORE_INDEX).sum()) for i in examples]
     assert max(counts) > 4 * min(counts)
@@ -168,15 +218,30 @@ def test_packed_gradient_is_token_weighted_for_any_split(prepared):
         for start in range(0, 8, micro):
             group = examples[start : start + micro]
             rows = [[group[j] for j in row] for row in pack_best_fit(store.lengths[group], 256)]
-            batches.append(collate_packed(store, rows, PAD).inputs)
+            batches.append(collate(store, rows, PAD).inputs)
         loop.accumulate_gradients(loss_model, batches, acc)
         for name, grad in _grads(model).items():
             torch.testing.assert_close(grad, reference[name], rtol=1e-4, atol=1e-6)
     # negative control: the mean of per-micro-batch means over the same packed 1x8 split
     model.zero_grad()
     for i in examples:
-        inputs = collate_packed(store, [[i]], PAD).inputs
+        inputs = collate(store, [[i]], PAD).inputs
         n = (inputs["labels"][:, 1:] != IGNORE_INDEX).sum()
         (loss_model(**inputs) / n / 8).backward()
     naive = _grads(model)
     assert max((naive[k] - reference[k]).abs().max().item() for k in naive) > 1e-4
+
+
+def test_loss_implementation_choice_and_fallbacks(tiny_dir, caplog):
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    assert CausalLMLoss(model).cross_entropy == "chunked"
+    assert CausalLMLoss(model, "full").cross_entropy == "full"
+    with caplog.at_level("WARNING", logger="sftpipe"):
+        assert CausalLMLoss(model, "liger").cross_entropy == "chunked"  # no CUDA here
+    assert "liger needs a CUDA device" in caplog.text
+    # a head that is not a plain linear map (here: a bias) cannot be applied in chunks by sftpipe
+    biased = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    biased.lm_head = torch.nn.Linear(biased.config.hidden_size, biased.config.vocab_size, bias=True)
+    assert CausalLMLoss(biased).cross_entropy == "full"
+    with pytest.raises(SftpipeError, match="train.cross_entropy=chunked"):
+        CausalLMLoss(biased, "chunked")

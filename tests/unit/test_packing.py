@@ -71,9 +71,9 @@ def synthetic_split(n: int = 57, seed: int = 0, longest: int = 60) -> datasets.D
         prompt = int(rng.integers(1, length))
         ids.append(tokens)
         labels.append([IGNORE_INDEX] * prompt + tokens[prompt:])
+    column = datasets.Sequence(datasets.Value("int32"))
     return datasets.Dataset.from_dict({"input_ids": ids, "labels": labels},
-                                      features=datasets.Features({"input_ids": datasets.Sequence(datasets.Value("int32")),
-                                                                  "labels": datasets.Sequence(datasets.Value("int32"))}))
+                                      features=datasets.Features({"input_ids": column, "labels": column}))
 
 
 def epoch_examples(sources: list[MicroBatchSource], epoch: int) -> Counter:

@@ -50,9 +50,13 @@ def test_packed_resume_after_crash_matches_uninterrupted_run(tmp_path, tiny_dir,
 
 
 def test_length_grouped_run_trains_with_little_padding(tmp_path, tiny_dir, chat_sources):
-    cfg = make_config(tmp_path, tiny_dir, chat_sources, train={"tokens_per_batch": 600, "max_steps": 2})
+    # all data in train: the empty val and test splits must load (datasets writes no Arrow file for them)
+    cfg = make_config(tmp_path, tiny_dir, chat_sources, train={"tokens_per_batch": 600, "max_steps": 2},
+                      data={"split": {"train": 1.0, "val": 0.0, "test": 0.0}})
     prepare.run(cfg)
+    assert len(load_split(tmp_path / "data", "val")) == 0
     result = loop.run(cfg, resume="never")
+    assert result.val is None
     metrics = read_metrics(tmp_path / "run" / "logs" / "metrics.jsonl")
     speed = next(m["speed"] for m in metrics if "speed" in m)
     assert speed["batching"] == "grouped" and speed["planned_packing_efficiency"] > 0.8

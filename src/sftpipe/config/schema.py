@@ -26,8 +26,10 @@ class ModelConfig(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights dtype when loading. auto: bfloat16 on a GPU that supports it, else float32."
     )
-    attn_implementation: Literal["auto", "eager", "sdpa", "flash_attention_2"] = Field(
-        "auto", description="Attention kernel. auto: flash_attention_2 on CUDA when flash-attn is installed, else sdpa."
+    attn_implementation: Literal["auto", "eager", "sdpa", "sdpa_varlen", "flash_attention_2"] = Field(
+        "auto", description="Attention kernel. auto: flash_attention_2 on CUDA when flash-attn is installed, else sdpa; "
+        "packed training upgrades sdpa to sdpa_varlen (one causal SDPA call per example, no mask: attention cost "
+        "follows the examples' lengths, not the row's)."
     )
     trust_remote_code: bool = Field(
         False, description="Run Python code shipped with a hub model. Off by default: only enable for models you trust."

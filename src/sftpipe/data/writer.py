@@ -92,4 +92,8 @@ def load_split(data_dir: Path, split: str) -> datasets.Dataset:
     path = data_dir / split
     if not path.is_dir():
         raise SftpipeError(f"{data_dir}: split {split!r} is missing; re-run `sftpipe prepare`")
+    state = path / "state.json"
+    if state.is_file() and not json.loads(state.read_text(encoding="utf-8")).get("_data_files"):
+        # datasets saves an empty split (e.g. data.split.val = 0) without any Arrow file and cannot load it back
+        return datasets.Dataset.from_dict({name: [] for name in FEATURES}, features=FEATURES)
     return datasets.load_from_disk(str(path))

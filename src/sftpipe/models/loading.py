@@ -72,6 +72,8 @@ def resolve_attn(name: str, device: torch.device | None = None) -> str:
         if importlib.util.find_spec("flash_attn") is not None:
             return "flash_attention_2"
         log.info("flash-attn is not installed; using sdpa attention (pip install 'sftpipe[flash]' for varlen kernels)")
+    if name == "sdpa_varlen":
+        import sftpipe.models.varlen_attention  # noqa: F401 - registers the implementation with transformers
     if name == "flash_attention_2":
         try:
             import flash_attn  # noqa: F401

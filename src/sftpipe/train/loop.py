@@ -28,6 +28,7 @@ from sftpipe.evaluate.metrics import LossMetrics, evaluate_loss
 from sftpipe.faults import failpoint
 from sftpipe.models.adapters import build_trainable_model, count_parameters
 from sftpipe.models.loading import load_tokenizer, pick_device, resolve_attn, tokenizer_sha256
+from sftpipe.models.varlen_attention import VARLEN_ATTENTION, packed_attention
 from sftpipe.train.causal_lm import CausalLMLoss
 from sftpipe.train.checkpoint import capture_rng, save_checkpoint
 from sftpipe.train.microbatches import MicroBatchSource, TokenStore, build_plan, micro_batch_loader
@@ -101,10 +102,13 @@ def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainR
     # validation and saving.
     loss_model = CausalLMLoss(model, tc.cross_entropy, tc.loss_chunk_tokens, compile=tc.compile)
     attention = resolve_attn(cfg.model.attn_implementation, device)
-    speed = {"cross_entropy": loss_model.cross_entropy, "attention": attention, "compile": tc.compile}
     store = TokenStore(train_ds)
+    if tc.packing:
+        attention = packed_attention(loss_model.causal_lm(), cfg.model.attn_implementation, attention,
+                                     int(store.lengths.max()))
+    speed = {"cross_entropy": loss_model.cross_entropy, "attention": attention, "compile": tc.compile}
     plan, layout = build_plan(tc, store.lengths, manifest["max_length"], accelerator.num_processes,
-                              accelerator.process_index, flat=attention == "flash_attention_2")
+                              accelerator.process_index, flat=attention in VARLEN_ATTENTION)
     total_micro = tc.max_steps * tc.grad_accum if tc.max_steps else math.ceil(tc.epochs * plan.micro_batches_per_epoch)
     total_steps = math.ceil(total_micro / tc.grad_accum)
     scheduler = get_scheduler(tc.scheduler, optimizer, num_warmup_steps=int(tc.warmup_ratio * total_steps),
@@ -143,7 +147,7 @@ def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainR
     model.train()
     bar = tqdm(total=total_steps, initial=state.step, disable=not (tc.progress_bar and accelerator.is_main_process),
                desc="train", dynamic_ncols=True)
-    window = torch.zeros(3, dtype=torch.float64)  # real tokens, token slots, supervised tokens since last log
+    window_real = window_slots = window_trained = 0  # since the last log line: real tokens, token slots, trained
     run_real = run_slots = 0
     window_t = time.perf_counter()
     step_loss = float("nan")
@@ -170,21 +174,22 @@ def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainR
         state.micro_batch = micro_ids.stop
         state.tokens_seen += seen
         state.trained_tokens_seen += step_tokens
-        window += torch.tensor([seen, slots, step_tokens], dtype=torch.float64)
+        window_real, window_slots, window_trained = (window_real + seen, window_slots + slots,
+                                                     window_trained + step_tokens)
         run_real, run_slots = run_real + seen, run_slots + slots
         if state.step % tc.log_every == 0 or state.step == total_steps:
             elapsed = time.perf_counter() - window_t
-            tps = float(window[0]) / elapsed if elapsed > 0 else 0.0
+            tps = window_real / elapsed if elapsed > 0 else 0.0
             record = {"loss": step_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tps,
-                      "trained_tokens_per_s": float(window[2]) / elapsed if elapsed > 0 else 0.0,
-                      "packing_efficiency": float(window[0] / window[1]) if window[1] else 1.0,
+                      "trained_tokens_per_s": window_trained / elapsed if elapsed > 0 else 0.0,
+                      "packing_efficiency": window_real / window_slots if window_slots else 1.0,
                       "epoch": state.micro_batch / plan.micro_batches_per_epoch,
                       "grad_norm": float(grad_norm) if grad_norm is not None else None,
                       "tokens": state.tokens_seen, "trained_tokens": state.trained_tokens_seen}
             logger.log(state.step, record)
             failpoint("train.logged")
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tps:.0f}")
-            window.zero_()
+            window_real = window_slots = window_trained = 0
             window_t = time.perf_counter()
         bar.update(1)
         is_last = state.step == total_steps

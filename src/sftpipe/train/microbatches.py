@@ -4,7 +4,8 @@ Three layouts, one plan interface (`micro_batches_per_epoch`, `rows(global_micro
 
 - packed: examples are packed best-fit-decreasing into rows of `pack_length` tokens, `position_ids` restart
   at each example and there is no attention mask, so transformers builds block-causal masks (SDPA/eager);
-  with flash-attention the rows are concatenated into one padding-free row (varlen kernels).
+  with a varlen attention (flash-attention 2, or sftpipe's sdpa_varlen) the rows of a micro-batch are
+  concatenated into one padding-free row with its sequence boundaries (`flat`).
 - grouped: one example per row, rows of similar length together, as many as fit a token budget.
 - padded: `micro_batch_size` examples per row batch (`BatchPlan`, the behaviour before packing existed).
 
@@ -118,7 +119,7 @@ class Layout:
     """How the loop batches: which plan, how rows become tensors, and the figures to report."""
 
     kind: str  # packed | grouped | padded
-    flat: bool  # packed rows concatenated into one padding-free row (flash-attention varlen)
+    flat: bool  # packed rows concatenated into one padding-free row (varlen attention)
     pack_length: int  # row capacity of the packed layout (0 otherwise)
     rows_per_batch: int  # packed rows per micro-batch (0 otherwise)
     planned_efficiency: float  # real tokens / token slots over one epoch, as planned
@@ -221,7 +222,7 @@ def collate_packed(store: TokenStore, rows: list[list[int]], pad_id: int, real: 
 
 
 def collate_flat(store: TokenStore, rows: list[list[int]], pad_id: int, real: bool = True) -> MicroBatch:
-    """All examples of the micro-batch in one row without padding, for flash-attention's varlen kernels.
+    """All examples of the micro-batch in one row without padding, for varlen attention (flash, sdpa_varlen).
 
     Sequence boundaries are passed as `cu_seq_lens_*`/`max_length_*` so the model need not derive them
     from `position_ids` (which costs a device-to-host sync in every layer).
