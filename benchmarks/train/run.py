@@ -60,7 +60,10 @@ def machine() -> dict:
             versions[name] = "missing"
     import torch
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "memory_gib": mem_gib,
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "benchmarks"], cwd=HERE.parents[1],
+                           capture_output=True, text=True).stdout.strip()
+    return {"git": git + ("+uncommitted" if dirty else ""), "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "memory_gib": mem_gib,
             "platform": platform.platform(), "python": platform.python_version(), "versions": versions,
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
@@ -228,7 +231,7 @@ def write_report(result: dict, out_dir: Path, stem: str) -> None:
              f"{' '.join(result['argv'])}`.", "",
              f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['platform']}; CUDA: "
              f"{m['cuda'] or 'none'}. Torch threads per contender: {result['threads']}.",
-             "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + ".",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()) + f"; sftpipe at {m['git']}.",
              f"Load average (1 min) at start {result['load_start']:.2f}, at end {result['load_end']:.2f}. The machine "
              "is shared with other jobs (other containers, invisible to `ps`); /proc/stat tells how much of the CPUs "
              "they took during each run ('others' below).", "",

@@ -125,8 +125,9 @@ class Layout:
     planned_efficiency: float  # real tokens / token slots over one epoch, as planned
 
     def describe(self) -> dict:
+        planned = None if math.isnan(self.planned_efficiency) else round(self.planned_efficiency, 5)
         return {"batching": self.kind, "flat_rows": self.flat, "pack_length": self.pack_length,
-                "rows_per_batch": self.rows_per_batch, "planned_packing_efficiency": round(self.planned_efficiency, 5)}
+                "rows_per_batch": self.rows_per_batch, "planned_packing_efficiency": planned}
 
 
 def build_plan(tc: TrainConfig, lengths: np.ndarray, data_max_length: int, world_size: int, rank: int,
