@@ -5,7 +5,8 @@
 
 Every contender runs in a fresh interpreter, one after the other, on the same JSONL file, with the same
 tokenizer (the embedded tiny byte-level BPE; no download), chat template (ChatML) and max length. Timed:
-from reading the file to prepared data, excluding interpreter start, imports and model loading.
+from reading the file to prepared data, excluding interpreter start and imports (sftpipe's time includes
+loading its tokenizer; TRL's excludes loading the model and tokenizer it is given).
 
 - sftpipe: `prepare.run` with the default data config (quality filters, exact + near dedup and
   decontamination, content-keyed split, sharded output, data card), on all cores and in one process;
@@ -16,9 +17,11 @@ from reading the file to prepared data, excluding interpreter start, imports and
 
 Each contender runs `--repeats` times (rounds interleave the contenders); figures are the fastest run's
 (the least disturbed by other jobs on a shared machine), memory the largest of any run; CPU-seconds (user
-+ system of all the contender's processes) measure the work whatever the load. Memory: each child's own peak RSS (ru_maxrss), the largest of its worker
-processes, and the peak of the summed proportional set size (PSS: shared pages counted once) of its
-whole process tree, sampled every 0.2 s. The peak-RSS scaling of sftpipe is measured at a tenth of the records and at all of them.
++ system of all the contender's processes) measure the work whatever the load. Memory: each child's own
+peak RSS (VmHWM), the largest worker's (ru_maxrss of the children: it counts pages shared with the
+parent at fork), and the peak of the summed proportional set size (PSS: shared pages counted once) of
+the whole process tree, sampled every 0.2 s. The peak-RSS
+scaling of sftpipe is measured at a tenth of the records and at all of them.
 A check that both tools did the same work compares their token ids on the records both kept.
 """
 
@@ -52,6 +55,8 @@ SFTPIPE_CHILD = textwrap.dedent("""
     def cpu():
         return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
                    for f in ("ru_utime", "ru_stime"))
+    def hwm():  # peak RSS of this address space (ru_maxrss would include the parent's at fork)
+        return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
     cfg = load_config(config)
     t0, c0 = time.perf_counter(), cpu()
     result = prepare.run(cfg)
@@ -67,7 +72,7 @@ SFTPIPE_CHILD = textwrap.dedent("""
         "examples": sum(s.examples for s in result.splits.values()),
         "tokens": sum(s.tokens for s in result.splits.values()),
         "rejected": dict(result.rejected),
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": hwm(),
         "workers_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }))
 """)
@@ -88,6 +93,8 @@ TRL_CHILD = textwrap.dedent("""
     def cpu():
         return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
                    for f in ("ru_utime", "ru_stime"))
+    def hwm():  # peak RSS of this address space (ru_maxrss would include the parent's at fork)
+        return int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
     t0, c0 = time.perf_counter(), cpu()
     rows = []
     with open(data, encoding="utf-8") as fh:
@@ -110,7 +117,7 @@ TRL_CHILD = textwrap.dedent("""
     json.dump(sample, open(sample_out, "w"))
     print(json.dumps({
         "seconds": seconds, "cpu_seconds": cpu_seconds, "records": len(rows), "examples": len(ds), "tokens": tokens,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": hwm(),
         "workers_peak_rss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }))
 """)
