@@ -85,7 +85,9 @@ def build_workdir(workdir: Path, conversations: int, seed: int) -> Path:
     records = synth.conversations(conversations, seed, synth.calibrate_tokens_per_word(tokenizer))
     data = synth.write_jsonl(records, workdir / "chat.jsonl")
     config = {
-        "model": {"name_or_path": str(model_dir), "attn_implementation": "sdpa"},
+        # attention left at auto: sftpipe's default (sdpa_varlen for packed rows on CPU); TRL and the bare
+        # loop load the model with sdpa, transformers' default
+        "model": {"name_or_path": str(model_dir)},
         "data": {"sources": [{"path": str(data), "format": "messages"}], "output_dir": str(workdir / "data"),
                  "template": "chatml", "max_length": MAX_LENGTH, "split": {"train": 1.0, "val": 0.0, "test": 0.0}},
         "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"},
@@ -237,7 +239,8 @@ def write_report(result: dict, out_dir: Path, stem: str) -> None:
              "they took during each run ('others' below).", "",
              f"Data: {d['examples']} synthetic conversations, {d['tokens']} tokens ({d['trained_tokens']} supervised), "
              f"length {d['min_length']}..{d['max_length']}, mean {d['mean_length']}; max length {MAX_LENGTH}. "
-             f"Model: tiny Llama (~4M params, fp32, SDPA). {result['settings']}", "",
+             f"Model: tiny Llama (~4M params, fp32; sftpipe's attention as chosen by its defaults, see `detail` in the "
+             f"JSON; TRL and bare loop: sdpa). {result['settings']}", "",
              "Throughput: *wall* = best non-pad tokens/s of the runs made while others took at most "
              f"{result['contended']:.0%} of the CPUs; *CPU* = median non-pad tokens per CPU-second of this process "
              "(with one thread, the single-core speed whatever the load).", "",
