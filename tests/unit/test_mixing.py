@@ -101,3 +101,11 @@ def test_mixed_prepare_is_deterministic(tmp_path, tiny_dir):
         outs.append(datasets.load_from_disk(f"{cfg.data.output_dir}/train")["location"])
     assert outs[0] == outs[1] and len(outs[0]) > len(set(outs[0]))
     assert json.loads((tmp_path / "0" / "data" / "manifest.json").read_text())["mixing"]["unit"] == "samples"
+
+
+def test_mixing_sources_with_the_same_name_is_an_error_before_any_work(tmp_path, tiny_dir):
+    a = write_jsonl(tmp_path / "x" / "data.jsonl", distinct_records(5, seed=15))
+    b = write_jsonl(tmp_path / "y" / "data.jsonl", distinct_records(5, seed=16))
+    cfg = make_config(tmp_path, tiny_dir, [{"path": str(a), "weight": 1}, {"path": str(b), "weight": 1}])
+    with pytest.raises(SftpipeError, match="several sources are named data.jsonl"):
+        prepare.run(cfg)

@@ -11,7 +11,6 @@ example, written out as repeated rows, so any later packing or sampling sees the
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -59,21 +58,18 @@ def plan_mix(names: list[str], weights: list[float], source: np.ndarray, amount:
     if cfg.unit == "samples":
         targets = _largest_remainder(targets, total)
     counts = np.zeros(len(source), dtype=np.int64)
-    report = []
     for s, name in enumerate(names):
         rows = np.flatnonzero(source == s)
         order = rows[np.random.Generator(np.random.PCG64(_seed(cfg.seed, name))).permutation(len(rows))]
-        target = int(round(targets[s]))
-        copies, remainder = divmod(target, int(available[s]))
+        copies, remainder = divmod(int(round(targets[s])), int(available[s]))
         counts[rows] = copies
         counts[_fill(order, amount, remainder)] += 1
-        report.append((s, name, target))
     achieved = np.bincount(source, weights=amount * counts, minlength=len(names)).astype(np.int64)
     grand = max(int(achieved.sum()), 1)
     mixes = [
         SourceMix(name, float(weights[s]), int(available[s]), int((source == s).sum()), float(targets[s]),
-                  int(achieved[s]), int(counts[source == s].sum()), float(shares[s]), achieved[s] / grand)
-        for s, name, _ in report
+                  int(achieved[s]), int(counts[source == s].sum()), float(shares[s]), float(achieved[s] / grand))
+        for s, name in enumerate(names)
     ]
     return counts, mixes
 
@@ -104,8 +100,3 @@ def _largest_remainder(targets: np.ndarray, total: int) -> np.ndarray:
 
 def _seed(seed: int, name: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}\x1f{name}".encode(), digest_size=8).digest(), "little")
-
-
-def within(mixes: list[SourceMix], tolerance: float) -> bool:
-    """Whether every source's achieved share is within `tolerance` of its target share."""
-    return all(math.isclose(m.achieved_share, m.target_share, abs_tol=tolerance) for m in mixes)

@@ -122,6 +122,11 @@ def check_inputs(cfg: Config) -> None:
         raise SftpipeError("; ".join(problems))
     for i, source in enumerate(data.sources):
         require_checker(source.syntax_check, f"data.sources[{i}].syntax_check")
+    names = [s.display_name for s in data.sources]
+    if data.sources[0].weight is not None and len(set(names)) < len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise SftpipeError(f"data.sources: several sources are named {', '.join(twice)}; mixing reports each "
+                           "source by name, so give each one a distinct `name`")
 
 
 def _prepare(cfg: Config, tokenizer, template: str, out: Path, tmp: Path) -> PrepareResult:
