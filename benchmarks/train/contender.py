@@ -82,7 +82,13 @@ def run_sftpipe(spec: dict, c: dict) -> dict:
 
 
 def run_bare(spec: dict, c: dict) -> dict:
-    """The limit: forward, backward, optimizer step on the packed micro-batches sftpipe would build."""
+    """The limit: forward, backward, optimizer step on the micro-batches sftpipe would build, nothing else.
+
+    `kernels: "transformers"` is the loop a user writes by hand: transformers' sdpa (block-causal masks built
+    from position_ids) and cross-entropy on the full logits. `kernels: "sftpipe"` runs the very computation
+    sftpipe's trainer runs (sdpa_varlen on flat padding-free rows, chunked linear cross-entropy), so that
+    sftpipe against it measures the trainer's own overhead: logging, scheduling, clipping, data loading.
+    """
     import peft
     import torch
     import torch.nn.functional as F
@@ -90,32 +96,43 @@ def run_bare(spec: dict, c: dict) -> dict:
 
     from sftpipe.config import load_config
     from sftpipe.data.writer import load_split
-    from sftpipe.train.microbatches import TokenStore, build_plan, collate_packed
+    from sftpipe.models.varlen_attention import use_sdpa_varlen
+    from sftpipe.train.causal_lm import CausalLMLoss
+    from sftpipe.train.microbatches import TokenStore, build_plan, collate_flat, collate_packed
 
+    same_kernels = c.get("kernels", "transformers") == "sftpipe"
     cfg = load_config(spec["config"], overrides=c.get("set", []))
     tc = cfg.train
     torch.manual_seed(tc.seed)
     store = TokenStore(load_split(Path(cfg.data.output_dir), "train"))
-    plan, _ = build_plan(tc, store.lengths, cfg.data.max_length, 1, 0)
+    plan, _ = build_plan(tc, store.lengths, cfg.data.max_length, 1, 0, flat=same_kernels)
+    collate = collate_flat if same_kernels else collate_packed
     total = spec["warmup"] + spec["steps"]
-    steps = [[collate_packed(store, plan.rows(g)[0], 0) for g in range(s * tc.grad_accum, (s + 1) * tc.grad_accum)]
+    steps = [[collate(store, plan.rows(g)[0], 0) for g in range(s * tc.grad_accum, (s + 1) * tc.grad_accum)]
              for s in range(total)]
     model = AutoModelForCausalLM.from_pretrained(cfg.model.name_or_path, attn_implementation="sdpa")
+    if same_kernels:
+        use_sdpa_varlen(model)
     if c["method"] == "lora":
         model = peft.get_peft_model(model, peft.LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
                                                            lora_dropout=cfg.lora.dropout,
                                                            target_modules=cfg.lora.target_modules,
                                                            task_type="CAUSAL_LM"))
     model.train()
+    loss_sum = CausalLMLoss(model, "chunked") if same_kernels else None
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.lr)
     marks, real, sup, slots = [(clocks(), 0, 0, 0)], 0, 0, 0
     for micro in steps:
         step_tokens = sum(int((mb.inputs["labels"][:, 1:] != IGNORE_INDEX).sum()) for mb in micro)
         for mb in micro:
             x = mb.inputs
-            logits = model(input_ids=x["input_ids"], position_ids=x["position_ids"], use_cache=False).logits
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(), x["labels"][:, 1:].reshape(-1),
-                                   ignore_index=IGNORE_INDEX, reduction="sum") / step_tokens
+            if same_kernels:
+                loss = loss_sum(**x) / step_tokens
+            else:
+                logits = model(input_ids=x["input_ids"], position_ids=x["position_ids"], use_cache=False).logits
+                loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)).float(),
+                                       x["labels"][:, 1:].reshape(-1), ignore_index=IGNORE_INDEX,
+                                       reduction="sum") / step_tokens
             loss.backward()
             real, slots = real + mb.real_tokens, slots + mb.slots
         optimizer.step()

@@ -19,6 +19,7 @@ import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from sftpipe.data.records import Conversation
+from sftpipe.data.spill import SpillFile
 
 WORD_RE = re.compile(r"\w+")
 BAND_BLOCK_ROWS = 8192
@@ -111,36 +112,21 @@ def lean_minhash(signature: np.ndarray) -> LeanMinHash:
     return LeanMinHash(seed=MINHASH_SEED, hashvalues=signature, scheme=MINHASH_SCHEME)
 
 
-class SignatureStore:
-    """Append-only file of fixed-size signatures, read back by row with `pread` (no memory map, so reading
-    never adds file pages to the process's resident set)."""
+class SignatureStore(SpillFile):
+    """Append-only file of fixed-size signatures, read back by row (see `SpillFile`)."""
 
     def __init__(self, path: os.PathLike, num_perm: int):
-        self.path = path
+        super().__init__(path)
         self.row_bytes = num_perm * 4
         self.num_perm = num_perm
-        self._fh = open(path, "wb")  # noqa: SIM115 - closed by close()
-        self._fd: int | None = None
 
     def append(self, signatures: np.ndarray) -> None:
         assert signatures.dtype == np.uint32 and signatures.shape[1:] == (self.num_perm,)
-        self._fh.write(np.ascontiguousarray(signatures).tobytes())
-
-    def finish_writing(self) -> None:
-        self._fh.close()
-        self._fd = os.open(self.path, os.O_RDONLY)
+        self.write(np.ascontiguousarray(signatures).tobytes())
 
     def read(self, start: int, count: int) -> np.ndarray:
-        assert self._fd is not None, "finish_writing() first"
-        raw = os.pread(self._fd, count * self.row_bytes, start * self.row_bytes)
+        raw = self.pread(count * self.row_bytes, start * self.row_bytes)
         return np.frombuffer(raw, dtype=np.uint32).reshape(-1, self.num_perm)
-
-    def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 class NearDuplicateIndex:

@@ -32,6 +32,7 @@ from sftpipe.data.formats import detect_format, to_conversation
 from sftpipe.data.ledger import Rejection
 from sftpipe.data.readers import read_source
 from sftpipe.data.records import Conversation, RecordError
+from sftpipe.data.spill import SpillFile
 from sftpipe.data.syntax import check_syntax
 from sftpipe.data.tokenize import ConversationTokenizer, TokenizedExample
 from sftpipe.data.writer import FEATURES
@@ -249,39 +250,28 @@ def _try_detect(record: dict[str, Any], source: SourceConfig) -> str | None:
         return None  # the worker rejects this record with the same error; the next one may tell
 
 
-class LocationStore:
-    """Locations of the scanned examples, one line each in a file, read back by row with `pread`."""
+class LocationStore(SpillFile):
+    """Locations of the scanned examples, one line each in a file, read back by row (see `SpillFile`)."""
 
     def __init__(self, path: Path):
-        self.path = path
-        self._fh = path.open("wb")
+        super().__init__(path)
         self._offsets = [np.zeros(1, dtype=np.int64)]
         self._end = 0
-        self._fd: int | None = None
 
     def extend(self, locations: list[str]) -> None:
         encoded = [loc.replace("\n", " ").encode() for loc in locations]
         sizes = np.fromiter((len(e) + 1 for e in encoded), dtype=np.int64, count=len(encoded))
         self._offsets.append(self._end + np.cumsum(sizes))
         self._end += int(sizes.sum())
-        self._fh.write(b"".join(e + b"\n" for e in encoded))
+        self.write(b"".join(e + b"\n" for e in encoded))
 
     def finish_writing(self) -> None:
-        self._fh.close()
+        super().finish_writing()
         self._offsets = [np.concatenate(self._offsets)]
-        self._fd = os.open(self.path, os.O_RDONLY)
 
     def __getitem__(self, row: int) -> str:
-        assert self._fd is not None, "finish_writing() first"
         start, stop = int(self._offsets[0][row]), int(self._offsets[0][row + 1])
-        return os.pread(self._fd, stop - start - 1, start).decode()
-
-    def close(self) -> None:
-        if not self._fh.closed:
-            self._fh.close()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        return self.pread(stop - start - 1, start).decode()
 
 
 def available_cores() -> int:

@@ -12,6 +12,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from accelerate import Accelerator
@@ -30,7 +31,7 @@ from sftpipe.models.adapters import build_trainable_model, count_parameters
 from sftpipe.models.loading import load_tokenizer, pick_device, resolve_attn, tokenizer_sha256
 from sftpipe.models.varlen_attention import VARLEN_ATTENTION, packed_attention
 from sftpipe.train.causal_lm import CausalLMLoss
-from sftpipe.train.checkpoint import capture_rng, save_checkpoint
+from sftpipe.train.checkpoint import TrainerState, capture_rng, save_checkpoint
 from sftpipe.train.microbatches import MicroBatchSource, TokenStore, build_plan, micro_batch_loader
 from sftpipe.train.resume import resume_from_latest_complete, run_fingerprint, trim_metrics
 from sftpipe.train.saving import save_final
@@ -66,6 +67,69 @@ def check_tokenizer_matches(manifest: dict, tokenizer, cfg: Config, data_dir: Pa
         )
 
 
+@dataclass
+class Session:
+    """What one training run holds, built by `setup`; a resumed run builds the same from its checkpoint."""
+
+    cfg: Config
+    accelerator: Accelerator
+    run_dir: Path
+    manifest: dict
+    tokenizer: Any
+    val_ds: Any
+    model: torch.nn.Module  # the bare model (plain or peft): validation and saving
+    loss_model: torch.nn.Module  # the model plus its loss, as prepared by accelerate: training
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    source: MicroBatchSource
+    micro_batches_per_epoch: int
+    total_micro: int
+    total_steps: int
+    fingerprint: dict
+    state: TrainerState
+    resumed_from: Path | None
+    logger: MetricsLogger
+    trainable: int
+    total: int
+
+    def validate(self) -> LossMetrics | None:
+        if len(self.val_ds) == 0:
+            return None
+        acc = self.accelerator
+        return evaluate_loss(self.model, self.val_ds, self.cfg.eval.batch_size, self.tokenizer.pad_token_id,
+                             acc.device, acc.process_index, acc.num_processes,
+                             reduce=lambda t: acc.reduce(t, "sum"))
+
+
+class Throughput:
+    """Real tokens, token slots and trained tokens since the last log line and since this process started."""
+
+    def __init__(self):
+        self.run_real = self.run_slots = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.real = self.slots = self.trained = 0
+        self.started = time.perf_counter()
+
+    def add(self, real: int, slots: int, trained: int) -> None:
+        self.real, self.slots, self.trained = self.real + real, self.slots + slots, self.trained + trained
+        self.run_real, self.run_slots = self.run_real + real, self.run_slots + slots
+
+    def take(self) -> dict[str, float]:
+        """The figures of the window since the last call, for a log line; starts a new window."""
+        elapsed = time.perf_counter() - self.started
+        figures = {"tokens_per_s": self.real / elapsed if elapsed > 0 else 0.0,
+                   "trained_tokens_per_s": self.trained / elapsed if elapsed > 0 else 0.0,
+                   "packing_efficiency": self.real / self.slots if self.slots else 1.0}
+        self._reset()
+        return figures
+
+    @property
+    def run_efficiency(self) -> float:
+        return self.run_real / self.run_slots if self.run_slots else float("nan")
+
+
 def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainResult:
     """Train as configured.
 
@@ -74,6 +138,22 @@ def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainR
         resume_force: resume even from a checkpoint made with other settings, data or model.
     """
     t0 = time.perf_counter()
+    s = setup(cfg, resume, resume_force)
+    val_before = s.validate() if s.state.step == 0 else None
+    if val_before is not None:
+        s.logger.log(0, val_before.as_dict("val_"))
+    step_loss, last_val, throughput = train_steps(s)
+    final_dir = s.run_dir / "final"
+    if s.accelerator.is_main_process:
+        save_final(final_dir, s.accelerator.unwrap_model(s.model), s.tokenizer, s.manifest, cfg)
+    s.accelerator.end_training()
+    wall = time.perf_counter() - t0
+    return TrainResult(s.run_dir, s.state.step, final_dir, step_loss, last_val, val_before, s.trainable, s.total,
+                       s.state.tokens_seen / wall if wall else 0.0, wall, s.resumed_from, throughput.run_efficiency)
+
+
+def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
+    """Load data, tokenizer and model; plan the batches; resume from a checkpoint where there is one."""
     tc = cfg.train
     device = pick_device(tc.device)
     accelerator = Accelerator(
@@ -131,94 +211,83 @@ def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainR
     logger = MetricsLogger(run_dir / "logs" / "metrics.jsonl", accelerator, enabled=accelerator.is_main_process)
     if state.step == 0:  # once per run: a resumed run must not log it again (resumed logs equal uninterrupted)
         logger.log(0, {"speed": {**layout.describe(), **speed}})
+    return Session(cfg, accelerator, run_dir, manifest, tokenizer, val_ds, model, loss_model, optimizer, scheduler,
+                   MicroBatchSource(plan, layout, store, tokenizer.pad_token_id), plan.micro_batches_per_epoch,
+                   total_micro, total_steps, fingerprint, state, resumed_from, logger, trainable, total)
 
-    def validate() -> LossMetrics | None:
-        if len(val_ds) == 0:
-            return None
-        return evaluate_loss(model, val_ds, cfg.eval.batch_size, tokenizer.pad_token_id, device,
-                             accelerator.process_index, accelerator.num_processes,
-                             reduce=lambda t: accelerator.reduce(t, "sum"))
 
-    gen_eval = TrainingEval.create(cfg, tokenizer, accelerator)  # None unless eval.during_training.every > 0
-    val_before = validate() if state.step == 0 else None
-    if val_before is not None:
-        logger.log(0, val_before.as_dict("val_"))
+def train_steps(s: Session) -> tuple[float, LossMetrics | None, Throughput]:
+    """Optimizer steps from `s.state.step` to the end: log, validate, evaluate and checkpoint as configured.
 
-    model.train()
-    bar = tqdm(total=total_steps, initial=state.step, disable=not (tc.progress_bar and accelerator.is_main_process),
+    Returns:
+        (loss of the last step, the last validation, the throughput of this process's steps).
+    """
+    cfg, tc, acc, state = s.cfg, s.cfg.train, s.accelerator, s.state
+    gen_eval = TrainingEval.create(cfg, s.tokenizer, acc)  # None unless eval.during_training.every > 0
+    s.model.train()
+    bar = tqdm(total=s.total_steps, initial=state.step, disable=not (tc.progress_bar and acc.is_main_process),
                desc="train", dynamic_ncols=True)
-    window_real = window_slots = window_trained = 0  # since the last log line: real tokens, token slots, trained
-    run_real = run_slots = 0
-    window_t = time.perf_counter()
+    throughput = Throughput()
     step_loss = float("nan")
     last_val = None
-    source = MicroBatchSource(plan, layout, store, tokenizer.pad_token_id)
-    batch_iter = iter(micro_batch_loader(source, state.micro_batch, total_micro, tc.num_workers,
-                                         tc.pin_memory and device.type == "cuda"))
-    while state.step < total_steps:
+    batch_iter = iter(micro_batch_loader(s.source, state.micro_batch, s.total_micro, tc.num_workers,
+                                         tc.pin_memory and acc.device.type == "cuda"))
+    while state.step < s.total_steps:
         failpoint("train.step")
-        micro_ids = range(state.micro_batch, min(state.micro_batch + tc.grad_accum, total_micro))
+        micro_ids = range(state.micro_batch, min(state.micro_batch + tc.grad_accum, s.total_micro))
         micro = [next(batch_iter) for _ in micro_ids]
-        loss_total, step_tokens = accumulate_gradients(loss_model, [mb.inputs for mb in micro], accelerator)
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm) if tc.max_grad_norm else None
-        optimizer.step()
+        loss_total, step_tokens = accumulate_gradients(s.loss_model, [mb.inputs for mb in micro], acc)
+        grad_norm = acc.clip_grad_norm_(s.model.parameters(), tc.max_grad_norm) if tc.max_grad_norm else None
+        s.optimizer.step()
         failpoint("train.optimizer_step")
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        s.scheduler.step()
+        s.optimizer.zero_grad(set_to_none=True)
 
         step_loss = loss_total / max(step_tokens, 1)
         local = torch.tensor([sum(mb.real_tokens for mb in micro if mb.real), sum(mb.slots for mb in micro)],
-                             device=device, dtype=torch.float64)
-        seen, slots = (int(x) for x in accelerator.reduce(local, "sum").tolist())
+                             device=acc.device, dtype=torch.float64)
+        seen, slots = (int(x) for x in acc.reduce(local, "sum").tolist())
         state.step += 1
         state.micro_batch = micro_ids.stop
         state.tokens_seen += seen
         state.trained_tokens_seen += step_tokens
-        window_real, window_slots, window_trained = (window_real + seen, window_slots + slots,
-                                                     window_trained + step_tokens)
-        run_real, run_slots = run_real + seen, run_slots + slots
-        if state.step % tc.log_every == 0 or state.step == total_steps:
-            elapsed = time.perf_counter() - window_t
-            tps = window_real / elapsed if elapsed > 0 else 0.0
-            record = {"loss": step_loss, "lr": scheduler.get_last_lr()[0], "tokens_per_s": tps,
-                      "trained_tokens_per_s": window_trained / elapsed if elapsed > 0 else 0.0,
-                      "packing_efficiency": window_real / window_slots if window_slots else 1.0,
-                      "epoch": state.micro_batch / plan.micro_batches_per_epoch,
-                      "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                      "tokens": state.tokens_seen, "trained_tokens": state.trained_tokens_seen}
-            logger.log(state.step, record)
+        throughput.add(seen, slots, step_tokens)
+        is_last = state.step == s.total_steps
+        if state.step % tc.log_every == 0 or is_last:
+            figures = throughput.take()
+            s.logger.log(state.step, {
+                "loss": step_loss, "lr": s.scheduler.get_last_lr()[0], **figures,
+                "epoch": state.micro_batch / s.micro_batches_per_epoch,
+                "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                "tokens": state.tokens_seen, "trained_tokens": state.trained_tokens_seen})
             failpoint("train.logged")
-            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{tps:.0f}")
-            window_real = window_slots = window_trained = 0
-            window_t = time.perf_counter()
+            bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{figures['tokens_per_s']:.0f}")
         bar.update(1)
-        is_last = state.step == total_steps
         if (tc.eval_every and state.step % tc.eval_every == 0) or is_last:
-            last_val = validate()
+            last_val = s.validate()
             if last_val is not None:
-                logger.log(state.step, last_val.as_dict("val_"))
+                s.logger.log(state.step, last_val.as_dict("val_"))
                 if state.best_val_loss is None or last_val.loss < state.best_val_loss:
                     state.best_val_loss, state.best_step = last_val.loss, state.step
         if gen_eval is not None and gen_eval.due(state.step):
-            logger.log(state.step, gen_eval(accelerator.unwrap_model(model)))
+            s.logger.log(state.step, gen_eval(acc.unwrap_model(s.model)))
         if (tc.save_every and state.step % tc.save_every == 0) or is_last:
-            accelerator.wait_for_everyone()
-            rng_states = gather_object([capture_rng()])  # each process draws its own dropout masks
-            if accelerator.is_main_process:
-                save_checkpoint(run_dir, state, accelerator.unwrap_model(model), optimizer, scheduler,
-                                tc.save_total_limit, fingerprint, dump_config(cfg), rng_states,
-                                digests=tc.checkpoint_digests)
-            accelerator.wait_for_everyone()
+            checkpoint(s)
     bar.close()
+    return step_loss, last_val, throughput
 
-    final_dir = run_dir / "final"
-    if accelerator.is_main_process:
-        save_final(final_dir, accelerator.unwrap_model(model), tokenizer, manifest, cfg)
-    accelerator.end_training()
-    wall = time.perf_counter() - t0
-    return TrainResult(run_dir, state.step, final_dir, step_loss, last_val, val_before, trainable, total,
-                       state.tokens_seen / wall if wall else 0.0, wall, resumed_from,
-                       run_real / run_slots if run_slots else float("nan"))
+
+def checkpoint(s: Session) -> None:
+    """Save a complete checkpoint of the current step (every process's RNG; written by the main process)."""
+    acc = s.accelerator
+    acc.wait_for_everyone()
+    rng_states = gather_object([capture_rng()])  # each process draws its own dropout masks
+    if acc.is_main_process:
+        tc = s.cfg.train
+        save_checkpoint(s.run_dir, s.state, acc.unwrap_model(s.model), s.optimizer, s.scheduler,
+                        tc.save_total_limit, s.fingerprint, dump_config(s.cfg), rng_states,
+                        digests=tc.checkpoint_digests)
+    acc.wait_for_everyone()
 
 
 def accumulate_gradients(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], accelerator: Accelerator
