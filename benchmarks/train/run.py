@@ -63,7 +63,9 @@ def machine() -> dict:
     import torch
 
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "benchmarks"], cwd=HERE.parents[1],
+    # results/ is left out: a run writes there before the next suite records the commit
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "benchmarks", ":!benchmarks/*/results"],
+                           cwd=HERE.parents[1],
                            capture_output=True, text=True).stdout.strip()
     return {"git": git + ("+uncommitted" if dirty else ""), "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "memory_gib": mem_gib,
             "platform": platform.platform(), "python": platform.python_version(), "versions": versions,
