@@ -1,0 +1,105 @@
+"""Exact resume with two processes (gloo, DDP through accelerate), as a multi-GPU run uses it.
+
+A 2-process LoRA run with dropout (LoRA and attention) checkpoints after every step; a second 2-process run
+resumes from its mid-epoch checkpoint and must end bitwise equal to it, weights and every logged record.
+Each process draws its own dropout masks, so the checkpoint keeps one RNG state per process and each process
+must get its own back: the negative control swaps the two states in the checkpoint (re-sealed, so it looks
+intact) and the resumed run must then differ.
+"""
+
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from sftpipe.config import load_config
+from sftpipe.data import prepare
+from sftpipe.train import loop
+from sftpipe.train.checkpoint import COMPLETE, RNG, file_digests, load_trainer_state
+from tests.conftest import EXAMPLES, make_config, write_jsonl
+from tests.run_compare import run_differences
+
+WORLD = 2
+RESUME_STEP = 2  # of 6: 12 train examples, 2 per micro-batch, 2 processes -> 3 steps per epoch
+
+
+def train_worker(rank: int, port: int, config_path: str, output_dir: str, resume: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    cfg = load_config(config_path, preset="fast_test", overrides=[f"train.output_dir={output_dir}"])
+    loop.run(cfg, resume=resume)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(config_path: Path, output_dir: Path, resume: str) -> None:
+    mp.spawn(train_worker, args=(free_port(), str(config_path), str(output_dir), resume), nprocs=WORLD)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, tiny_dir):
+    tmp = tmp_path_factory.mktemp("ddp_resume")
+    model = tmp / "model"
+    shutil.copytree(tiny_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    config["attention_dropout"] = 0.1  # the base model draws random numbers too
+    (model / "config.json").write_text(json.dumps(config))
+    records = [json.loads(x) for x in (EXAMPLES / "prompt_completion" / "pc_sample.jsonl").read_text().splitlines()]
+    source = write_jsonl(tmp / "pc15.jsonl", records[:15])
+    cfg = make_config(
+        tmp, model, [{"path": str(source)}],
+        data={"split": {"train": 0.8, "val": 0.2, "test": 0.0}},
+        lora={"dropout": 0.1},
+        train={"method": "lora", "packing": False, "tokens_per_batch": 0, "micro_batch_size": 2, "grad_accum": 1,
+               "max_steps": 0, "epochs": 2, "lr": 1e-2, "warmup_ratio": 0.2, "scheduler": "cosine",
+               "save_every": 1, "save_total_limit": 100, "eval_every": 2},
+    )
+    prepare.run(cfg)
+    launch(tmp / "config.json", tmp / "reference", "never")
+    return tmp
+
+
+def resume_copy(tmp: Path, name: str) -> tuple[Path, Path]:
+    """A run dir as a run killed after checkpoint RESUME_STEP leaves it (its log runs past the checkpoint)."""
+    ref = tmp / "reference"
+    run_dir = tmp / name
+    ckpt = run_dir / "checkpoints" / f"checkpoint-{RESUME_STEP}"
+    shutil.copytree(ref / "checkpoints" / ckpt.name, ckpt)
+    (run_dir / "logs").mkdir(parents=True)
+    shutil.copy(ref / "logs" / "metrics.jsonl", run_dir / "logs" / "metrics.jsonl")
+    return run_dir, ckpt
+
+
+def test_two_process_run_resumes_bitwise(reference):
+    ref = reference / "reference"
+    assert load_trainer_state(ref / "checkpoints" / "checkpoint-6").step == 6
+    state = load_trainer_state(ref / "checkpoints" / f"checkpoint-{RESUME_STEP}")
+    # micro-batch indices count each process's micro-batches: 3 per epoch here, so step 2 is mid-epoch
+    assert state.micro_batch == RESUME_STEP and state.micro_batch % 3 != 0
+    run_dir, _ = resume_copy(reference, "resumed")
+    launch(reference / "config.json", run_dir, "auto")
+    diffs = run_differences(ref, run_dir)
+    assert not diffs, "\n".join(diffs[:10])
+
+
+def test_two_process_resume_with_the_ranks_rng_states_swapped_differs(reference):
+    run_dir, ckpt = resume_copy(reference, "swapped")
+    rng = json.loads((ckpt / RNG).read_text())
+    assert len(rng["processes"]) == WORLD
+    assert rng["processes"][0]["torch"] != rng["processes"][1]["torch"], "ranks drew the same numbers: no control"
+    (ckpt / RNG).write_text(json.dumps({"processes": rng["processes"][::-1]}))
+    marker = json.loads((ckpt / COMPLETE).read_text())
+    (ckpt / COMPLETE).write_text(json.dumps({**marker, "files": file_digests(ckpt)}))  # re-sealed: looks intact
+    launch(reference / "config.json", run_dir, "auto")
+    diffs = run_differences(reference / "reference", run_dir)
+    assert any(d.startswith("weights:") for d in diffs), "swapped per-process RNG states went unnoticed"
