@@ -103,3 +103,33 @@ def test_two_process_resume_with_the_ranks_rng_states_swapped_differs(reference)
     launch(reference / "config.json", run_dir, "auto")
     diffs = run_differences(reference / "reference", run_dir)
     assert any(d.startswith("weights:") for d in diffs), "swapped per-process RNG states went unnoticed"
+
+
+def test_cli_under_torchrun_trains_on_two_processes_and_prints_one_summary(reference):
+    """The launch a multi-GPU user makes (torchrun / accelerate launch), here on CPU with gloo."""
+    import subprocess
+    import sys
+
+    out = reference / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(WORLD), "--master_port",
+         str(free_port()), "-m", "sftpipe.cli", "train", str(reference / "config.json"), "--preset", "fast_test",
+         "--set", f"train.output_dir={out}", "--set", "train.max_steps=2", "--set", "train.epochs=1"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).resolve().parents[2])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("trained 2 steps") == 1, proc.stdout
+    assert json.loads((out / "run_manifest.json").read_text())["world_size"] == WORLD
+
+
+@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED", "MEGATRON_LM"])
+def test_sharded_launches_are_refused_with_what_to_do(kind):
+    from sftpipe.errors import SftpipeError
+
+    with pytest.raises(SftpipeError, match=f"{kind}.*--multi_gpu"):
+        loop.check_distribution(kind)
+
+
+@pytest.mark.parametrize("kind", ["NO", "MULTI_CPU", "MULTI_GPU"])
+def test_unsharded_launches_are_accepted(kind):
+    loop.check_distribution(kind)  # raises if refused

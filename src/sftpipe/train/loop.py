@@ -52,6 +52,7 @@ class TrainResult:
     wall_s: float
     resumed_from: Path | None
     packing_efficiency: float = float("nan")  # real tokens / token slots of the batches this run trained on
+    main_process: bool = True  # False on the other processes of a multi-process launch (they print nothing)
 
 
 def check_tokenizer_matches(manifest: dict, tokenizer, cfg: Config, data_dir: Path) -> None:
@@ -130,6 +131,23 @@ class Throughput:
         return self.run_real / self.run_slots if self.run_slots else float("nan")
 
 
+# Distributed modes that shard weights or optimizer state across processes. The loop saves, validates and
+# resumes from the whole model and optimizer on the main process: under these it would checkpoint one shard
+# and a resumed run would diverge without a word, so they are refused until sharded checkpoints are built.
+SHARDED_DISTRIBUTIONS = frozenset({"FSDP", "DEEPSPEED", "MEGATRON_LM"})
+
+
+def check_distribution(distributed_type: str) -> None:
+    """Refuse an accelerate launch whose sharding the loop cannot checkpoint (see SHARDED_DISTRIBUTIONS)."""
+    if distributed_type in SHARDED_DISTRIBUTIONS:
+        raise SftpipeError(
+            f"accelerate is set up for {distributed_type}, which `sftpipe train` does not support yet: its "
+            "checkpoints hold the whole model and optimizer state of one process, so a sharded run could not "
+            "be resumed correctly. Launch with DDP instead (`accelerate launch --multi_gpu --num_processes N "
+            "-m sftpipe.cli train ...`, or `accelerate config` without FSDP/DeepSpeed); LoRA and models that "
+            "fit one GPU train the same under DDP.")
+
+
 def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainResult:
     """Train as configured.
 
@@ -149,7 +167,8 @@ def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainR
     s.accelerator.end_training()
     wall = time.perf_counter() - t0
     return TrainResult(s.run_dir, s.state.step, final_dir, step_loss, last_val, val_before, s.trainable, s.total,
-                       s.state.tokens_seen / wall if wall else 0.0, wall, s.resumed_from, throughput.run_efficiency)
+                       s.state.tokens_seen / wall if wall else 0.0, wall, s.resumed_from, throughput.run_efficiency,
+                       s.accelerator.is_main_process)
 
 
 def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
@@ -162,6 +181,7 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
         log_with="tensorboard",
         project_dir=str(Path(tc.output_dir) / "logs"),
     )
+    check_distribution(accelerator.distributed_type.value)
     device = accelerator.device
     set_seed(tc.seed)
     run_dir = Path(tc.output_dir)
