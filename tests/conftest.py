@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,13 @@ def tokenizer(tiny_dir):
     from sftpipe.models.loading import load_tokenizer
 
     return load_tokenizer(ModelConfig(name_or_path=str(tiny_dir)))
+
+
+def free_port() -> int:
+    """A TCP port free on localhost now, for a test's process group (gloo) rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def write_jsonl(path: Path, records: list) -> Path:

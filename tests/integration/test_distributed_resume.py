@@ -10,7 +10,6 @@ intact) and the resumed run must then differ.
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from sftpipe.config import load_config
 from sftpipe.data import prepare
 from sftpipe.train import loop
 from sftpipe.train.checkpoint import COMPLETE, RNG, file_digests, load_trainer_state
-from tests.conftest import EXAMPLES, make_config, write_jsonl
+from tests.conftest import EXAMPLES, free_port, make_config, write_jsonl
 from tests.run_compare import run_differences
 
 WORLD = 2
@@ -34,12 +33,6 @@ def train_worker(rank: int, port: int, config_path: str, output_dir: str, resume
     torch.set_num_threads(1)
     cfg = load_config(config_path, preset="fast_test", overrides=[f"train.output_dir={output_dir}"])
     loop.run(cfg, resume=resume)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch(config_path: Path, output_dir: Path, resume: str) -> None:

@@ -1,7 +1,6 @@
 """Two processes (gloo, DDP through accelerate) make the same update as one process with the same global batch."""
 
 import os
-import socket
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ from sftpipe.data.writer import load_split
 from sftpipe.train import loop
 from sftpipe.train.causal_lm import CausalLMLoss
 from sftpipe.train.microbatches import TokenBudgetPlan, TokenStore, collate_packed
-from tests.conftest import make_config
+from tests.conftest import free_port, make_config
 
 PAD = 0
 
@@ -67,12 +66,6 @@ def worker(rank: int, world: int, port: int, data_dir: str, model_dir: str, out_
         if rank == 0:
             save_file(after, f"{out_dir}/{'naive' if naive else 'tokens'}.safetensors")
     accelerator.wait_for_everyone()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_make_the_same_update_as_one(tmp_path, tiny_dir, chat_sources):
