@@ -156,3 +156,35 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path, tiny_dir, chat_s
     losses_a = [m["loss"] for m in read_metrics(tmp_path / "a" / "run" / "logs" / "metrics.jsonl") if "loss" in m]
     losses_b = [m["loss"] for m in read_metrics(tmp_path / "b" / "run" / "logs" / "metrics.jsonl") if "loss" in m]
     assert losses_b[-2:] == losses_a[-2:]
+
+
+def test_cpu_threads_are_set_for_training_and_recorded(tmp_path, tiny_dir, chat_sources):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cfg = make_config(tmp_path, tiny_dir, chat_sources, train={"cpu_threads": 1, "max_steps": 1, "device": "cpu"})
+        prepare.run(cfg)
+        loop.run(cfg, resume="never")
+        assert torch.get_num_threads() == 1
+        speed = next(m["speed"] for m in read_metrics(tmp_path / "run" / "logs" / "metrics.jsonl") if "speed" in m)
+        assert speed["cpu_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("requested", "load", "warned"), [(0, 1.2, True), (0, 0.3, False), (1, 3.0, False)])
+def test_a_busy_machine_gets_a_cpu_threads_hint(monkeypatch, caplog, requested, load, warned):
+    before = torch.get_num_threads()
+    monkeypatch.setattr(loop.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(loop.os, "getloadavg", lambda: (load, load, load))
+    torch.set_num_threads(2)
+    try:
+        with caplog.at_level("WARNING", logger="sftpipe.train.loop"):
+            threads = loop.set_cpu_threads(requested)
+    finally:
+        torch.set_num_threads(before)
+    assert threads == (requested or 2)
+    hints = [r.getMessage() for r in caplog.records if "train.cpu_threads=" in r.getMessage()]
+    assert bool(hints) == warned, hints
+    if warned:
+        assert "train.cpu_threads=1" in hints[0] and "load average is 1.2 on 2 cores" in hints[0]

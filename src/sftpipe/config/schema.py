@@ -156,6 +156,10 @@ class TrainConfig(Section):
     seed: int = Field(42, description="Seed for initialisation, dropout and shuffling.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+    cpu_threads: int = Field(
+        0, ge=0, description="torch threads when training on CPU; 0: torch's default (one per core). On a machine "
+        "where other jobs take cores, set it to the cores left free: a thread that is descheduled stalls all the "
+        "others at every operation (2 threads on 2 cores with one core busy ran 2.3x slower than 1 thread).")
     progress_bar: bool = Field(True, description="Show a progress bar with loss, tokens/s and ETA.")
     # Speed (issue 3). Defaults keep the plain padded batches; `packing: true` is the fast path.
     packing: bool = Field(

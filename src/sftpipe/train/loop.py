@@ -6,7 +6,9 @@ config.yaml, run_manifest.json, checkpoints/, final/, logs/metrics.jsonl + Tenso
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -36,6 +38,9 @@ from sftpipe.train.microbatches import MicroBatchSource, TokenStore, build_plan,
 from sftpipe.train.resume import resume_from_latest_complete, run_fingerprint, trim_metrics
 from sftpipe.train.saving import save_final
 from sftpipe.train.tracking import MetricsLogger, write_run_manifest
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -148,6 +153,26 @@ def check_distribution(distributed_type: str) -> None:
             "fit one GPU train the same under DDP.")
 
 
+def set_cpu_threads(requested: int) -> int:
+    """Set torch's CPU threads (0 keeps torch's default); warn when other jobs leave fewer cores than threads.
+
+    OpenMP threads meet at a barrier after every operation, so one thread that the kernel deschedules for
+    another job stalls the rest: with every core used, a busy machine slows training far more than the share
+    of CPU the other jobs take. Returns the threads torch uses.
+    """
+    if requested:
+        torch.set_num_threads(requested)
+    threads = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0  # other jobs: this one has not started yet
+    if not requested and threads > 1 and load >= 1 and threads + load > cores + 0.5:
+        free = max(1, round(cores - load))
+        log.warning("training on CPU with %d threads while the load average is %.1f on %d cores: other jobs are "
+                    "running, and threads they deschedule stall the rest. If steps are slow, set "
+                    "train.cpu_threads=%d (the cores left free).", threads, load, cores, free)
+    return threads
+
+
 def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainResult:
     """Train as configured.
 
@@ -207,6 +232,8 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
         attention = packed_attention(loss_model.causal_lm(), cfg.model.attn_implementation, attention,
                                      int(store.lengths.max()))
     speed = {"cross_entropy": loss_model.cross_entropy, "attention": attention, "compile": tc.compile}
+    if device.type == "cpu":
+        speed["cpu_threads"] = set_cpu_threads(tc.cpu_threads)
     plan, layout = build_plan(tc, store.lengths, manifest["max_length"], accelerator.num_processes,
                               accelerator.process_index, flat=attention in VARLEN_ATTENTION)
     total_micro = tc.max_steps * tc.grad_accum if tc.max_steps else math.ceil(tc.epochs * plan.micro_batches_per_epoch)

@@ -34,7 +34,7 @@ from sftpipe.train.optim_state import read_json
 # so a field added later is protected by default.
 SAFE_TO_CHANGE = frozenset({
     "train.output_dir", "train.save_every", "train.save_total_limit", "train.eval_every", "train.log_every",
-    "train.progress_bar", "train.num_workers", "train.device", "train.checkpoint_digests",
+    "train.progress_bar", "train.num_workers", "train.device", "train.checkpoint_digests", "train.cpu_threads",
     "model.gradient_checkpointing",
 })
 
