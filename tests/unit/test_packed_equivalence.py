@@ -152,6 +152,25 @@ def test_chunked_cross_entropy_equals_full_logits_loss(prepared, tiny_dir):
     assert (unshifted - ref_loss).abs() > 1.0
 
 
+def test_chunked_loss_refuses_a_second_backward_instead_of_reusing_scaled_gradients():
+    """Its gradients are computed in the forward pass and scaled in place in backward: a second backward through
+    the same graph (retain_graph=True) must fail, not hand out the scaled gradients again."""
+    from sftpipe.train.loss import linear_cross_entropy_sum
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(12, 8, generator=g, requires_grad=True)
+    w = torch.randn(40, 8, generator=g, requires_grad=True)
+    t = torch.randint(0, 40, (12,), generator=g)
+    loss = linear_cross_entropy_sum(h, w, t, chunk_tokens=5) * 0.25
+    loss.backward(retain_graph=True)
+    ref_h, ref_w = h.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    (torch.nn.functional.cross_entropy(ref_h @ ref_w.T, t, reduction="sum") * 0.25).backward()
+    torch.testing.assert_close(h.grad, ref_h.grad)
+    torch.testing.assert_close(w.grad, ref_w.grad)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        loss.backward()
+
+
 class LargestVocabTensor(TorchDispatchMode):
     """Records the largest tensor with a vocabulary-sized dimension that any aten op produces (fwd and bwd)."""
 

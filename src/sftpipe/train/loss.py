@@ -74,8 +74,22 @@ def _chunked_loss_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch
     w = weight.to(hidden.dtype)
     for start in range(0, hidden.size(0), chunk):
         logits = (hidden[start : start + chunk] @ w.T).to(acc)
-        total += (torch.logsumexp(logits, -1) - logits.gather(1, targets[start : start + chunk, None]).squeeze(1)).sum()
+        total += _softmax_cross_entropy_(logits, targets[start : start + chunk])[0]
+        del logits  # before the next chunk's logits exist: one chunk at a time
     return total
+
+
+def _softmax_cross_entropy_(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy, softmax) of one chunk, computed in place over `logits`.
+
+    torch.logsumexp and softmax would each allocate chunk-sized temporaries; this holds the chunk alone.
+    """
+    shift = logits.amax(-1, keepdim=True)
+    target = logits.gather(1, targets[:, None]).squeeze(1)
+    probs = logits.sub_(shift).exp_()
+    sums = probs.sum(-1, keepdim=True)
+    loss = (shift.squeeze(1) + sums.log().squeeze(1) - target).sum()
+    return loss, probs.div_(sums)
 
 
 class _LinearCrossEntropySum(torch.autograd.Function):
@@ -93,29 +107,34 @@ class _LinearCrossEntropySum(torch.autograd.Function):
                 h = hidden[start : start + chunk]
                 t = targets[start : start + chunk]
                 logits = (h @ w.T).to(acc)
-                lse = torch.logsumexp(logits, -1)
-                total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-                # d(sum CE)/d logits = softmax - onehot, computed in place over the logits chunk
-                probs = logits.sub_(lse[:, None]).exp_()
+                loss, probs = _softmax_cross_entropy_(logits, t)
+                total += loss
+                # d(sum CE)/d logits = softmax - onehot, in place over the chunk
                 probs[torch.arange(t.numel(), device=t.device), t] -= 1.0
                 probs = probs.to(h.dtype)
                 if need_h:
                     grad_h[start : start + chunk] = probs @ w
                 if need_w:
                     grad_w.addmm_(probs.T.to(acc), h.to(acc))  # accumulated in fp32 across chunks
-        ctx.save_for_backward(*(g for g in (grad_h, grad_w) if g is not None))
-        ctx.need = (need_h, need_w)
+                del logits, probs  # before the next chunk's logits exist: one chunk at a time
+        # Kept on ctx, not through save_for_backward: backward drops ctx's reference before handing them out,
+        # so autograd can take the head's gradient as the parameter's .grad instead of copying it.
+        ctx.grads = (grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
         return total
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001 - autograd signature
-        saved = list(ctx.saved_tensors)
-        need_h, need_w = ctx.need
-        grad_h = grad_w = None
-        if need_h:
-            grad_h = saved.pop(0)
-            grad_h = grad_h * grad_out.to(grad_h.dtype)
-        if need_w:
-            grad_w = (saved.pop(0) * grad_out).to(ctx.weight_dtype)
+        # The gradients were computed in the forward pass and are scaled in place here (no copy of the head's
+        # vocab x hidden gradient), so they can be handed out once only: a second backward through the same
+        # graph (retain_graph=True) is an error, never the scaled gradients again.
+        if ctx.grads is None:
+            raise RuntimeError("linear_cross_entropy_sum: backward ran twice through the same graph; its gradients "
+                               "are computed in the forward pass and given out once (do not use retain_graph=True)")
+        grad_h, grad_w = ctx.grads
+        ctx.grads = None
+        if grad_h is not None:
+            grad_h.mul_(grad_out.to(grad_h.dtype))
+        if grad_w is not None:
+            grad_w = grad_w.mul_(grad_out).to(ctx.weight_dtype)  # no copy when the weight is fp32
         return grad_h, grad_w, None, None
