@@ -6,6 +6,7 @@ as a `RecordError` in place of the record, so the caller counts it instead of cr
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import re
@@ -64,21 +65,118 @@ def _read_jsonl(path: Path) -> Iterator[RawRecord]:
 
 
 def _read_json(path: Path) -> Iterator[RawRecord]:
-    try:
-        value = loads(path.read_bytes().decode("utf-8-sig"))
-    except UnicodeDecodeError as exc:
-        raise SftpipeError(f"{path}: not UTF-8 (byte {exc.start}); re-encode the file as UTF-8") from None
-    except json.JSONDecodeError as exc:
-        raise SftpipeError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg}); a .json file must hold one array "
-                           "of records (use .jsonl for one record per line)") from None
-    except (RecursionError, ValueError) as exc:
-        raise SftpipeError(f"{path}: cannot parse JSON ({_short(exc)})") from None
-    if isinstance(value, dict) and len(value) == 1 and isinstance(next(iter(value.values())), list):
-        value = next(iter(value.values()))  # {"data": [...]} wrappers
-    if not isinstance(value, list):
-        raise SftpipeError(f"{path}: expected a JSON array of records, got {type(value).__name__}")
-    for index, item in enumerate(value):
-        yield f"{path}[{index}]", _as_object(item)
+    """A .json file holding one array of records (or `{"key": [...]}`), streamed: one record in memory at a time."""
+    with path.open("rb") as fh:
+        stream = _JsonStream(path, fh)
+        try:
+            yield from _json_array_records(path, stream)
+        except json.JSONDecodeError as exc:
+            raise SftpipeError(f"{path}:{stream.line_at(exc.pos)}: invalid JSON ({exc.msg}); a .json file must hold "
+                               "one array of records (use .jsonl for one record per line)") from None
+        except (RecursionError, ValueError) as exc:  # nesting too deep; integers over 4300 digits
+            raise SftpipeError(f"{path}: cannot parse JSON ({_short(exc)})") from None
+
+
+def _json_array_records(path: Path, stream: _JsonStream) -> Iterator[RawRecord]:
+    not_array = f"{path}: expected a JSON array of records, got "
+    first = stream.peek()
+    wrapped = first == "{"
+    if wrapped:  # {"data": [...]}: exactly one key, whose value is the array
+        stream.take("{")
+        if stream.peek() != '"' or not isinstance(stream.value(), str) or not stream.take(":") \
+                or stream.peek() != "[":
+            raise SftpipeError(not_array + "dict")
+    elif first != "[":
+        raise SftpipeError(not_array + type(stream.value()).__name__)
+    stream.take("[")
+    index = 0
+    if stream.take("]"):
+        pass
+    else:
+        while True:
+            yield f"{path}[{index}]", _as_object(stream.value())
+            index += 1
+            if stream.take(","):
+                continue
+            if stream.take("]"):
+                break
+            stream.fail("Expecting ',' delimiter")
+    if wrapped and not stream.take("}"):
+        raise SftpipeError(not_array + "dict (with more than one key)")
+    if stream.peek():
+        stream.fail("Extra data")
+
+
+class _JsonStream:
+    """A JSON file decoded in chunks; values are parsed one at a time by the standard library's decoder.
+
+    Only the chunks not yet consumed are held. A value cut by a chunk boundary fails to parse (or, for a
+    number, parses short), so a value is only taken once the text after it is read too; the read size
+    doubles while one value stays unparsed, so a huge record costs linear time.
+    """
+
+    CHUNK = 1 << 20
+    WHITESPACE = re.compile(r"[ \t\n\r]*")
+    NUMBER_TAIL = re.compile(r"[0-9.eE+\-]*")
+
+    def __init__(self, path: Path, fh):  # noqa: ANN001 - a binary file object
+        self.path, self.fh = path, fh
+        self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
+        self.json = json.JSONDecoder(object_pairs_hook=_object_pairs)
+        self.buf, self.pos, self.line, self.bytes_read, self.eof = "", 0, 1, 0, False
+
+    def _more(self, size: int) -> bool:
+        """Append up to `size` bytes more (dropping what is consumed); False at the end of the file."""
+        if self.eof:
+            return False
+        raw = self.fh.read(size)
+        try:
+            text = self.decoder.decode(raw, final=not raw)
+        except UnicodeDecodeError as exc:  # exc.object: this read, less a BOM, plus bytes held from the last
+            offset = self.bytes_read + len(raw) - (len(exc.object) - exc.start)
+            raise SftpipeError(f"{self.path}: not UTF-8 (byte {offset}); re-encode the file as UTF-8") from None
+        self.bytes_read += len(raw)
+        self.eof = not raw
+        self.line += self.buf.count("\n", 0, self.pos)
+        self.buf, self.pos = self.buf[self.pos :] + text, 0
+        return True
+
+    def line_at(self, pos: int) -> int:
+        return self.line + self.buf.count("\n", 0, pos)
+
+    def fail(self, message: str) -> None:
+        raise json.JSONDecodeError(message, self.buf, self.pos)
+
+    def peek(self) -> str:
+        """The next character after whitespace, '' at the end of the file."""
+        while True:
+            self.pos = self.WHITESPACE.match(self.buf, self.pos).end()
+            if self.pos < len(self.buf) or not self._more(self.CHUNK):
+                return self.buf[self.pos : self.pos + 1]
+
+    def take(self, char: str) -> bool:
+        """Consume `char` if it comes next (after whitespace)."""
+        if self.peek() == char:
+            self.pos += 1
+            return True
+        return False
+
+    def value(self) -> Any:
+        self.peek()
+        size = self.CHUNK
+        while True:
+            try:
+                value, end = self.json.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError:
+                if self._more(size):
+                    size *= 2
+                    continue
+                raise
+            # a number is only complete once a character that cannot continue it follows ("1|2", "0|.5", "1|e3")
+            if self.NUMBER_TAIL.match(self.buf, end).end() < len(self.buf) or not self._more(size):
+                self.pos = end
+                return value
+            size *= 2
 
 
 def _read_csv(path: Path) -> Iterator[RawRecord]:
@@ -122,17 +220,19 @@ def _read_parquet(path: Path) -> Iterator[RawRecord]:
 
 
 def _read_text(path: Path) -> Iterator[RawRecord]:
-    """Plain text: one record per paragraph (blocks separated by blank lines)."""
-    text = path.read_bytes().decode("utf-8", errors="surrogateescape").removeprefix("\ufeff")
+    """Plain text: one record per paragraph (blocks separated by blank lines), read line by line."""
     lineno, start, block = 0, 1, []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            if not block:
-                start = lineno
-            block.append(line)
-        elif block:
-            yield f"{path}:{start}", _paragraph("\n".join(block))
-            block = []
+    with path.open(encoding="utf-8-sig", errors="surrogateescape") as fh:
+        # str.splitlines on each line: the same line breaks (form feed, U+2028...) as splitting the whole text
+        for line in (part for physical in fh for part in physical.splitlines()):
+            lineno += 1
+            if line.strip():
+                if not block:
+                    start = lineno
+                block.append(line)
+            elif block:
+                yield f"{path}:{start}", _paragraph("\n".join(block))
+                block = []
     if block:
         yield f"{path}:{start}", _paragraph("\n".join(block))
 
