@@ -267,3 +267,27 @@ def test_without_digests_sizes_are_still_checked(reference, tiny_dir):
     with pytest.raises(SftpipeError, match="bytes on disk but"):
         verify_checkpoint(ckpt)
     assert broken.name == "adapter_model.safetensors"
+
+
+@pytest.mark.parametrize("sample_bytes", [64 * 1024, 512])  # whole small files; sampled blocks of larger ones
+def test_model_fingerprint_sees_other_weights_of_the_same_shape(tmp_path, tiny_dir, monkeypatch, sample_bytes):
+    """A fine-tune or another checkpoint of one architecture put where the base model was: same path, same
+    config.json, same file sizes, other weights. Resuming on it would continue another trajectory."""
+    from safetensors.torch import load_file, save_file
+
+    from sftpipe.train import resume
+
+    monkeypatch.setattr(resume, "WEIGHT_SAMPLE_BYTES", sample_bytes)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_dir, model)
+    before = resume.model_fingerprint(str(model))
+    weights = next(model.glob("*.safetensors"))
+    assert weights.stat().st_size > resume.WEIGHT_SAMPLES * 512  # the 512-byte case samples, not reads whole
+    listing = lambda: sorted((p.name, p.stat().st_size) for p in model.glob("*.safetensors"))  # noqa: E731
+    sizes = listing()
+    tensors = load_file(weights)
+    save_file({k: v * 1.01 for k, v in tensors.items()}, str(weights), metadata={"format": "pt"})
+    assert listing() == sizes  # names and sizes alone cannot tell (what the fingerprint used to hold)
+    assert resume.model_fingerprint(str(model)) != before
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    assert resume.model_fingerprint(str(model)) == before  # the same weights again: the same fingerprint

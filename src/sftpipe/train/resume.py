@@ -73,19 +73,36 @@ def data_fingerprint(data_dir: Path) -> str:
     return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
 
 
-def model_fingerprint(name_or_path: str) -> str:
-    """The base model's identity: its config.json and weight file names and sizes for a local dir, else its name.
+# Weight files are fingerprinted by samples, not hashed whole (tens of GB for large models): two models of one
+# architecture (a base and its fine-tune, two checkpoints of one run) differ in practically every block.
+WEIGHT_SAMPLES = 16
+WEIGHT_SAMPLE_BYTES = 64 * 1024
 
-    Weight contents are not hashed (tens of GB for large models); a different model at the same path with the
-    same architecture and file sizes is not detected.
-    """
+
+def model_fingerprint(name_or_path: str) -> str:
+    """The base model's identity: for a local dir its config.json and, per weight file, its name, size and the
+    SHA-256 of 16 blocks of 64 KiB spread evenly over it (the whole file when smaller); else its name."""
     path = Path(name_or_path)
     parts: list[Any] = [name_or_path]
     if path.is_dir():
         config = path / "config.json"
         parts.append(hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None)
-        parts.append(sorted((p.name, p.stat().st_size) for p in path.glob("*.safetensors")))
+        parts.append(sorted((p.name, p.stat().st_size, sampled_sha256(p)) for p in path.glob("*.safetensors")))
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def sampled_sha256(path: Path) -> str:
+    """SHA-256 of WEIGHT_SAMPLES blocks at evenly spaced offsets of `path` (all of it when it is small)."""
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        if size <= WEIGHT_SAMPLES * WEIGHT_SAMPLE_BYTES:
+            digest.update(fh.read())
+        else:
+            for i in range(WEIGHT_SAMPLES):
+                fh.seek((size - WEIGHT_SAMPLE_BYTES) * i // (WEIGHT_SAMPLES - 1))
+                digest.update(fh.read(WEIGHT_SAMPLE_BYTES))
+    return digest.hexdigest()
 
 
 def fingerprint_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
