@@ -291,3 +291,33 @@ def test_model_fingerprint_sees_other_weights_of_the_same_shape(tmp_path, tiny_d
     assert resume.model_fingerprint(str(model)) != before
     save_file(tensors, str(weights), metadata={"format": "pt"})
     assert resume.model_fingerprint(str(model)) == before  # the same weights again: the same fingerprint
+
+
+def test_model_fingerprint_of_a_hub_id_follows_its_cached_snapshot(tmp_path, tiny_dir, monkeypatch):
+    """`model.name_or_path: org/name`: the repository updated under the same name is another model."""
+    from sftpipe.train import resume
+
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    repo = tmp_path / "hub" / "models--org--tiny"
+    (repo / "refs").mkdir(parents=True)
+
+    def publish(revision: str, scale: float) -> None:
+        from safetensors.torch import load_file, save_file
+
+        snap = repo / "snapshots" / revision
+        shutil.copytree(tiny_dir, snap)
+        weights = next(snap.glob("*.safetensors"))
+        save_file({k: v * scale for k, v in load_file(weights).items()}, str(weights), metadata={"format": "pt"})
+        (repo / "refs" / "main").write_text(revision)
+
+    assert resume.model_fingerprint("org/tiny") == resume.model_fingerprint("org/tiny")  # not cached: the name
+    uncached = resume.model_fingerprint("org/tiny")
+    rev1, rev2 = "a" * 40, "b" * 40  # commit hashes name the snapshot dirs
+    publish(rev1, 1.0)
+    first = resume.model_fingerprint("org/tiny")
+    assert first != uncached
+    publish(rev2, 1.01)  # the repository's main branch moves to new weights
+    assert resume.model_fingerprint("org/tiny") != first
+    assert resume.model_fingerprint("org/tiny", revision=rev1) == first  # a pinned revision keeps its identity

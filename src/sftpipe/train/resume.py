@@ -51,7 +51,7 @@ def run_fingerprint(cfg: Config, data_dir: Path, tokenizer_sha256: str, world_si
         "config": settings,
         "data_sha256": data_fingerprint(data_dir),
         "tokenizer_sha256": tokenizer_sha256,
-        "model_sha256": model_fingerprint(cfg.model.name_or_path),
+        "model_sha256": model_fingerprint(cfg.model.name_or_path, cfg.model.revision),
         "world_size": world_size,
     }
 
@@ -79,16 +79,33 @@ WEIGHT_SAMPLES = 16
 WEIGHT_SAMPLE_BYTES = 64 * 1024
 
 
-def model_fingerprint(name_or_path: str) -> str:
-    """The base model's identity: for a local dir its config.json and, per weight file, its name, size and the
-    SHA-256 of 16 blocks of 64 KiB spread evenly over it (the whole file when smaller); else its name."""
+def model_fingerprint(name_or_path: str, revision: str | None = None) -> str:
+    """The base model's identity: its config.json and, per weight file, its name, size and the SHA-256 of 16
+    blocks of 64 KiB spread evenly over it (the whole file when smaller).
+
+    A hub id is fingerprinted by its snapshot in the local cache (training has loaded it by then), so a
+    repository updated under the same name is told apart too; by its name alone when it is not cached.
+    """
     path = Path(name_or_path)
     parts: list[Any] = [name_or_path]
+    if not path.is_dir():
+        path = cached_snapshot(name_or_path, revision) or path
     if path.is_dir():
         config = path / "config.json"
         parts.append(hashlib.sha256(config.read_bytes()).hexdigest() if config.is_file() else None)
         parts.append(sorted((p.name, p.stat().st_size, sampled_sha256(p)) for p in path.glob("*.safetensors")))
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()
+
+
+def cached_snapshot(repo_id: str, revision: str | None) -> Path | None:
+    """The local snapshot dir of a hub model, without network access; None when it is not cached."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, revision=revision, local_files_only=True,
+                                      allow_patterns=["config.json", "*.safetensors"]))
+    except Exception:  # noqa: BLE001 - not a hub id, not cached, or no hub library: the name is all there is
+        return None
 
 
 def sampled_sha256(path: Path) -> str:
