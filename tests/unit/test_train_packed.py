@@ -61,3 +61,31 @@ def test_length_grouped_run_trains_with_little_padding(tmp_path, tiny_dir, chat_
     speed = next(m["speed"] for m in metrics if "speed" in m)
     assert speed["batching"] == "grouped" and speed["planned_packing_efficiency"] > 0.8
     assert result.steps == 2 and result.packing_efficiency > 0.8
+
+
+def test_compiled_packed_training_matches_eager(tmp_path, tiny_dir, chat_sources, monkeypatch):
+    """train.compile: the decoder compiled by torch.compile (inductor) trains like the eager one. The
+    per-example attention stays eager (torch.compiler.disable): compiled, its data-dependent loop would
+    recompile for every number of examples in a row."""
+    from torch._dynamo.utils import counters
+
+    losses = {}
+    for compiled in (False, True):
+        # no val split: validation runs the model another way (with a cache), a legitimate recompile
+        data = {"output_dir": str(tmp_path / "data"), "split": {"train": 1.0, "val": 0.0, "test": 0.0}}
+        cfg = make_config(tmp_path / str(compiled), tiny_dir, chat_sources, data=data,
+                          train={"packing": True, "max_steps": 3, "method": "full", "compile": compiled})
+        if not compiled:
+            prepare.run(cfg)
+        counters.clear()
+        # a recompile in training (e.g. one per number of examples in a row) is an error here, not a slowdown
+        monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
+        loop.run(cfg, resume="never")
+        metrics = read_metrics(tmp_path / str(compiled) / "run" / "logs" / "metrics.jsonl")
+        losses[compiled] = [m["loss"] for m in metrics if "loss" in m]
+        speed = next(m["speed"] for m in metrics if "speed" in m)
+        assert speed["compile"] is compiled and speed["attention"] == "sdpa_varlen"
+        graphs = counters["stats"]["unique_graphs"]
+        assert (graphs > 0) == compiled, graphs  # the compiled run really ran compiled graphs
+    assert len(losses[True]) == 3
+    torch.testing.assert_close(losses[True], losses[False], rtol=1e-5, atol=1e-5)

@@ -48,6 +48,7 @@ def segment_bounds(query: torch.Tensor, kwargs: dict) -> list[list[tuple[int, in
     return rows
 
 
+@torch.compiler.disable  # a Python loop over data-dependent bounds: compiled, it recompiles per example count
 def sdpa_varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                           attention_mask: torch.Tensor | None, **kwargs) -> tuple[torch.Tensor, None]:
     """Causal SDPA within each packed example; transformers' SDPA for anything else.
