@@ -59,7 +59,8 @@ def test_prepared_data_and_checkpoints_are_checked_against_the_config(tmp_path, 
     checks = validate.run(cfg)
     assert not checks.failed
     data_dir = _by_name(checks, "data dir")
-    assert [c.status for c in data_dir] == ["ok"] and "3 optimizer steps planned" in data_dir[0].detail
+    # ok, or warn when padded batches waste token slots (the hint to pack)
+    assert [c.status for c in data_dir] in (["ok"], ["warn"]) and "3 optimizer steps planned" in data_dir[0].detail
     assert f"train would resume from {result.run_dir / 'checkpoints' / 'checkpoint-3'} (verified)" in \
         _by_name(checks, "run dir")[0].detail
     # the estimate of a checkpoint's size is the size of the weight and optimizer files written
@@ -166,3 +167,20 @@ def test_checkpoint_weights_are_what_load_weights_reads(tmp_path, lora_run):
     ckpt = next((result.run_dir / "checkpoints").iterdir())
     assert [p.name for p in weight_files(ckpt)] == ["adapter_model.safetensors"]
     assert "optimizer.safetensors" in {p.name for p in ckpt.iterdir()}
+
+
+@pytest.mark.parametrize("train", [{"micro_batch_size": 3},
+                                   {"packing": True, "pack_length": 256, "tokens_per_batch": 512},
+                                   {"tokens_per_batch": 600}], ids=["padded", "packed", "grouped"])
+def test_validate_plans_the_batches_train_makes(tmp_path, tiny_dir, train):
+    """Steps and padding that validate announces are those one epoch of training then measures."""
+    cfg = make_config(tmp_path, tiny_dir, SOURCES, model={"attn_implementation": "sdpa"},  # padded packed rows
+                      train={"epochs": 1, "max_steps": 0, "grad_accum": 1, "eval_every": 0, **train})
+    prepare.run(cfg)
+    detail = _by_name(validate.run(cfg), "data dir")[0].detail
+    result = loop.run(cfg, resume="never")
+    assert f"; {result.steps} optimizer steps planned" in detail, detail
+    padding = int(detail.split("% of the token slots are padding")[0].rsplit(" ", 1)[1])
+    assert abs(padding - 100 * (1 - result.packing_efficiency)) <= 0.5, (detail, result.packing_efficiency)
+    if not train.get("packing"):
+        assert padding > 0  # these samples vary in length: a plan without padding would be a wrong plan

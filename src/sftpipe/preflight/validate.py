@@ -14,18 +14,21 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from sftpipe.config.schema import Config
+from sftpipe.config.schema import Config, TrainConfig
 from sftpipe.data.formats import detect_format, to_conversation
 from sftpipe.data.readers import read_source
 from sftpipe.data.records import Conversation, RecordError
 from sftpipe.data.templates import check_template, resolve_template
 from sftpipe.data.tokenize import IGNORE_INDEX, ConversationTokenizer
+from sftpipe.data.writer import load_split
 from sftpipe.errors import SftpipeError
 from sftpipe.preflight import Check
 from sftpipe.redact import redact
 from sftpipe.train.checkpoint import human_bytes
+from sftpipe.train.microbatches import BatchPlan, TokenStore, build_plan, example_rows
 
 SAMPLE_RECORDS = 200  # records read per source
 SAMPLE_RENDERS = 20  # conversations rendered and tokenized
@@ -248,15 +251,45 @@ def _check_data_dir(cfg: Config, tokenizer, checks: list[Check]) -> int | None:
         checks.append(Check("data dir", "warn", f"{data_dir}: prepared with other data settings ({fields}); "
                                                 "re-run `sftpipe prepare`"))
     examples = manifest["splits"]["train"]["examples"]
+    head = f"{data_dir}: {examples} train examples, {manifest['splits']['val']['examples']} val"
+    if examples == 0:
+        checks.append(Check("data dir", "fail", f"{head}: nothing to train on"))
+        return None
     tc = cfg.train
-    per_epoch = max(1, math.ceil(examples / tc.micro_batch_size))
+    lengths = TokenStore(load_split(data_dir, "train")).lengths
+    try:  # the batches train would make (one process): token budgets and packing change the steps per epoch
+        per_epoch, efficiency = planned_batches(tc, lengths, manifest["max_length"])
+    except SftpipeError as exc:
+        checks.append(Check("data dir", "fail", f"{head}: {exc}"))
+        return None
     micro = tc.max_steps * tc.grad_accum if tc.max_steps else math.ceil(tc.epochs * per_epoch)
     steps = math.ceil(micro / tc.grad_accum)
-    status = "fail" if examples == 0 else "ok"
-    checks.append(Check("data dir", status, f"{data_dir}: {examples} train examples, "
-                                            f"{manifest['splits']['val']['examples']} val; {steps} optimizer steps "
-                                            f"planned ({tc.micro_batch_size} x {tc.grad_accum} per step)"))
+    detail = (f"{head}; {steps} optimizer steps planned ({per_epoch} micro-batches per epoch on one process, "
+              f"{tc.grad_accum} per step); {1 - efficiency:.0%} of the token slots are padding")
+    status = "ok"
+    if not tc.packing and efficiency < 0.9:
+        packed = planned_batches(tc.model_copy(update={"packing": True, "pack_length": 0}), lengths,
+                                 manifest["max_length"])[1]
+        detail += (f": train.packing: true would fill {packed:.1%} of them in padded rows, all of them with "
+                   "varlen attention (the default where the model supports it; README: Training speed)")
+        status = "warn"
+    checks.append(Check("data dir", status, detail))
     return steps
+
+
+def planned_batches(tc: TrainConfig, lengths: np.ndarray, max_length: int) -> tuple[int, float]:
+    """(micro-batches per epoch, real tokens / token slots) of the first epoch of batches `tc` makes.
+
+    Slots are counted as training collates them: rows padded to the longest row of their micro-batch (with
+    varlen attention on packed rows there is no padding at all).
+    """
+    plan, _ = build_plan(tc, lengths, max_length, 1, 0)
+    real = slots = 0
+    for g in range(plan.micro_batches_per_epoch):
+        rows = example_rows(plan, g)[0] if isinstance(plan, BatchPlan) else plan.rows(g)[0]
+        used = [sum(int(lengths[i]) for i in row) for row in rows]
+        real, slots = real + sum(used), slots + len(used) * max(used)
+    return plan.micro_batches_per_epoch, real / slots
 
 
 def _check_run_dir(cfg: Config, tokenizer, checks: list[Check]) -> None:
