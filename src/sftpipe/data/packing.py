@@ -29,6 +29,14 @@ class PackingStats:
         return self.real_tokens / self.slots if self.slots else 1.0
 
 
+def longest_first(lengths: np.ndarray, tie_order: Sequence[int] | None) -> list[int]:
+    """Example indices, longest first; examples of equal length in their order in `tie_order` (default: index)."""
+    tie = np.arange(lengths.size) if tie_order is None else np.asarray(tie_order)
+    rank = np.empty_like(tie)
+    rank[tie] = np.arange(tie.size)
+    return np.lexsort((rank, -lengths)).tolist()
+
+
 def pack_best_fit(lengths: Sequence[int], capacity: int, tie_order: Sequence[int] | None = None) -> list[list[int]]:
     """Best-fit-decreasing bin packing of examples into rows of `capacity` tokens.
 
@@ -50,16 +58,12 @@ def pack_best_fit(lengths: Sequence[int], capacity: int, tie_order: Sequence[int
     lengths = np.asarray(lengths, dtype=np.int64)
     if lengths.size and int(lengths.max()) > capacity:
         raise ValueError(f"an example has {int(lengths.max())} tokens, more than the row capacity {capacity}")
-    tie = np.arange(lengths.size) if tie_order is None else np.asarray(tie_order)
-    rank = np.empty_like(tie)
-    rank[tie] = np.arange(tie.size)
-    order = np.lexsort((rank, -lengths))  # longest first, ties by their place in tie_order
     rows: list[list[int]] = []
     # free space -> rows with exactly that much space left; `sizes` is the sorted list of keys present,
     # so the best fit is one bisect away (the number of distinct free sizes is at most capacity + 1).
     by_free: dict[int, list[int]] = {}
     sizes: list[int] = []
-    for index in order.tolist():
+    for index in longest_first(lengths, tie_order):
         need = int(lengths[index])
         at = bisect.bisect_left(sizes, need)
         if at < len(sizes):
@@ -94,13 +98,10 @@ def group_by_length(lengths: Sequence[int], token_budget: int, tie_order: Sequen
     lengths = np.asarray(lengths, dtype=np.int64)
     if lengths.size and int(lengths.max()) > token_budget:
         raise ValueError(f"an example has {int(lengths.max())} tokens, more than the token budget {token_budget}")
-    tie = np.arange(lengths.size) if tie_order is None else np.asarray(tie_order)
-    rank = np.empty_like(tie)
-    rank[tie] = np.arange(tie.size)
     groups: list[list[int]] = []
     current: list[int] = []
     longest = 0
-    for index in np.lexsort((rank, -lengths)).tolist():
+    for index in longest_first(lengths, tie_order):
         need = int(lengths[index])
         # sorted longest first, so the first member of a group is its longest
         if current and (len(current) + 1) * max(longest, need) > token_budget:

@@ -90,17 +90,14 @@ def _json_array_records(path: Path, stream: _JsonStream) -> Iterator[RawRecord]:
         raise SftpipeError(not_array + type(stream.value()).__name__)
     stream.take("[")
     index = 0
-    if stream.take("]"):
-        pass
-    else:
+    if not stream.take("]"):  # an empty array holds no records
         while True:
             yield f"{path}[{index}]", _as_object(stream.value())
             index += 1
-            if stream.take(","):
-                continue
             if stream.take("]"):
                 break
-            stream.fail("Expecting ',' delimiter")
+            if not stream.take(","):
+                stream.fail("Expecting ',' delimiter")
     if wrapped and not stream.take("}"):
         raise SftpipeError(not_array + "dict (with more than one key)")
     if stream.peek():

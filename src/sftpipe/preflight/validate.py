@@ -19,6 +19,7 @@ import torch
 
 from sftpipe.config.schema import Config, TrainConfig
 from sftpipe.data.formats import detect_format, to_conversation
+from sftpipe.data.packing import rows_stats
 from sftpipe.data.readers import read_source
 from sftpipe.data.records import Conversation, RecordError
 from sftpipe.data.templates import check_template, resolve_template
@@ -28,7 +29,7 @@ from sftpipe.errors import SftpipeError
 from sftpipe.preflight import Check
 from sftpipe.redact import redact
 from sftpipe.train.checkpoint import human_bytes
-from sftpipe.train.microbatches import BatchPlan, TokenStore, build_plan, example_rows
+from sftpipe.train.microbatches import TokenStore, build_plan
 
 SAMPLE_RECORDS = 200  # records read per source
 SAMPLE_RENDERS = 20  # conversations rendered and tokenized
@@ -286,9 +287,8 @@ def planned_batches(tc: TrainConfig, lengths: np.ndarray, max_length: int) -> tu
     plan, _ = build_plan(tc, lengths, max_length, 1, 0)
     real = slots = 0
     for g in range(plan.micro_batches_per_epoch):
-        rows = example_rows(plan, g)[0] if isinstance(plan, BatchPlan) else plan.rows(g)[0]
-        used = [sum(int(lengths[i]) for i in row) for row in rows]
-        real, slots = real + sum(used), slots + len(used) * max(used)
+        stats = rows_stats(plan.rows(g)[0], lengths)  # padded to the longest row, as collation does
+        real, slots = real + stats.real_tokens, slots + stats.slots
     return plan.micro_batches_per_epoch, real / slots
 
 

@@ -50,6 +50,11 @@ class BatchPlan:
             return chunk, True
         return shard[:1] or [0], False
 
+    def rows(self, global_micro_batch: int) -> tuple[list[list[int]], bool]:
+        """`indices` in the row interface of the other plans (`TokenBudgetPlan`): one example per row."""
+        indices, real = self.indices(global_micro_batch)
+        return [[i] for i in indices], real
+
 
 def collate(rows: list[dict], pad_id: int, real: bool = True) -> dict[str, torch.Tensor]:
     """Right-pad to the longest row. Padding is masked by position, never by token id (pad may equal eos)."""

@@ -88,7 +88,6 @@ class Session:
     optimizer: torch.optim.Optimizer
     scheduler: Any
     source: MicroBatchSource
-    micro_batches_per_epoch: int
     total_micro: int
     total_steps: int
     fingerprint: dict
@@ -259,8 +258,7 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
     if state.step == 0:  # once per run: a resumed run must not log it again (resumed logs equal uninterrupted)
         logger.log(0, {"speed": {**layout.describe(), **speed}})
     return Session(cfg, accelerator, run_dir, manifest, tokenizer, val_ds, model, loss_model, optimizer, scheduler,
-                   MicroBatchSource(plan, layout, store, tokenizer.pad_token_id), plan.micro_batches_per_epoch,
-                   total_micro, total_steps, fingerprint, state, resumed_from, logger, trainable, total)
+                   MicroBatchSource(plan, layout, store, tokenizer.pad_token_id), total_micro, total_steps, fingerprint, state, resumed_from, logger, trainable, total)
 
 
 def train_steps(s: Session) -> tuple[float, LossMetrics | None, Throughput]:
@@ -304,7 +302,7 @@ def train_steps(s: Session) -> tuple[float, LossMetrics | None, Throughput]:
             figures = throughput.take()
             s.logger.log(state.step, {
                 "loss": step_loss, "lr": s.scheduler.get_last_lr()[0], **figures,
-                "epoch": state.micro_batch / s.micro_batches_per_epoch,
+                "epoch": state.micro_batch / s.source.plan.micro_batches_per_epoch,
                 "grad_norm": float(grad_norm) if grad_norm is not None else None,
                 "tokens": state.tokens_seen, "trained_tokens": state.trained_tokens_seen})
             failpoint("train.logged")

@@ -108,12 +108,6 @@ class TokenBudgetPlan:
         return [row for unit in picked for row in self.units[unit]], real
 
 
-def example_rows(plan: BatchPlan, global_micro_batch: int) -> tuple[list[list[int]], bool]:
-    """`BatchPlan` in the row interface: one example per row."""
-    indices, real = plan.indices(global_micro_batch)
-    return [[i] for i in indices], real
-
-
 @dataclass(frozen=True)
 class Layout:
     """How the loop batches: which plan, how rows become tensors, and the figures to report."""
@@ -244,10 +238,7 @@ class MicroBatchSource(torch.utils.data.Dataset):
         self.plan, self.layout, self.store, self.pad_id = plan, layout, store, pad_id
 
     def __getitem__(self, global_micro_batch: int) -> MicroBatch:
-        if isinstance(self.plan, BatchPlan):
-            rows, real = example_rows(self.plan, global_micro_batch)
-        else:
-            rows, real = self.plan.rows(global_micro_batch)
+        rows, real = self.plan.rows(global_micro_batch)
         if self.layout.kind != "packed":
             return collate_padded(self.store, rows, self.pad_id, real)
         if self.layout.flat:
