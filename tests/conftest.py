@@ -51,6 +51,23 @@ def tokenizer(tiny_dir):
     return load_tokenizer(ModelConfig(name_or_path=str(tiny_dir)))
 
 
+def pc_records(n: int = 15) -> list[dict]:
+    """The first `n` records of the shipped prompt-completion sample (small, fixed-size resume data)."""
+    lines = (EXAMPLES / "prompt_completion" / "pc_sample.jsonl").read_text().splitlines()
+    return [json.loads(x) for x in lines[:n]]
+
+
+@pytest.fixture(scope="session")
+def dropout_model(tmp_path_factory, tiny_dir):
+    """The tiny model with attention dropout on, so a full fine-tune also draws random numbers."""
+    out = tmp_path_factory.mktemp("dropout_model") / "model"
+    shutil.copytree(tiny_dir, out)
+    config = json.loads((out / "config.json").read_text())
+    config["attention_dropout"] = 0.1
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
 def free_port() -> int:
     """A TCP port free on localhost now, for a test's process group (gloo) rendezvous."""
     with socket.socket() as s:

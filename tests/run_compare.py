@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -35,3 +36,34 @@ def run_differences(a: Path, b: Path) -> list[str]:
         diffs.append(f"metrics: {len(la)} records vs {len(lb)}")
     diffs += [f"metrics: {ra} != {rb}" for ra, rb in zip(la, lb) if ra != rb]
     return diffs
+
+
+def resume_after_simulated_crash(tmp: Path, tiny_dir: Path, sources: list[dict], train: dict):
+    """Run a (4 steps, checkpoints at 2 and 4) and b, whose checkpoint-4 lost its COMPLETE marker and whose
+    final/ is gone, as a crash after step 2 leaves it; resume b. b must end bitwise like a.
+
+    Returns:
+        (a's TrainResult, b's resumed TrainResult, a's metrics records).
+    """
+    from sftpipe.data import prepare
+    from sftpipe.train import loop
+    from tests.conftest import make_config
+
+    full = make_config(tmp / "a", tiny_dir, sources, train=train, lora={"dropout": 0.1})
+    prepare.run(full)
+    result_a = loop.run(full, resume="never")
+    crashed = make_config(tmp / "b", tiny_dir, sources, train=train, lora={"dropout": 0.1})
+    shutil.copytree(tmp / "a" / "data", tmp / "b" / "data")
+    loop.run(crashed, resume="never")
+    (tmp / "b" / "run" / "checkpoints" / "checkpoint-4" / "COMPLETE").unlink()
+    shutil.rmtree(tmp / "b" / "run" / "final")
+    result = loop.run(crashed, resume="auto")
+    assert result.resumed_from.name == "checkpoint-2"
+    a = load_file(tmp / "a" / "run" / "final" / "adapter_model.safetensors")
+    b = load_file(tmp / "b" / "run" / "final" / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    metrics_a = read_metrics(tmp / "a" / "run" / "logs" / "metrics.jsonl")
+    losses_a = [m["loss"] for m in metrics_a if "loss" in m]
+    losses_b = [m["loss"] for m in read_metrics(tmp / "b" / "run" / "logs" / "metrics.jsonl") if "loss" in m]
+    assert losses_b[-2:] == losses_a[-2:]
+    return result_a, result, metrics_a

@@ -20,7 +20,7 @@ from sftpipe.config import load_config
 from sftpipe.data import prepare
 from sftpipe.train import loop
 from sftpipe.train.checkpoint import COMPLETE, RNG, file_digests, load_trainer_state
-from tests.conftest import EXAMPLES, free_port, make_config, write_jsonl
+from tests.conftest import free_port, make_config, pc_records, write_jsonl
 from tests.run_compare import run_differences
 
 WORLD = 2
@@ -40,17 +40,11 @@ def launch(config_path: Path, output_dir: Path, resume: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, tiny_dir):
+def reference(tmp_path_factory, dropout_model):
     tmp = tmp_path_factory.mktemp("ddp_resume")
-    model = tmp / "model"
-    shutil.copytree(tiny_dir, model)
-    config = json.loads((model / "config.json").read_text())
-    config["attention_dropout"] = 0.1  # the base model draws random numbers too
-    (model / "config.json").write_text(json.dumps(config))
-    records = [json.loads(x) for x in (EXAMPLES / "prompt_completion" / "pc_sample.jsonl").read_text().splitlines()]
-    source = write_jsonl(tmp / "pc15.jsonl", records[:15])
+    source = write_jsonl(tmp / "pc15.jsonl", pc_records(15))
     cfg = make_config(
-        tmp, model, [{"path": str(source)}],
+        tmp, dropout_model, [{"path": str(source)}],
         data={"split": {"train": 0.8, "val": 0.2, "test": 0.0}},
         lora={"dropout": 0.1},
         train={"method": "lora", "packing": False, "tokens_per_batch": 0, "micro_batch_size": 2, "grad_accum": 1,

@@ -28,7 +28,7 @@ from sftpipe.data import prepare
 from sftpipe.faults import ENV, POINTS
 from sftpipe.train.checkpoint import COMPLETE, STATE, complete_checkpoints, file_digests, verify_checkpoint
 from tests.cli_forkserver import start_cli
-from tests.conftest import EXAMPLES, make_config, write_jsonl
+from tests.conftest import make_config, pc_records, write_jsonl
 from tests.run_compare import run_differences
 
 pytestmark = pytest.mark.integration
@@ -46,8 +46,7 @@ class Chain:
 
 def _setup(tmp: Path, tiny_dir: Path, method: str, epochs: int) -> Path:
     """Data dir + config file: 12 train examples, 6 micro-batches per epoch, 3 optimizer steps per epoch."""
-    records = [json.loads(x) for x in (EXAMPLES / "prompt_completion" / "pc_sample.jsonl").read_text().splitlines()]
-    source = write_jsonl(tmp / "pc15.jsonl", records[:15])
+    source = write_jsonl(tmp / "pc15.jsonl", pc_records(15))
     cfg = make_config(
         tmp, tiny_dir, [{"path": str(source)}],
         data={"split": {"train": 0.8, "val": 0.2, "test": 0.0}},

@@ -13,19 +13,14 @@ from sftpipe.data import prepare
 from sftpipe.errors import SftpipeError
 from sftpipe.train import checkpoint, loop
 from sftpipe.train.checkpoint import COMPLETE, complete_checkpoints, dir_bytes, file_digests, verify_checkpoint
-from tests.conftest import EXAMPLES, make_config, write_jsonl
+from tests.conftest import make_config, pc_records, write_jsonl
 from tests.run_compare import final_weights, run_differences
 
 TRAIN = {"max_steps": 4, "save_every": 1, "save_total_limit": 10, "eval_every": 2}
 
 
-def _records(n: int = 15) -> list[dict]:
-    lines = (EXAMPLES / "prompt_completion" / "pc_sample.jsonl").read_text().splitlines()
-    return [json.loads(x) for x in lines[:n]]
-
-
 def _config(root, name, tiny_dir, data_dir, **sections):
-    source = write_jsonl(root / "pc.jsonl", _records())
+    source = write_jsonl(root / "pc.jsonl", pc_records())
     train = {**TRAIN, "output_dir": str(root / name / "run"), **sections.pop("train", {})}
     return make_config(root / name, tiny_dir, [{"path": str(source)}], lora={"dropout": 0.1}, train=train,
                        data={"output_dir": str(data_dir), **sections.pop("data", {})}, **sections)
@@ -198,7 +193,7 @@ def test_resume_with_other_settings_data_or_model_is_refused_unless_forced(refer
     sections, expected = REFUSED[change]
     name = f"refuse-{change.replace(' ', '-')}"
     if sections == "other data":
-        source = write_jsonl(root / "pc16.jsonl", _records(16))
+        source = write_jsonl(root / "pc16.jsonl", pc_records(16))
         sections = {"data": {"sources": [{"path": str(source)}], "output_dir": str(root / "data16")}}
         prepare.run(_config(root, name, tiny_dir, root / "data16", data=sections["data"]))
     elif sections == "other model":
@@ -238,13 +233,13 @@ def test_data_fingerprint_follows_content_not_place_or_time(reference, tiny_dir)
     again = _config(root, "fingerprint-same", tiny_dir, root / "data-again")
     prepare.run(again)  # same sources, another dir, a later time
     assert data_fingerprint(root / "data-again") == data_fingerprint(root / "data")
-    moved = write_jsonl(root / "moved" / "copy.jsonl", _records())
+    moved = write_jsonl(root / "moved" / "copy.jsonl", pc_records())
     prepare.run(_config(root, "fingerprint-moved", tiny_dir, root / "data-moved",
                         data={"sources": [{"path": str(moved)}]}))
     assert data_fingerprint(root / "data-moved") == data_fingerprint(root / "data")
     from sftpipe.data.writer import load_split
 
-    records = _records()
+    records = pc_records()
     line = int(load_split(root / "data", "train")[0]["location"].rsplit(":", 1)[1])
     records[line - 1]["completion"] += " Changed."  # one trained answer changes: the fingerprint must see it
     changed = write_jsonl(root / "changed" / "pc.jsonl", records)

@@ -10,7 +10,6 @@ comparison must then find differences.
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, replace
 
@@ -19,7 +18,7 @@ import pytest
 from sftpipe.data import prepare
 from sftpipe.train import checkpoint, loop
 from sftpipe.train.checkpoint import complete_checkpoints, load_trainer_state
-from tests.conftest import EXAMPLES, make_config, write_jsonl
+from tests.conftest import make_config, pc_records, write_jsonl
 from tests.run_compare import run_differences
 
 MICRO_PER_EPOCH = 6  # 12 train examples / micro-batch 2
@@ -52,21 +51,8 @@ CASES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def dropout_model(tmp_path_factory, tiny_dir):
-    """The tiny model with attention dropout on, so a full fine-tune also draws random numbers."""
-    out = tmp_path_factory.mktemp("dropout_model") / "model"
-    shutil.copytree(tiny_dir, out)
-    config = json.loads((out / "config.json").read_text())
-    config["attention_dropout"] = 0.1
-    (out / "config.json").write_text(json.dumps(config))
-    return out
-
-
 def _config(tmp, model, data_dir, setting: Setting, run_name: str):
-    lines = (EXAMPLES / "prompt_completion" / "pc_sample.jsonl").read_text().splitlines()
-    records = [json.loads(line) for line in lines]
-    source = write_jsonl(tmp / "pc15.jsonl", records[:15])
+    source = write_jsonl(tmp / "pc15.jsonl", pc_records(15))
     return make_config(
         tmp / run_name, model, [{"path": str(source)}],
         data={"output_dir": str(data_dir), "split": {"train": 0.8, "val": 0.2, "test": 0.0}},

@@ -1,5 +1,4 @@
 import json
-import shutil
 
 import peft
 import pytest
@@ -20,6 +19,7 @@ from sftpipe.train.causal_lm import CausalLMLoss
 from sftpipe.train.loss import token_loss_sum
 from sftpipe.train.tracking import read_metrics
 from tests.conftest import EXAMPLES, make_config
+from tests.run_compare import resume_after_simulated_crash
 
 
 def _snapshot(model):
@@ -137,25 +137,9 @@ def test_refuses_data_from_another_tokenizer(tmp_path, tiny_dir, chat_sources):
 
 
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path, tiny_dir, chat_sources):
-    overrides = {"max_steps": 4, "save_every": 2, "save_total_limit": 3}
-    full = make_config(tmp_path / "a", tiny_dir, chat_sources, train=overrides, lora={"dropout": 0.1})
-    prepare.run(full)
-    loop.run(full, resume="never")
-    crashed = make_config(tmp_path / "b", tiny_dir, chat_sources, train=overrides, lora={"dropout": 0.1})
-    shutil.copytree(tmp_path / "a" / "data", tmp_path / "b" / "data")
-    loop.run(crashed, resume="never")
-    # simulate a crash after step 2: the later checkpoint is half-written (no COMPLETE marker), final/ missing
-    ckpt4 = tmp_path / "b" / "run" / "checkpoints" / "checkpoint-4"
-    (ckpt4 / "COMPLETE").unlink()
-    shutil.rmtree(tmp_path / "b" / "run" / "final")
-    result = loop.run(crashed, resume="auto")
-    assert result.resumed_from.name == "checkpoint-2"
-    a = load_file(tmp_path / "a" / "run" / "final" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "b" / "run" / "final" / "adapter_model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    losses_a = [m["loss"] for m in read_metrics(tmp_path / "a" / "run" / "logs" / "metrics.jsonl") if "loss" in m]
-    losses_b = [m["loss"] for m in read_metrics(tmp_path / "b" / "run" / "logs" / "metrics.jsonl") if "loss" in m]
-    assert losses_b[-2:] == losses_a[-2:]
+    # a crash after step 2: the later checkpoint is half-written (no COMPLETE marker), final/ missing
+    resume_after_simulated_crash(tmp_path, tiny_dir, chat_sources,
+                                 {"max_steps": 4, "save_every": 2, "save_total_limit": 3})
 
 
 def test_cpu_threads_are_set_for_training_and_recorded(tmp_path, tiny_dir, chat_sources):

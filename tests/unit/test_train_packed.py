@@ -1,9 +1,6 @@
 """The loop on the fast paths: packed rows and length-grouped token budgets, exact resume included."""
 
-import shutil
-
 import torch
-from safetensors.torch import load_file
 
 from sftpipe.data import prepare
 from sftpipe.data.writer import load_split
@@ -11,6 +8,7 @@ from sftpipe.train import loop
 from sftpipe.train.microbatches import TokenStore
 from sftpipe.train.tracking import read_metrics
 from tests.conftest import make_config
+from tests.run_compare import resume_after_simulated_crash
 
 # 6 rows of 256 per micro-batch, 2 micro-batches per step: the ~8k-token sample split is ~2.8 steps, so the
 # run resumed at step 2 crosses into the second epoch (whose rows are shuffled differently)
@@ -19,24 +17,8 @@ PACKED = {"packing": True, "pack_length": 256, "tokens_per_batch": 1536, "max_st
 
 
 def test_packed_resume_after_crash_matches_uninterrupted_run(tmp_path, tiny_dir, chat_sources):
-    full = make_config(tmp_path / "a", tiny_dir, chat_sources, train=PACKED, lora={"dropout": 0.1})
-    prepare.run(full)
+    result_a, _, metrics_a = resume_after_simulated_crash(tmp_path, tiny_dir, chat_sources, PACKED)
     store = TokenStore(load_split(tmp_path / "a" / "data", "train"))
-    result_a = loop.run(full, resume="never")
-    crashed = make_config(tmp_path / "b", tiny_dir, chat_sources, train=PACKED, lora={"dropout": 0.1})
-    shutil.copytree(tmp_path / "a" / "data", tmp_path / "b" / "data")
-    loop.run(crashed, resume="never")
-    (tmp_path / "b" / "run" / "checkpoints" / "checkpoint-4" / "COMPLETE").unlink()
-    shutil.rmtree(tmp_path / "b" / "run" / "final")
-    result = loop.run(crashed, resume="auto")
-    assert result.resumed_from.name == "checkpoint-2"
-    a = load_file(tmp_path / "a" / "run" / "final" / "adapter_model.safetensors")
-    b = load_file(tmp_path / "b" / "run" / "final" / "adapter_model.safetensors")
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    metrics_a = read_metrics(tmp_path / "a" / "run" / "logs" / "metrics.jsonl")
-    losses_a = [m["loss"] for m in metrics_a if "loss" in m]
-    losses_b = [m["loss"] for m in read_metrics(tmp_path / "b" / "run" / "logs" / "metrics.jsonl") if "loss" in m]
-    assert losses_b[-2:] == losses_a[-2:]
     # the run says how it batched, and how full its rows were
     speed = next(m["speed"] for m in metrics_a if "speed" in m)
     assert speed["batching"] == "packed" and speed["rows_per_batch"] == 6 and speed["cross_entropy"] == "chunked"
