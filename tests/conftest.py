@@ -68,6 +68,22 @@ def dropout_model(tmp_path_factory, tiny_dir):
     return out
 
 
+def spawn_and_wait(fn, args: tuple, nprocs: int, timeout: float = 300) -> None:
+    """torch.multiprocessing.spawn, but a hang (a collective or a teardown that never returns) fails the test
+    after `timeout` seconds instead of stalling the whole suite."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    context = mp.spawn(fn, args=args, nprocs=nprocs, join=False)
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=2):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"{nprocs} processes did not finish within {timeout:.0f} s")
+
+
 def free_port() -> int:
     """A TCP port free on localhost now, for a test's process group (gloo) rendezvous."""
     with socket.socket() as s:

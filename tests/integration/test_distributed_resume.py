@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from sftpipe.config import load_config
 from sftpipe.data import prepare
 from sftpipe.train import loop
 from sftpipe.train.checkpoint import COMPLETE, RNG, file_digests, load_trainer_state
-from tests.conftest import free_port, make_config, pc_records, write_jsonl
+from tests.conftest import free_port, make_config, pc_records, spawn_and_wait, write_jsonl
 from tests.run_compare import run_differences
 
 WORLD = 2
@@ -36,7 +35,7 @@ def train_worker(rank: int, port: int, config_path: str, output_dir: str, resume
 
 
 def launch(config_path: Path, output_dir: Path, resume: str) -> None:
-    mp.spawn(train_worker, args=(free_port(), str(config_path), str(output_dir), resume), nprocs=WORLD)
+    spawn_and_wait(train_worker, (free_port(), str(config_path), str(output_dir), resume), WORLD)
 
 
 @pytest.fixture(scope="module")

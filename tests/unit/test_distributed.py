@@ -4,7 +4,6 @@ import os
 from pathlib import Path
 
 import torch
-import torch.multiprocessing as mp
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
@@ -15,7 +14,7 @@ from sftpipe.data.writer import load_split
 from sftpipe.train import loop
 from sftpipe.train.causal_lm import CausalLMLoss
 from sftpipe.train.microbatches import TokenBudgetPlan, TokenStore, collate_packed
-from tests.conftest import free_port, make_config
+from tests.conftest import free_port, make_config, spawn_and_wait
 
 PAD = 0
 
@@ -79,7 +78,7 @@ def test_two_processes_make_the_same_update_as_one(tmp_path, tiny_dir, chat_sour
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
     single = sgd_update(CausalLMLoss(model), model, batches, Accelerator(cpu=True), naive=False)
 
-    mp.spawn(worker, args=(2, free_port(), str(data_dir), str(tiny_dir), str(tmp_path)), nprocs=2)
+    spawn_and_wait(worker, (2, free_port(), str(data_dir), str(tiny_dir), str(tmp_path)), 2)
     two = load_file(tmp_path / "tokens.safetensors")
     naive = load_file(tmp_path / "naive.safetensors")
     for name, value in single.items():

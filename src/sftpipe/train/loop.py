@@ -188,6 +188,10 @@ def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainR
     final_dir = s.run_dir / "final"
     if s.accelerator.is_main_process:
         save_final(final_dir, s.accelerator.unwrap_model(s.model), s.tokenizer, s.manifest, cfg)
+    # The DDP wrapper's reducer must be gone before end_training destroys the process group: freed after it,
+    # its gloo group's destructor can deadlock and the process never exits (seen with 2 CPU processes).
+    s.loss_model = None
+    s.accelerator.free_memory()
     s.accelerator.end_training()
     wall = time.perf_counter() - t0
     return TrainResult(s.run_dir, s.state.step, final_dir, step_loss, last_val, val_before, s.trainable, s.total,
