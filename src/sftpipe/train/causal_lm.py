@@ -8,6 +8,7 @@ applied to the supervised positions only, in chunks (or by Liger's fused kernel 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 
@@ -68,6 +69,28 @@ def resolve_cross_entropy(requested: str, model: PreTrainedModel, device: torch.
     return "chunked"
 
 
+def decoder_layers(model: PreTrainedModel) -> list[torch.nn.Module]:
+    """The repeated blocks of `model`'s decoder (the classes transformers keeps whole when it splits a model)."""
+    block_types = set(model._no_split_modules or ())
+    layers = [m for m in model.get_decoder().modules() if type(m).__name__ in block_types]
+    if not layers:
+        raise SftpipeError(f"model type {model.config.model_type!r}: cannot find its decoder layers to compile; "
+                           "set train.compile: false")
+    return layers
+
+
+def nested_graph_breaks() -> contextlib.AbstractContextManager:
+    """Let dynamo resume a compiled layer after the eager attention call inside it.
+
+    A graph break in a nested call otherwise makes dynamo compile each enclosing frame on its own, and in
+    transformers >= 5.24 those frames include a deprecation wrapper shared by the layers and their attention
+    modules (one code object called with 1 and with 2 positional args): it recompiled at every call.
+    """
+    if not hasattr(torch._dynamo.config, "nested_graph_breaks"):  # older torch: recompiles, still correct
+        return contextlib.nullcontext()
+    return torch._dynamo.config.patch(nested_graph_breaks=True)
+
+
 class CausalLMLoss(torch.nn.Module):
     """Wraps a causal LM (plain or peft); `forward(**micro_batch)` returns the summed token cross-entropy.
 
@@ -89,9 +112,11 @@ class CausalLMLoss(torch.nn.Module):
             from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
 
             self.liger = LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX, reduction="sum")
+        self.compiled = compile
         if compile:
             # dynamic: row lengths vary between micro-batches; one graph instead of one per shape
-            self.causal_lm().get_decoder().compile(dynamic=True)
+            for layer in decoder_layers(self.causal_lm()):
+                layer.compile(dynamic=True)
 
     def causal_lm(self) -> PreTrainedModel:
         """The transformers model (inside peft's wrapper for LoRA; its layers carry the adapters)."""
@@ -108,10 +133,11 @@ class CausalLMLoss(torch.nn.Module):
         # sequences in position_ids, and examples packed in one row would attend to each other.
         inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
                       **attention_kwargs)
-        if self.cross_entropy == "full":
-            return token_loss_sum(self.model(**inputs).logits, labels)[0]
-        lm = self.causal_lm()
-        hidden = lm.get_decoder()(**inputs).last_hidden_state
+        with nested_graph_breaks() if self.compiled else contextlib.nullcontext():
+            if self.cross_entropy == "full":
+                return token_loss_sum(self.model(**inputs).logits, labels)[0]
+            lm = self.causal_lm()
+            hidden = lm.get_decoder()(**inputs).last_hidden_state
         targets = shifted_targets(labels)
         supervised = targets != IGNORE_INDEX
         hidden, targets = hidden[supervised], targets[supervised]  # the head runs on trained positions only
