@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", type=Path, action="append", help="text/JSONL files or dirs (default: examples/)")
     p = sub.add_parser("demo", help="init-tiny -> prepare -> train LoRA -> eval -> merge -> infer, on CPU")
     p.add_argument("--out", type=Path, default=Path("demo_out"))
+    p.add_argument("--quick", action="store_true", help="one epoch and short generations: checks every stage runs")
     return parser
 
 
@@ -224,7 +225,7 @@ def cmd_init_tiny(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from sftpipe.demo import run
 
-    run(args.out)
+    run(args.out, quick=args.quick)
     return 0
 
 

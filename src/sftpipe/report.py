@@ -46,7 +46,8 @@ def print_train(result: TrainResult) -> None:
     print(f"  logs: {result.run_dir / 'logs' / 'metrics.jsonl'}")
 
 
-def print_eval(result: EvalResult) -> None:
+def print_eval(result: EvalResult, show_skip: bool = True) -> None:
+    """The eval figures; `show_skip=False` leaves out why execution was skipped (said once elsewhere)."""
     m = result.metrics
     if m is not None:
         print(f"eval {result.model} on {result.split} ({m.examples} examples, {m.tokens} tokens): loss {m.loss:.4f}, "
@@ -66,7 +67,7 @@ def print_eval(result: EvalResult) -> None:
             verdicts = ", ".join(f"{k} {v}" for k, v in c.verdicts.items() if v)
             print(f"  execution: {c.problems} problems, {c.samples} samples ({c.sandbox} sandbox, "
                   f"{c.executed} run + {c.cached} cached, {c.exec_wall_s:.1f}s): {passk}; {verdicts}")
-        if c.skipped:
+        if c.skipped and show_skip:
             print(f"  execution skipped: {c.skipped}")
     print(f"  metrics: {result.output_dir / 'metrics.json'}")
     if (result.output_dir / "report.html").is_file():

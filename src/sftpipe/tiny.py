@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -39,11 +40,12 @@ class TinyResult:
 
 
 def find_examples_dir() -> Path:
-    """The shipped `examples/` directory: next to the source tree, or under the working directory."""
-    for candidate in (Path(__file__).resolve().parents[2] / "examples", Path.cwd() / "examples"):
-        if candidate.is_dir():
-            return candidate
-    raise SftpipeError("cannot find the shipped examples/ directory; run from a clone of sftpipe or pass --corpus")
+    """The shipped samples (the demo's Haskell problems, the tokenizer's training text): package data, so they
+    are there in a wheel install as in a source checkout (where `examples/` links to them)."""
+    examples = Path(str(resources.files("sftpipe") / "examples"))
+    if not (examples / "haskell" / "problems.jsonl").is_file():
+        raise SftpipeError(f"the shipped samples are missing from {examples}: reinstall sftpipe")
+    return examples
 
 
 def corpus_texts(paths: list[Path]) -> Iterator[str]:
