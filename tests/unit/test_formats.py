@@ -55,6 +55,14 @@ def test_code_record_system_prompt_source_over_data_over_builtin(source_prompt, 
     assert [m["role"] for m in conv.messages] == ["system", "user", "assistant"]
 
 
+def test_qa_keeps_source_as_metadata():
+    conv = to_conversation({"question": "Q?", "answer": "A.", "source": "faq", "id": 7}, "qa", SRC, "l", None)
+    assert conv.meta == {"id": 7, "source": "faq"}
+    src = SourceConfig(path="x", fields={"source": "origin"})
+    assert to_conversation({"question": "Q?", "answer": "A.", "origin": "faq"}, "qa", src, "l", None).meta == \
+        {"source": "faq"}
+
+
 def test_text_record_is_one_trained_block():
     conv = to_conversation({"text": "Some prose."}, "text", SRC, "t.txt:1", None)
     assert conv.kind == "text" and conv.messages == [{"role": "assistant", "content": "Some prose."}]

@@ -24,6 +24,7 @@ FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
     "text": ("text",),
 }
 META_FIELDS = ("id", "tests", "entry_point", "topic")
+FORMAT_META_FIELDS: dict[str, tuple[str, ...]] = {"qa": ("source",)}  # kept as metadata for that format only
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
@@ -62,7 +63,8 @@ def to_conversation(
     if system and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system})
     validate_messages(messages)
-    meta = {name: record[get.name(name)] for name in META_FIELDS if get.name(name) in record}
+    fields = META_FIELDS + FORMAT_META_FIELDS.get(fmt, ())
+    meta = {field: record[get.name(field)] for field in fields if get.name(field) in record}
     return Conversation(messages, name, location, meta)
 
 
