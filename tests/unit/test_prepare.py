@@ -82,6 +82,45 @@ def test_truncate_policy_counts_truncations(tmp_path, tiny_dir):
     assert result.splits["train"].max_tokens == 256
 
 
+class _EncodeSpy:
+    """The tokenizer's Rust backend, recording the length of every text it is asked to tokenize."""
+
+    def __init__(self, backend, lengths: list[int]):
+        self.backend, self.lengths = backend, lengths
+
+    def encode_batch(self, texts, **kwargs):
+        self.lengths.extend(len(t) for t in texts)
+        return self.backend.encode_batch(texts, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+
+def test_huge_record_is_dropped_as_too_long_without_tokenizing_it(tmp_path, tiny_dir, monkeypatch):
+    from sftpipe.data import tokenize
+
+    lengths: list[int] = []
+    real = tokenize.plain_backend
+    monkeypatch.setattr(tokenize, "plain_backend", lambda tok: _EncodeSpy(real(tok), lengths))
+    huge = {"prompt": "Say it many times.", "completion": "again " * 850_000}  # 5.1 MB
+    path = write_jsonl(tmp_path / "in.jsonl", GOOD[:10] + [BAD_LINES[-1], huge])
+    cfg = make_config(tmp_path, tiny_dir, [{"path": str(path)}],
+                      data={"split": {"train": 1.0, "val": 0.0, "test": 0.0}, "num_proc": 1})
+    result = prepare.run(cfg)
+    assert result.records_read == 12 and result.splits["train"].examples == 10
+    assert result.rejected == {"too_long": 2} and result.removed_by_stage == {"tokenize": {"too_long": 2}}
+    assert lengths and max(lengths) < 10_000  # the huge text never reached the tokenizer
+    just_over, huge_entry = [json.loads(x) for x in (tmp_path / "data" / "rejected.jsonl").read_text().splitlines()]
+    assert (just_over["location"], huge_entry["location"]) == (f"{path}:11", f"{path}:12")
+    assert just_over.keys() == huge_entry.keys()  # the same entry, whichever way the length was found
+    assert {k: v for k, v in huge_entry.items() if k not in ("location", "detail", "excerpt")} == \
+        {k: v for k, v in just_over.items() if k not in ("location", "detail", "excerpt")}
+    assert all("tokens" in e["detail"] and "> data.max_length 256 (data.overlong: drop)" in e["detail"]
+               for e in (just_over, huge_entry))
+    assert len(huge_entry["excerpt"]) == 500
+    assert read_manifest(tmp_path / "data")["sources"]["in.jsonl"] == {"read": 12, "kept": 10, "rejected": 2}
+
+
 def test_all_shipped_samples_prepare_without_rejections(tmp_path, tiny_dir):
     from tests.conftest import EXAMPLES
 
