@@ -73,6 +73,33 @@ def test_empty_source_is_an_error(tmp_path, tiny_dir):
         prepare.run(make_config(tmp_path, tiny_dir, [{"path": str(path)}]))
 
 
+def test_empty_train_split_is_an_error_naming_what_happened(tmp_path, tiny_dir):
+    # exact duplicates share a split: all 50 land in val, and dedup keeps one of them there
+    path = write_jsonl(tmp_path / "in.jsonl", [GOOD[0]] * 50)
+    cfg = make_config(tmp_path, tiny_dir, [{"path": str(path)}])
+    with pytest.raises(SftpipeError, match=r"the train split is empty: of 50 records read, 1 went to val and 0 to "
+                                           r"test; rejected: exact_duplicate 49") as info:
+        prepare.run(cfg)
+    assert "data.split.val" in str(info.value) and str(tmp_path / "data.failed" / "rejected.jsonl") in str(info.value)
+    assert not (tmp_path / "data").exists()
+    assert read_manifest(tmp_path / "data.failed")["splits"]["val"]["examples"] == 1
+    # a later run that succeeds removes the report of the failed one
+    write_jsonl(path, GOOD)
+    prepare.run(cfg)
+    assert (tmp_path / "data").is_dir() and not (tmp_path / "data.failed").exists()
+
+
+def test_no_train_split_asked_for_is_not_an_error_but_nothing_kept_is(tmp_path, tiny_dir):
+    path = write_jsonl(tmp_path / "in.jsonl", [GOOD[0]] * 5)
+    eval_only = {"split": {"train": 0.0, "val": 0.0, "test": 1.0}}
+    result = prepare.run(make_config(tmp_path / "a", tiny_dir, [{"path": str(path)}], data=eval_only))
+    assert result.splits["test"].examples == 1 and result.rejected == {"exact_duplicate": 4}
+    write_jsonl(path, [{"prompt": "no completion"}] * 5)
+    with pytest.raises(SftpipeError, match=r"prepare kept none of the 5 records read; rejected: unknown_format 5\. "
+                                           r"First .*in.jsonl:1: unknown_format: fields \['prompt'\] match no known"):
+        prepare.run(make_config(tmp_path / "b", tiny_dir, [{"path": str(path)}], data=eval_only))
+
+
 def test_truncate_policy_counts_truncations(tmp_path, tiny_dir):
     path = write_jsonl(tmp_path / "in.jsonl", GOOD[:10] + [{"prompt": "p", "completion": "word " * 400}])
     cfg = make_config(tmp_path, tiny_dir, [{"path": str(path)}], data={"overlong": "truncate",
