@@ -48,18 +48,69 @@ def find_examples_dir() -> Path:
     return examples
 
 
+CORPUS_SUFFIXES = (".jsonl", ".json", ".txt", ".md", ".csv", ".hs")
+
+
 def corpus_texts(paths: list[Path]) -> Iterator[str]:
-    """Every string value of every JSON/JSONL record, and every text file, under `paths`, in sorted order."""
+    """Every string in every JSON document and JSONL record, and every text file, under `paths`, in sorted order.
+
+    Raises:
+        SftpipeError: naming the path: missing, an unsupported file type, a directory without corpus files,
+            a file that is not UTF-8 or not valid JSON, or a file without any text (a tokenizer trained
+            without them would silently lack what they were meant to teach).
+    """
+    for file in corpus_files(paths):
+        has_text = False
+        for text in _file_texts(file):
+            has_text = has_text or bool(text.strip())
+            yield text
+        if not has_text:
+            raise SftpipeError(f"{file}: the corpus file holds no text; remove it from --corpus or fill it")
+
+
+def corpus_files(paths: list[Path]) -> list[Path]:
+    """The files named in `paths`, and the files of a corpus type (CORPUS_SUFFIXES) under directories."""
+    kinds = ", ".join(CORPUS_SUFFIXES)
     files: list[Path] = []
     for path in paths:
-        files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
-    for file in files:
-        if file.suffix == ".jsonl":
-            for line in file.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    yield from _strings(json.loads(line))
-        elif file.suffix in (".txt", ".md", ".csv", ".hs"):
-            yield file.read_text(encoding="utf-8")
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in CORPUS_SUFFIXES)
+            if not found:
+                raise SftpipeError(f"{path}: no corpus file ({kinds}) in this directory")
+            files.extend(found)
+        elif not path.is_file():
+            raise SftpipeError(f"{path}: corpus file or directory not found")
+        elif path.suffix.lower() not in CORPUS_SUFFIXES:
+            raise SftpipeError(f"{path}: unsupported corpus file type {path.suffix!r}; use one of {kinds}")
+        else:
+            files.append(path)
+    return files
+
+
+def _file_texts(file: Path) -> Iterator[str]:
+    """A .json file's strings, a .jsonl file's strings record by record, any other file's whole text."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SftpipeError(f"{file}: not UTF-8 (byte {exc.start}); re-encode the corpus file as UTF-8") from None
+    suffix = file.suffix.lower()
+    if suffix == ".json":
+        yield from _strings(_parse_json(text, file, 1))
+    elif suffix == ".jsonl":
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                yield from _strings(_parse_json(line, file, lineno))
+    else:
+        yield text
+
+
+def _parse_json(text: str, file: Path, first_line: int) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SftpipeError(f"{file}:{first_line + exc.lineno - 1}: invalid JSON ({exc})") from None
+    except (RecursionError, ValueError) as exc:  # nesting too deep; integers over 4300 digits
+        raise SftpipeError(f"{file}:{first_line}: cannot parse JSON ({exc})") from None
 
 
 def _strings(value: object) -> Iterator[str]:

@@ -6,8 +6,9 @@ rejected and for what reason, and which must be kept. Lenient mode (the default,
 one real `sftpipe prepare` subprocess over all of them at once must keep exactly the valid records and report
 the same counts per reason on stdout, in manifest.json, DATA_CARD.md and rejected.jsonl. Strict mode
 (data.on_error: raise): one CLI process per file must stop at the first problem, naming file:line and the
-reason. File-level problems (empty file, unreadable whole file) are errors in both modes. Bad configs
-(`tests/data/bad_configs/`) must each give one clean error naming the file and the field or line.
+reason. File-level problems (empty file, unreadable whole file) are errors in both modes, and so is a run
+whose every record is rejected (nothing to train on). Bad configs (`tests/data/bad_configs/`) must each give
+one clean error naming the file and the field or line.
 """
 
 from __future__ import annotations
@@ -229,6 +230,31 @@ def test_unreadable_file_is_a_clean_error_in_both_modes(tmp_path, tiny_dir, corp
         code, output = _run_cli(["prepare", config], tmp_path, mode)
         assert code == 2 and output.startswith("error: ") and FILE_ERRORS[name] in output, output
         assert str(corpus) in output and "Traceback" not in output
+
+
+# Files whose every record is rejected: prepare must fail (exit 2) with the counts, not write an empty data dir.
+NOTHING_KEPT = {  # file -> (content, counts, where the first rejection is)
+    "rows_match_no_format.csv": ("question,reply\nq1,a1\nq2,a2\nq3,a3\n", "unknown_format 3", 2),
+    "not_json.jsonl": ("this is not JSON\n{neither is this\n", "invalid_json 2", 1),
+    "unknown_format.jsonl": ('{"foo": 1}\n{"bar": "x"}\n{"baz": []}\n{"qux": null}\n', "unknown_format 4", 1),
+}
+
+
+@pytest.mark.parametrize("name", list(NOTHING_KEPT))
+def test_nothing_kept_is_a_clean_error_with_the_counts(tmp_path, tiny_dir, name):
+    text, counts, first = NOTHING_KEPT[name]
+    (tmp_path / name).write_text(text)
+    config = _config(tmp_path / "c.yaml", tiny_dir, [{"path": str(tmp_path / name)}], tmp_path / "data")
+    code, output = _run_cli(["prepare", config], tmp_path, "prepare")
+    assert code == 2 and output.startswith("error: prepare kept none of the "), output
+    assert f"rejected: {counts}. First {tmp_path / name}:{first}: " in output and "Traceback" not in output
+    assert not (tmp_path / "data").exists()  # nothing `train` could take for a data dir
+    report = tmp_path / "data.failed"
+    assert str(report / "rejected.jsonl") in output
+    reason, n = counts.split()
+    assert [json.loads(x)["reason"] for x in (report / "rejected.jsonl").read_text().splitlines()] == [reason] * int(n)
+    assert json.loads((report / "manifest.json").read_text())["rejected"] == {reason: int(n)}
+    assert not any((report / split).exists() for split in ("train", "val", "test"))
 
 
 @pytest.mark.parametrize("name", list(CONFIG_ERRORS))

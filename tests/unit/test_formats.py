@@ -43,6 +43,26 @@ def test_code_record_without_instruction():
     assert conv.messages[1] == {"role": "user", "content": "Write idiomatic Haskell code."}
 
 
+@pytest.mark.parametrize(("source_prompt", "data_prompt", "expected"), [
+    ("Answer in Python 3.12.", "Be brief.", "Answer in Python 3.12."),
+    (None, "Be brief.", "Be brief."),
+    (None, None, "You are an expert Python programmer. Answer with code in a fenced block."),
+])
+def test_code_record_system_prompt_source_over_data_over_builtin(source_prompt, data_prompt, expected):
+    src = SourceConfig(path="c.jsonl", format="code", code_language="python", system_prompt=source_prompt)
+    conv = to_conversation({"code": "x = 1"}, "code", src, "c.jsonl:1", data_prompt)
+    assert conv.messages[0] == {"role": "system", "content": expected}
+    assert [m["role"] for m in conv.messages] == ["system", "user", "assistant"]
+
+
+def test_qa_keeps_source_as_metadata():
+    conv = to_conversation({"question": "Q?", "answer": "A.", "source": "faq", "id": 7}, "qa", SRC, "l", None)
+    assert conv.meta == {"id": 7, "source": "faq"}
+    src = SourceConfig(path="x", fields={"source": "origin"})
+    assert to_conversation({"question": "Q?", "answer": "A.", "origin": "faq"}, "qa", src, "l", None).meta == \
+        {"source": "faq"}
+
+
 def test_text_record_is_one_trained_block():
     conv = to_conversation({"text": "Some prose."}, "text", SRC, "t.txt:1", None)
     assert conv.kind == "text" and conv.messages == [{"role": "assistant", "content": "Some prose."}]

@@ -73,6 +73,33 @@ def test_empty_source_is_an_error(tmp_path, tiny_dir):
         prepare.run(make_config(tmp_path, tiny_dir, [{"path": str(path)}]))
 
 
+def test_empty_train_split_is_an_error_naming_what_happened(tmp_path, tiny_dir):
+    # exact duplicates share a split: all 50 land in val, and dedup keeps one of them there
+    path = write_jsonl(tmp_path / "in.jsonl", [GOOD[0]] * 50)
+    cfg = make_config(tmp_path, tiny_dir, [{"path": str(path)}])
+    with pytest.raises(SftpipeError, match=r"the train split is empty: of 50 records read, 1 went to val and 0 to "
+                                           r"test; rejected: exact_duplicate 49") as info:
+        prepare.run(cfg)
+    assert "data.split.val" in str(info.value) and str(tmp_path / "data.failed" / "rejected.jsonl") in str(info.value)
+    assert not (tmp_path / "data").exists()
+    assert read_manifest(tmp_path / "data.failed")["splits"]["val"]["examples"] == 1
+    # a later run that succeeds removes the report of the failed one
+    write_jsonl(path, GOOD)
+    prepare.run(cfg)
+    assert (tmp_path / "data").is_dir() and not (tmp_path / "data.failed").exists()
+
+
+def test_no_train_split_asked_for_is_not_an_error_but_nothing_kept_is(tmp_path, tiny_dir):
+    path = write_jsonl(tmp_path / "in.jsonl", [GOOD[0]] * 5)
+    eval_only = {"split": {"train": 0.0, "val": 0.0, "test": 1.0}}
+    result = prepare.run(make_config(tmp_path / "a", tiny_dir, [{"path": str(path)}], data=eval_only))
+    assert result.splits["test"].examples == 1 and result.rejected == {"exact_duplicate": 4}
+    write_jsonl(path, [{"prompt": "no completion"}] * 5)
+    with pytest.raises(SftpipeError, match=r"prepare kept none of the 5 records read; rejected: unknown_format 5\. "
+                                           r"First .*in.jsonl:1: unknown_format: fields \['prompt'\] match no known"):
+        prepare.run(make_config(tmp_path / "b", tiny_dir, [{"path": str(path)}], data=eval_only))
+
+
 def test_truncate_policy_counts_truncations(tmp_path, tiny_dir):
     path = write_jsonl(tmp_path / "in.jsonl", GOOD[:10] + [{"prompt": "p", "completion": "word " * 400}])
     cfg = make_config(tmp_path, tiny_dir, [{"path": str(path)}], data={"overlong": "truncate",
@@ -80,6 +107,45 @@ def test_truncate_policy_counts_truncations(tmp_path, tiny_dir):
     result = prepare.run(cfg)
     assert result.splits["train"].truncated == 1 and result.splits["train"].examples == 11
     assert result.splits["train"].max_tokens == 256
+
+
+class _EncodeSpy:
+    """The tokenizer's Rust backend, recording the length of every text it is asked to tokenize."""
+
+    def __init__(self, backend, lengths: list[int]):
+        self.backend, self.lengths = backend, lengths
+
+    def encode_batch(self, texts, **kwargs):
+        self.lengths.extend(len(t) for t in texts)
+        return self.backend.encode_batch(texts, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.backend, name)
+
+
+def test_huge_record_is_dropped_as_too_long_without_tokenizing_it(tmp_path, tiny_dir, monkeypatch):
+    from sftpipe.data import tokenize
+
+    lengths: list[int] = []
+    real = tokenize.plain_backend
+    monkeypatch.setattr(tokenize, "plain_backend", lambda tok: _EncodeSpy(real(tok), lengths))
+    huge = {"prompt": "Say it many times.", "completion": "again " * 850_000}  # 5.1 MB
+    path = write_jsonl(tmp_path / "in.jsonl", GOOD[:10] + [BAD_LINES[-1], huge])
+    cfg = make_config(tmp_path, tiny_dir, [{"path": str(path)}],
+                      data={"split": {"train": 1.0, "val": 0.0, "test": 0.0}, "num_proc": 1})
+    result = prepare.run(cfg)
+    assert result.records_read == 12 and result.splits["train"].examples == 10
+    assert result.rejected == {"too_long": 2} and result.removed_by_stage == {"tokenize": {"too_long": 2}}
+    assert lengths and max(lengths) < 10_000  # the huge text never reached the tokenizer
+    just_over, huge_entry = [json.loads(x) for x in (tmp_path / "data" / "rejected.jsonl").read_text().splitlines()]
+    assert (just_over["location"], huge_entry["location"]) == (f"{path}:11", f"{path}:12")
+    assert just_over.keys() == huge_entry.keys()  # the same entry, whichever way the length was found
+    assert {k: v for k, v in huge_entry.items() if k not in ("location", "detail", "excerpt")} == \
+        {k: v for k, v in just_over.items() if k not in ("location", "detail", "excerpt")}
+    assert all("tokens" in e["detail"] and "> data.max_length 256 (data.overlong: drop)" in e["detail"]
+               for e in (just_over, huge_entry))
+    assert len(huge_entry["excerpt"]) == 500
+    assert read_manifest(tmp_path / "data")["sources"]["in.jsonl"] == {"read": 12, "kept": 10, "rejected": 2}
 
 
 def test_all_shipped_samples_prepare_without_rejections(tmp_path, tiny_dir):

@@ -1,4 +1,5 @@
 import json
+import pickle
 
 import datasets
 import pytest
@@ -46,6 +47,45 @@ def test_csv_ragged_rows(tmp_path):
     assert rows[0][1] == {"question": "What, exactly?", "answer": "Yes"}
     assert [r.reason for _, r in rows[1:]] == ["ragged_row", "ragged_row"]
     assert rows[1][0].endswith("d.csv:3")
+
+
+def test_csv_unclosed_quote_is_reported_on_the_line_it_opens_with_its_text(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text('question,answer\n"What is, this,answer\nsecond,line\n')
+    [(where, err)] = _read(path)
+    assert where == f"{path}:2" and err.reason == "bad_csv"
+    assert "(lines 2-3)" in err.detail and err.excerpt == '"What is, this,answer'
+    assert pickle.loads(pickle.dumps(err)).excerpt == err.excerpt  # as it travels to prepare's workers
+
+
+def test_csv_bad_rows_in_a_row_each_name_their_own_line(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes(b'question,answer\r\n"a"b,c\r\n\r\n"\xffd"e,f\r\nq,a\r\n')
+    rows = _read(path)
+    assert [(loc.rsplit(":", 1)[1], getattr(r, "reason", "ok")) for loc, r in rows] == [
+        ("2", "bad_csv"), ("4", "bad_csv"), ("5", "ok")]
+    assert [r.excerpt for _, r in rows[:2]] == ['"a"b,c', '"\ufffdd"e,f']  # bytes that are not UTF-8 shown as U+FFFD
+    assert "(lines 4-4)" in rows[1][1].detail
+
+
+def test_csv_header_that_cannot_be_read_is_a_file_error(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text('"question"x,answer\nq,a\n')
+    with pytest.raises(SftpipeError, match=r"d.csv:1: the header row cannot be read"):
+        _read(path)
+
+
+@pytest.mark.parametrize(("line", "detail"), [
+    ('{"prompt": "a", "completion": "b"', "Expecting ',' delimiter at line 2, column 34"),
+    ('{"prompt": "a\x01b", "completion": "b"}', "Invalid control character at line 2, column 14"),
+    ('{"prompt": "abc', "Unterminated string starting at line 2, column 12"),
+])
+@pytest.mark.parametrize("ending", ["\n", "\r\n", ""])
+def test_jsonl_errors_name_the_line_and_true_column(tmp_path, line, detail, ending):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"prompt": "p", "completion": "c"}\n' + line + ending, encoding="utf-8", newline="")
+    [_, (where, err)] = _read(path)
+    assert where == f"{path}:2" and err.reason == "invalid_json" and err.detail == detail
 
 
 def test_parquet(tmp_path):
@@ -150,6 +190,16 @@ def test_streamed_json_errors_name_the_line(tmp_path, monkeypatch, chunk, text, 
     path = tmp_path / "d.json"
     path.write_text(text)
     with pytest.raises(SftpipeError, match=message):
+        _read(path)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1 << 20])
+def test_streamed_json_error_gives_the_whole_message_with_line_and_column(tmp_path, monkeypatch, chunk):
+    monkeypatch.setattr(readers._JsonStream, "CHUNK", chunk)
+    path = tmp_path / "d.json"
+    path.write_text('[\n{"a": 1},\n  {"b": "never closed')
+    with pytest.raises(SftpipeError, match=r"d.json:3: invalid JSON \(Unterminated string starting at line 3, "
+                                           r"column 9\)"):
         _read(path)
 
 

@@ -93,6 +93,47 @@ def test_overlong_drop_and_truncate(tokenizer):
     assert info.value.reason == "empty_mask_after_truncation"
 
 
+class _EncodeSpy:
+    """The Rust backend, recording the length of every text it is asked to tokenize."""
+
+    def __init__(self, backend):
+        self.backend, self.lengths = backend, []
+
+    def encode_batch(self, texts, **kwargs):
+        self.lengths += [len(t) for t in texts]
+        return self.backend.encode_batch(texts, **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["chat", "text"])
+def test_huge_record_is_too_long_without_being_tokenized(tokenizer, kind):
+    encode = ConversationTokenizer(tokenizer, BUILTIN["chatml"], 256, "drop")
+    spy = encode.backend = _EncodeSpy(encode.backend)
+    huge = "again " * 850_000  # 5.1 MB in one record
+    if kind == "text":
+        convs = [Conversation([{"role": "assistant", "content": c}], "t", "l", kind="text") for c in (huge, "Short.")]
+    else:
+        convs = [Conversation([{"role": "user", "content": "Say it."}, {"role": "assistant", "content": c}], "c", "l")
+                 for c in (huge, "Short.")]
+    dropped, kept = encode.encode_batch(convs)
+    assert isinstance(dropped, RecordError) and dropped.reason == "too_long"
+    assert "tokens" in dropped.detail and "> data.max_length 256 (data.overlong: drop)" in dropped.detail
+    assert not isinstance(kept, RecordError) and len(kept.input_ids) < 256
+    assert spy.lengths and max(spy.lengths) < 1000  # the short record only
+
+
+def test_record_just_over_the_character_bound_is_dropped_and_one_under_it_tokenized(tokenizer):
+    encode = ConversationTokenizer(tokenizer, BUILTIN["chatml"], 256, "drop")
+    spy = encode.backend = _EncodeSpy(encode.backend)
+    bound = 256 * encode.chars_per_token
+    for chars, tokenized in ((bound, True), (bound + 1, False)):
+        spy.lengths.clear()
+        result = encode.encode_batch([Conversation([{"role": "assistant", "content": "x" * chars}], "t", "l",
+                                                   kind="text")])[0]
+        assert isinstance(result, RecordError) and result.reason == "too_long"
+        assert bool(spy.lengths) == tokenized
+    assert ConversationTokenizer(tokenizer, BUILTIN["chatml"], 256, "truncate").chars_per_token is None
+
+
 def test_token_straddling_the_answer_boundary_is_rejected(tokenizer):
     # The prompt ends mid-word, so BPE merges prompt and answer characters into one token.
     template = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] }}"

@@ -24,6 +24,7 @@ FORMAT_FIELDS: dict[str, tuple[str, ...]] = {
     "text": ("text",),
 }
 META_FIELDS = ("id", "tests", "entry_point", "topic")
+FORMAT_META_FIELDS: dict[str, tuple[str, ...]] = {"qa": ("source",)}  # kept as metadata for that format only
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
@@ -58,12 +59,19 @@ def to_conversation(
             raise RecordError("empty_content", f"field {get.name('text')!r} is empty")
         return Conversation([{"role": "assistant", "content": text}], name, location, kind="text")
     messages = _CONVERTERS[fmt](get, source)
-    system = source.system_prompt or system_prompt
+    system = source.system_prompt or system_prompt or _default_system_prompt(fmt, source)
     if system and messages[0]["role"] != "system":
         messages.insert(0, {"role": "system", "content": system})
     validate_messages(messages)
-    meta = {name: record[get.name(name)] for name in META_FIELDS if get.name(name) in record}
+    fields = META_FIELDS + FORMAT_META_FIELDS.get(fmt, ())
+    meta = {field: record[get.name(field)] for field in fields if get.name(field) in record}
     return Conversation(messages, name, location, meta)
+
+
+def _default_system_prompt(fmt: str, source: SourceConfig) -> str | None:
+    """The system prompt a format brings: the last resort, after the source's and data.system_prompt."""
+    default = _DEFAULT_SYSTEM_PROMPTS.get(fmt)
+    return None if default is None else default(source)
 
 
 class _FieldGetter:
@@ -150,12 +158,11 @@ def _code(get: _FieldGetter, source: SourceConfig) -> list[dict[str, str]]:
     language = source.code_language
     code = get.text("code").strip("\n")
     instruction = get.text("instruction", optional=True) or f"Write idiomatic {language.capitalize()} code."
-    system = f"You are an expert {language.capitalize()} programmer. Answer with code in a fenced block."
-    return [
-        {"role": "system", "content": system},
-        {"role": "user", "content": instruction},
-        {"role": "assistant", "content": f"```{language}\n{code}\n```"},
-    ]
+    return [{"role": "user", "content": instruction}, {"role": "assistant", "content": f"```{language}\n{code}\n```"}]
+
+
+def _code_system_prompt(source: SourceConfig) -> str:
+    return f"You are an expert {source.code_language.capitalize()} programmer. Answer with code in a fenced block."
 
 
 _CONVERTERS: dict[str, Callable[[_FieldGetter, SourceConfig], list[dict[str, str]]]] = {
@@ -166,3 +173,4 @@ _CONVERTERS: dict[str, Callable[[_FieldGetter, SourceConfig], list[dict[str, str
     "prompt_completion": _prompt_completion,
     "code": _code,
 }
+_DEFAULT_SYSTEM_PROMPTS: dict[str, Callable[[SourceConfig], str]] = {"code": _code_system_prompt}

@@ -53,6 +53,7 @@ class Ledger:
         self.by_stage: dict[str, Counter[str]] = defaultdict(Counter)
         self.by_source: dict[str, Counter[str]] = defaultdict(Counter)
         self.by_target: Counter[tuple[str, str]] = Counter()  # (reason, against) for dedup/decontam
+        self.first: dict[str, Rejection] = {}  # the first of each reason, to show one in messages
 
     def add(self, item: Rejection) -> None:
         """Count and write one rejection.
@@ -66,6 +67,7 @@ class Ledger:
         self.by_reason[item.reason] += 1
         self.by_stage[item.stage][item.reason] += 1
         self.by_source[item.source][item.reason] += 1
+        self.first.setdefault(item.reason, item)
         if "against" in item.extra:
             self.by_target[(item.reason, str(item.extra["against"]))] += 1
         self._fh.write(json.dumps(item.as_json(), ensure_ascii=False) + "\n")

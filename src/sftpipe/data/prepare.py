@@ -9,9 +9,10 @@
 5. write (`assemble.py`, `shards.py`, `card.py`): sharded split dirs, manifest.json, DATA_CARD.md, rejected.jsonl.
 
 Every record read is accounted for: it ends up in a split or in `rejected.jsonl` with a reason, and the
-counts per reason are in the manifest, the data card and the CLI output. Memory does not grow with the
-input but for a few dozen bytes of figures per example and the dedup indexes, which hold only duplicate
-candidates (see `decontam.py`).
+counts per reason are in the manifest, the data card and the CLI output. A run that keeps nothing, or leaves
+the train split empty where the split asks for one, is an error, not a data dir: its reports are kept in
+`<output_dir>.failed/` for the user to read. Memory does not grow with the input but for a few dozen bytes
+of figures per example and the dedup indexes, which hold only duplicate candidates (see `decontam.py`).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class PrepareResult:
     records_read: int
     splits: dict[str, SplitStats]
     rejected: Counter[str] = field(default_factory=Counter)
+    first_rejected: dict[str, str] = field(default_factory=dict)  # reason -> "location: reason: detail" of the first
     per_source: dict[str, dict[str, int]] = field(default_factory=dict)
     removed_by_stage: dict[str, dict[str, int]] = field(default_factory=dict)
     mixing: list[SourceMix] | None = None
@@ -85,7 +87,8 @@ def run(cfg: Config) -> PrepareResult:
     """Prepare the data dir described by `cfg.data` with the tokenizer of `cfg.model`.
 
     Raises:
-        SftpipeError: missing inputs, a broken template, a data error in strict mode, or an unmeetable mix.
+        SftpipeError: missing inputs, a broken template, a data error in strict mode, an unmeetable mix, no
+            record kept, or an empty train split where data.split.train > 0 (e.g. all kept ones in val).
     """
     t0 = time.perf_counter()
     check_inputs(cfg)
@@ -102,11 +105,42 @@ def run(cfg: Config) -> PrepareResult:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # never leave a half-written data dir behind
         raise
+    failed = out.with_name(out.name + ".failed")
+    shutil.rmtree(failed, ignore_errors=True)  # the reports of an earlier failed run no longer apply
+    if _nothing_to_train(result, cfg.data.split.train):
+        for name in SPLIT_NAMES.values():
+            shutil.rmtree(tmp / name)
+        tmp.rename(failed)
+        raise _empty_train_error(result, failed)
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
     result.wall_s = time.perf_counter() - t0
     return result
+
+
+def _nothing_to_train(result: PrepareResult, train_share: float) -> bool:
+    """Nothing kept at all, or no train example where the split asks for some (train: 0 makes eval-only data)."""
+    kept = sum(stats.examples for stats in result.splits.values())
+    return kept == 0 or (train_share > 0 and result.splits["train"].examples == 0)
+
+
+def _empty_train_error(result: PrepareResult, reports: Path) -> SftpipeError:
+    """What left the train split empty, counted by reason, with the first rejection of the commonest reason
+    (its detail says what to change) and what to do. A data dir without training examples would only fail
+    later, in `train`, far from its cause."""
+    val, test = result.splits["val"].examples, result.splits["test"].examples
+    if val + test == 0:
+        what = f"prepare kept none of the {result.records_read} records read"
+        todo = "fix what the rejections name and run prepare again"
+    else:
+        what = f"the train split is empty: of {result.records_read} records read, {val} went to val and {test} to test"
+        todo = ("add records, or lower data.split.val and data.split.test (exact duplicates always share a split, "
+                "and dedup keeps one of them)")
+    counts = ", ".join(f"{reason} {n}" for reason, n in result.rejected.most_common()) or "none"
+    first = f" First {result.first_rejected[result.rejected.most_common(1)[0][0]]}." if result.rejected else ""
+    return SftpipeError(f"{what}; rejected: {counts}.{first} Every rejection is in {reports / 'rejected.jsonl'} "
+                        f"(summary: {reports / 'DATA_CARD.md'}); {todo}")
 
 
 def check_inputs(cfg: Config) -> None:
@@ -156,8 +190,10 @@ def _prepare(cfg: Config, tokenizer, template: str, out: Path, tmp: Path) -> Pre
         c["rejected"] = sum(ledger.by_source[name].values())
         c["kept"] = c["read"] - c["rejected"]
     splits, lengths = _split_stats(table, split, removals.status == KEPT, repeat, shards)
-    result = PrepareResult(out, sum(c["read"] for c in counts.values()), splits, Counter(ledger.by_reason), counts,
-                           {stage: dict(c) for stage, c in ledger.by_stage.items()}, mixes)
+    first = {reason: f"{r.location}: {reason}: {r.detail}" for reason, r in ledger.first.items()}
+    result = PrepareResult(out, sum(c["read"] for c in counts.values()), splits, rejected=Counter(ledger.by_reason),
+                           first_rejected=first, per_source=counts,
+                           removed_by_stage={stage: dict(c) for stage, c in ledger.by_stage.items()}, mixing=mixes)
     figures = length_figures(lengths, data.max_length)
     manifest = build_manifest(cfg, tokenizer, template, result, figures, ledger)
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sftpipe.config.schema import SourceConfig
+from sftpipe.data.ledger import EXCERPT_CHARS
 from sftpipe.data.records import RecordError
 from sftpipe.errors import SftpipeError
 
@@ -46,8 +47,9 @@ def _read_jsonl(path: Path) -> Iterator[RawRecord]:
         for lineno, raw in enumerate(fh, start=1):
             where = f"{path}:{lineno}"
             try:
-                # a BOM can start any line: files concatenated with `cat` keep each one's BOM
-                line = raw.decode("utf-8").removeprefix("\ufeff")
+                # a BOM can start any line: files concatenated with `cat` keep each one's BOM; without the line
+                # ending, an error at the end of the line is placed there, not at column 1 of a next line
+                line = raw.decode("utf-8").removeprefix("\ufeff").rstrip("\r\n")
             except UnicodeDecodeError as exc:
                 yield where, RecordError("not_utf8", f"bytes that are not UTF-8 at column {exc.start + 1}")
                 continue
@@ -56,7 +58,7 @@ def _read_jsonl(path: Path) -> Iterator[RawRecord]:
             try:
                 value = loads(line)
             except json.JSONDecodeError as exc:
-                yield where, RecordError("invalid_json", f"{exc.msg} at column {exc.colno}")
+                yield where, RecordError("invalid_json", _json_problem(exc.msg, lineno, exc.colno))
                 continue
             except (RecursionError, ValueError) as exc:  # nesting too deep; integers over 4300 digits
                 yield where, RecordError("invalid_json", f"cannot parse: {_short(exc)}")
@@ -71,8 +73,9 @@ def _read_json(path: Path) -> Iterator[RawRecord]:
         try:
             yield from _json_array_records(path, stream)
         except json.JSONDecodeError as exc:
-            raise SftpipeError(f"{path}:{stream.line_at(exc.pos)}: invalid JSON ({exc.msg}); a .json file must hold "
-                               "one array of records (use .jsonl for one record per line)") from None
+            line, column = stream.position(exc.pos)
+            raise SftpipeError(f"{path}:{line}: invalid JSON ({_json_problem(exc.msg, line, column)}); a .json file "
+                               "must hold one array of records (use .jsonl for one record per line)") from None
         except (RecursionError, ValueError) as exc:  # nesting too deep; integers over 4300 digits
             raise SftpipeError(f"{path}: cannot parse JSON ({_short(exc)})") from None
 
@@ -120,7 +123,8 @@ class _JsonStream:
         self.path, self.fh = path, fh
         self.decoder = codecs.getincrementaldecoder("utf-8-sig")()
         self.json = json.JSONDecoder(object_pairs_hook=_object_pairs)
-        self.buf, self.pos, self.line, self.bytes_read, self.eof = "", 0, 1, 0, False
+        self.buf, self.pos, self.bytes_read, self.eof = "", 0, 0, False
+        self.line, self.column = 1, 0  # where buf[0] is in the file (column counted from 0)
 
     def _more(self, size: int) -> bool:
         """Append up to `size` bytes more (dropping what is consumed); False at the end of the file."""
@@ -134,12 +138,16 @@ class _JsonStream:
             raise SftpipeError(f"{self.path}: not UTF-8 (byte {offset}); re-encode the file as UTF-8") from None
         self.bytes_read += len(raw)
         self.eof = not raw
-        self.line += self.buf.count("\n", 0, self.pos)
+        self.line, self.column = self.position(self.pos)
+        self.column -= 1
         self.buf, self.pos = self.buf[self.pos :] + text, 0
         return True
 
-    def line_at(self, pos: int) -> int:
-        return self.line + self.buf.count("\n", 0, pos)
+    def position(self, pos: int) -> tuple[int, int]:
+        """Line and column (both from 1) in the file of `buf[pos]`."""
+        newline = self.buf.rfind("\n", 0, pos)
+        column = pos - newline if newline >= 0 else self.column + pos + 1
+        return self.line + self.buf.count("\n", 0, pos), column
 
     def fail(self, message: str) -> None:
         raise json.JSONDecodeError(message, self.buf, self.pos)
@@ -179,17 +187,24 @@ class _JsonStream:
 def _read_csv(path: Path) -> Iterator[RawRecord]:
     # undecodable bytes become lone surrogates, so one bad row is rejected instead of the whole file
     with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
-        reader = csv.DictReader(fh, strict=True)
+        lines = _RowLines(fh)
+        reader = csv.DictReader(lines, strict=True)
+        try:
+            reader.fieldnames  # noqa: B018 - reads the header now, so the first row's lines are its own
+        except csv.Error as exc:  # without a header no row can be read: rows would be taken for it
+            raise SftpipeError(f"{path}:1: the header row cannot be read ({exc}); fix its quoting") from None
         while True:
-            start = reader.line_num + 1
+            lines.start_row()
             try:
                 row = next(reader)
             except StopIteration:
                 return
             except csv.Error as exc:  # the reader resynchronises at the next line
-                yield f"{path}:{start}", RecordError("bad_csv", f"{exc} (lines {start}-{reader.line_num})")
+                start = lines.row_start
+                yield f"{path}:{start}", RecordError("bad_csv", f"{exc} (lines {start}-{lines.lineno})",
+                                                     _printable(lines.row_text.rstrip("\r\n")[:EXCERPT_CHARS]))
                 continue
-            where = f"{path}:{reader.line_num}"
+            where = f"{path}:{lines.lineno}"
             if any(_BAD_BYTES.search(v) for v in row.values() if isinstance(v, str)):
                 yield where, RecordError("not_utf8", "bytes that are not UTF-8 in this row")
             elif None in row:
@@ -199,6 +214,37 @@ def _read_csv(path: Path) -> Iterator[RawRecord]:
                 yield where, RecordError("ragged_row", f"fewer cells than the {len(row)} header columns")
             else:
                 yield where, dict(row)
+
+
+class _RowLines:
+    """The lines of a CSV file as the csv reader pulls them, with the number and text of the line each row
+    starts on: the reader keeps neither, and a row it cannot parse (an unclosed quote runs on to the end of
+    the file) is reported where it starts, with that line's text."""
+
+    def __init__(self, fh: Iterator[str]):
+        self.fh = fh
+        self.lineno, self.row_start, self.row_text = 0, 1, ""
+        self._new_row = True
+
+    def __iter__(self) -> _RowLines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.fh)
+        self.lineno += 1
+        # the reader skips empty lines between rows: the row starts on the line after them
+        if self._new_row or self.row_text in ("\n", "\r\n", "\r"):
+            self.row_start, self.row_text, self._new_row = self.lineno, line, False
+        return line
+
+    def start_row(self) -> None:
+        """The next line pulled starts a row."""
+        self._new_row = True
+
+
+def _printable(text: str) -> str:
+    """Text read with surrogateescape, with each byte that is not UTF-8 shown as U+FFFD (writable as UTF-8)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def _read_parquet(path: Path) -> Iterator[RawRecord]:
@@ -313,6 +359,11 @@ def _value_problem(value: Any) -> RecordError | None:
 
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _BAD_BYTES = re.compile(r"[\udc80-\udcff]")  # what surrogateescape makes of bytes that are not UTF-8
+
+
+def _json_problem(message: str, line: int, column: int) -> str:
+    """json's message with the place in the file (some of its messages end in "at", before a position)."""
+    return f"{message.removesuffix(' at')} at line {line}, column {column}"
 
 
 def _short(exc: BaseException) -> str:

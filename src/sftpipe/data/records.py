@@ -24,15 +24,20 @@ class Conversation:
 
 
 class RecordError(Exception):
-    """A record that cannot be used. `reason` is a short stable code counted in reports."""
+    """A record that cannot be used. `reason` is a short stable code counted in reports.
 
-    def __init__(self, reason: str, detail: str):
+    `excerpt` is the raw text of a record a reader could not parse, when it has it: there is no parsed
+    record to show in `rejected.jsonl` then.
+    """
+
+    def __init__(self, reason: str, detail: str, excerpt: str = ""):
         self.reason = reason
         self.detail = detail
+        self.excerpt = excerpt
         super().__init__(f"{reason}: {detail}")
 
-    def __reduce__(self):  # pickled to and from prepare's worker processes with both fields
-        return (RecordError, (self.reason, self.detail))
+    def __reduce__(self):  # pickled to and from prepare's worker processes with every field
+        return (RecordError, (self.reason, self.detail, self.excerpt))
 
 
 def validate_messages(messages: list[dict[str, str]]) -> None:

@@ -113,7 +113,7 @@ def scan_chunk(chunk: Chunk) -> ChunkResult:
             conv = to_conversation(record, fmt or detect_format(record, source), source, location, data.system_prompt,
                                    names[src])
         except RecordError as err:
-            excerpt = "" if isinstance(record, RecordError) else record
+            excerpt = record.excerpt if isinstance(record, RecordError) else record
             out.rejections.append((pos, Rejection.of(names[src], location, "read", err, excerpt)))
             continue
         try:

@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerBase
 
 from sftpipe.data.records import Conversation, RecordError
 from sftpipe.data.templates import BatchRenderer, render
+from sftpipe.data.token_bound import max_chars_per_token
 from sftpipe.errors import SftpipeError
 
 IGNORE_INDEX = -100
@@ -47,6 +48,12 @@ class ConversationTokenizer:
         self.special_texts = special_token_texts(tokenizer)
         self.backend = plain_backend(tokenizer)
         self.render_batch = BatchRenderer(tokenizer, template)
+        # Under drop, a text longer than max_length * chars_per_token characters is certain to exceed
+        # max_length tokens (see token_bound.py) and is dropped untokenized. Under truncate every text is
+        # tokenized whole: the first max_length tokens of a cut text are not provably those of the whole (a
+        # cut inside a word changes its tokens, a pre-tokenizer's lookahead reaches across the cut), so no
+        # cut is made.
+        self.chars_per_token = max_chars_per_token(self.backend) if overlong == "drop" else None
 
     def __call__(self, conv: Conversation) -> TokenizedExample:
         """Tokenize one conversation.
@@ -63,29 +70,41 @@ class ConversationTokenizer:
         """Tokenize many conversations with one batched render and one batched fast-tokenizer call per kind.
 
         Each result is the example or the `RecordError` (template_error, template_not_prefix,
-        boundary_straddle, multiple_bos, empty_mask, too_long, ...) that rejects it.
+        boundary_straddle, multiple_bos, empty_mask, too_long, ...) that rejects it. A text over the
+        character bound is too_long even where tokenizing it would have found another of these first.
         """
-        results: list[TokenizedExample | RecordError | None] = [None] * len(convs)
-        for i, conv in enumerate(convs):
-            results[i] = self._special_token_in_text(conv)
+        results: list[TokenizedExample | RecordError | None] = [self._special_token_in_text(c) for c in convs]
         pending = [i for i, r in enumerate(results) if r is None]
-        chat = [i for i in pending if convs[i].kind != "text"]
-        text = [i for i in pending if convs[i].kind == "text"]
+        self._encode_texts(convs, [i for i in pending if convs[i].kind == "text"], results)
+        self._encode_chats(convs, [i for i in pending if convs[i].kind != "text"], results)
+        return results  # type: ignore[return-value]  # every slot is filled by now
+
+    def _encode_texts(self, convs: list[Conversation], text: list[int],
+                      results: list[TokenizedExample | RecordError | None]) -> None:
+        """Fill `results[i]` for the plain text records `text`: every token trained, eos appended."""
+        if self.eos_id is None:
+            for i in text:
+                results[i] = RecordError("no_eos", "the tokenizer has no eos token to end a text record")
+            return
+        for i in text:
+            results[i] = self._over_char_bound(convs[i].messages[0]["content"])
+        text = [i for i in text if results[i] is None]
         if text:
-            if self.eos_id is None:
-                for i in text:
-                    results[i] = RecordError("no_eos", "the tokenizer has no eos token to end a text record")
-            else:
-                encoded = self.backend.encode_batch([convs[i].messages[0]["content"] for i in text],
-                                                    add_special_tokens=False)
-                for i, enc in zip(text, encoded):
-                    ids = [*enc.ids, self.eos_id]
-                    results[i] = self._finish(ids, list(ids))
+            encoded = self.backend.encode_batch([convs[i].messages[0]["content"] for i in text],
+                                                add_special_tokens=False)
+            for i, enc in zip(text, encoded):
+                ids = [*enc.ids, self.eos_id]
+                results[i] = self._finish(ids, list(ids))
+
+    def _encode_chats(self, convs: list[Conversation], chat: list[int],
+                      results: list[TokenizedExample | RecordError | None]) -> None:
+        """Fill `results[i]` for the chats `chat`: rendered, tokenized once, masked by assistant spans."""
         rendered = self._render_chats([convs[i].messages for i in chat])
-        ok = [(i, r) for i, r in zip(chat, rendered) if not isinstance(r, RecordError)]
+        ok = []
         for i, r in zip(chat, rendered):
-            if isinstance(r, RecordError):
-                results[i] = r
+            results[i] = r if isinstance(r, RecordError) else self._over_char_bound(r[0])
+            if results[i] is None:
+                ok.append((i, r))
         if ok:
             encoded = self.backend.encode_batch([full for _, (full, _) in ok], add_special_tokens=False)
             for (i, (_, spans)), enc in zip(ok, encoded):
@@ -94,7 +113,15 @@ class ConversationTokenizer:
                     results[i] = self._finish(ids, _mask(ids, enc.offsets, spans))
                 except RecordError as err:
                     results[i] = err
-        return results  # type: ignore[return-value]  # every slot is filled above
+
+    def _over_char_bound(self, text: str) -> RecordError | None:
+        """too_long, without tokenizing, for a text more characters long than max_length tokens can cover."""
+        per_token = self.chars_per_token
+        if per_token is None or len(text) <= self.max_length * per_token:
+            return None
+        return RecordError("too_long", f"at least {-(-len(text) // per_token)} tokens ({len(text)} characters, "
+                           f"at most {per_token} per token) > data.max_length {self.max_length} "
+                           "(data.overlong: drop)")
 
     def _special_token_in_text(self, conv: Conversation) -> RecordError | None:
         for i, msg in enumerate(conv.messages):
