@@ -9,9 +9,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.heavy  # ~35 s: .ci/run runs it after make test
 def test_train_benchmark_harness_measures_sftpipe_against_the_bare_loop(tmp_path):
     out = tmp_path / "results"
     proc = subprocess.run(

@@ -24,6 +24,7 @@ def sftpipe(*args, cwd, expect=0):
     return proc
 
 
+@pytest.mark.heavy  # ~40 s: .ci/run runs it after make test
 def test_cli_pipeline(tmp_path):
     sftpipe("init-tiny", "--out", "tiny", "--size", "micro", "--corpus", EXAMPLES, cwd=tmp_path)
     config = tmp_path / "config.yaml"

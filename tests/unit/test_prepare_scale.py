@@ -141,6 +141,7 @@ def _peak_mib(script: str, config) -> float:
     return round(result["peak_kb"] / 1024, 1)
 
 
+@pytest.mark.heavy  # ~30 s: .ci/run runs it after make test
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads VmHWM from /proc")
 def test_peak_rss_at_10x_data_is_within_20_percent_of_1x(tmp_path, tiny_dir):
     make_records = _load_make_records()
