@@ -122,7 +122,7 @@ def run(out: Path, quick: bool = False) -> None:
 
     held_out = json.loads(load_split(Path(cfg.data.output_dir), "test")[0]["messages"])
     prompt = [m for m in held_out if m["role"] != "assistant"]
-    completion = infer(str(merged.output_dir), [prompt], GenerationSettings(max_new_tokens=96))[0]
+    completion = infer(str(merged.output_dir), [prompt], GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens))[0]
     print(f"prompt: {prompt[-1]['content']}\ncompletion: {completion!r}")
     timings["infer"] = time.perf_counter() - t
 
