@@ -36,7 +36,7 @@ from sftpipe.train.causal_lm import CausalLMLoss
 from sftpipe.train.checkpoint import TrainerState, capture_rng, save_checkpoint
 from sftpipe.train.microbatches import MicroBatchSource, TokenStore, build_plan, micro_batch_loader
 from sftpipe.train.resume import resume_from_latest_complete, run_fingerprint, trim_metrics
-from sftpipe.train.saving import save_final
+from sftpipe.train.saving import save_final, save_inference_files
 from sftpipe.train.tracking import MetricsLogger, write_run_manifest
 
 
@@ -333,9 +333,13 @@ def checkpoint(s: Session) -> None:
     rng_states = gather_object([capture_rng()])  # each process draws its own dropout masks
     if acc.is_main_process:
         tc = s.cfg.train
-        save_checkpoint(s.run_dir, s.state, acc.unwrap_model(s.model), s.optimizer, s.scheduler,
-                        tc.save_total_limit, s.fingerprint, dump_config(s.cfg), rng_states,
-                        digests=tc.checkpoint_digests)
+        model = acc.unwrap_model(s.model)
+
+        def inference_files(out: Path) -> None:  # so eval, infer and merge can use the checkpoint as final/
+            save_inference_files(out, model, s.tokenizer, s.manifest, s.cfg)
+
+        save_checkpoint(s.run_dir, s.state, model, s.optimizer, s.scheduler, tc.save_total_limit, s.fingerprint,
+                        dump_config(s.cfg), rng_states, digests=tc.checkpoint_digests, inference_files=inference_files)
     acc.wait_for_everyone()
 
 
