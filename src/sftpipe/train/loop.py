@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,13 +140,26 @@ class Throughput:
 # resumes from the whole model and optimizer on the main process: under these it would checkpoint one shard
 # and a resumed run would diverge without a word, so they are refused until sharded checkpoints are built.
 SHARDED_DISTRIBUTIONS = frozenset({"FSDP", "DEEPSPEED", "MEGATRON_LM"})
+# How `accelerate launch` (its flags or an `accelerate config` file) tells the launched process to shard: what
+# `Accelerator(...)` reads, compared as accelerate compares it. Building the Accelerator under these fails
+# before check_distribution could run (FSDP's plugin needs a GPU, DeepSpeed and Megatron-LM must be installed),
+# so they are read first.
+SHARDED_LAUNCH_ENV = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DEEPSPEED",
+                      "ACCELERATE_USE_MEGATRON_LM": "MEGATRON_LM"}
 
 
-def check_distribution(distributed_type: str) -> None:
+def check_launch_environment(environ: Mapping[str, str]) -> None:
+    """Refuse a sharded `accelerate launch` from the environment it set, before an Accelerator is built."""
+    for variable, distributed_type in SHARDED_LAUNCH_ENV.items():
+        if environ.get(variable, "false").lower() == "true":
+            check_distribution(distributed_type, f" ({variable}={environ[variable]} in the environment)")
+
+
+def check_distribution(distributed_type: str, origin: str = "") -> None:
     """Refuse an accelerate launch whose sharding the loop cannot checkpoint (see SHARDED_DISTRIBUTIONS)."""
     if distributed_type in SHARDED_DISTRIBUTIONS:
         raise SftpipeError(
-            f"accelerate is set up for {distributed_type}, which `sftpipe train` does not support yet: its "
+            f"accelerate is set up for {distributed_type}{origin}, which `sftpipe train` does not support yet: its "
             "checkpoints hold the whole model and optimizer state of one process, so a sharded run could not "
             "be resumed correctly. Launch with DDP instead (`accelerate launch --multi_gpu --num_processes N "
             "-m sftpipe.cli train ...`, or `accelerate config` without FSDP/DeepSpeed); LoRA and models that "
@@ -202,6 +216,7 @@ def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainR
 def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
     """Load data, tokenizer and model; plan the batches; resume from a checkpoint where there is one."""
     tc = cfg.train
+    check_launch_environment(os.environ)
     device = pick_device(tc.device)
     accelerator = Accelerator(
         cpu=device.type == "cpu",
