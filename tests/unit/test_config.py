@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from sftpipe.cli import main
-from sftpipe.config import PRESETS, Config, ConfigError, load_config
+from sftpipe.config import PRESETS, Config, ConfigError, dump_config, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -104,3 +104,30 @@ def test_cli_show_config_prints_resolved(capsys):
     assert main(["show-config", "--preset", "fast_test", "--set", "train.lr=0.5"]) == 0
     out = capsys.readouterr().out
     assert "lr: 0.5" in out and "max_steps: 4" in out
+
+
+def test_warmup_steps_replace_warmup_ratio_layer_by_layer(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  warmup_steps: 10\n")
+    for preset in ("default", "fast_test", "full_training"):  # presets give warmup_ratio; the file's steps win
+        train = load_config(path, preset=preset).train
+        assert (train.warmup_steps, train.warmup_ratio, train.num_warmup_steps(1000)) == (10, None, 10)
+    train = load_config(path, overrides=["train.warmup_ratio=0.2"]).train  # a higher layer replaces it again
+    assert (train.warmup_steps, train.warmup_ratio, train.num_warmup_steps(1000)) == (None, 0.2, 200)
+    assert load_config().train.num_warmup_steps(1000) == 30  # the default ratio, 0.03
+    resolved = tmp_path / "resolved.yaml"  # a run dir's config.yaml loads as it was saved
+    resolved.write_text(dump_config(load_config(path, preset="full_training")))
+    assert load_config(resolved) == load_config(path, preset="full_training")
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("train: {warmup_steps: 10, warmup_ratio: 0.1}", "warmup_steps (10) and warmup_ratio (0.1) are both set"),
+    ("train: {warmup_ratio: null}", "warmup_steps and warmup_ratio are both null"),
+    ("train: {warmup_steps: -1}", "train.warmup_steps = -1: Input should be greater than or equal to 0"),
+])
+def test_warmup_set_twice_or_not_at_all_is_an_error(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert str(path) in str(info.value) and message in str(info.value), str(info.value)

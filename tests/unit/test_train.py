@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import peft
 import pytest
@@ -8,6 +9,7 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from sftpipe.config import load_config
 from sftpipe.data import prepare
 from sftpipe.data.writer import load_split
 from sftpipe.errors import SftpipeError
@@ -172,3 +174,46 @@ def test_a_busy_machine_gets_a_cpu_threads_hint(monkeypatch, caplog, requested, 
     assert bool(hints) == warned, hints
     if warned:
         assert "train.cpu_threads=1" in hints[0] and "load average is 1.2 on 2 cores" in hints[0]
+
+
+def _lrs_used(tc, total_steps: int) -> list[float]:
+    """The learning rate of each optimizer step of a `total_steps` run, as the schedule gives them."""
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=tc.lr)
+    scheduler = loop.build_scheduler(tc, optimizer, total_steps)
+    used = []
+    for _ in range(total_steps):
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return used
+
+
+@pytest.mark.parametrize("scheduler", ["linear", "cosine", "constant"])
+@pytest.mark.parametrize("warmup", [0, 1, 4])
+def test_lr_warms_up_over_exactly_warmup_steps(scheduler, warmup):
+    tc = load_config(overrides=[f"train.scheduler={scheduler}", f"train.warmup_steps={warmup}", "train.lr=1.0"]).train
+    used = _lrs_used(tc, total_steps=10)
+    assert used[:warmup] == pytest.approx([i / warmup for i in range(warmup)])  # rising linearly from 0
+    assert used[warmup] == pytest.approx(1.0)  # the peak at step `warmup`, never before
+    assert all(lr < 1.0 for lr in used[:warmup])
+    # warmup_steps wins over the ratio it replaces (the default 0.03, and 0.5 from a lower layer)
+    ratio = load_config(overrides=[f"train.scheduler={scheduler}", "train.warmup_ratio=0.5", "train.lr=1.0"]).train
+    assert _lrs_used(ratio, 10)[5] == pytest.approx(1.0) and _lrs_used(ratio, 10)[4] < 1.0  # control: 0.5 of 10
+
+
+def test_warmup_steps_reach_the_optimizer_and_the_fingerprint(lora_run, tmp_path):
+    from sftpipe.train.resume import fingerprint_differences, run_fingerprint
+
+    cfg, result = lora_run
+    warm = make_config(tmp_path, Path(cfg.model.name_or_path), [s.model_dump() for s in cfg.data.sources],
+                       data={"output_dir": cfg.data.output_dir},
+                       train={"warmup_steps": 3, "max_steps": 5, "scheduler": "constant"})
+    loop.run(warm, resume="never")
+    lrs = [m["lr"] for m in read_metrics(tmp_path / "run" / "logs" / "metrics.jsonl") if "lr" in m]
+    peak = warm.train.lr
+    assert lrs == pytest.approx([peak / 3, 2 * peak / 3, peak, peak, peak])  # logged after each step
+    saved = run_fingerprint(cfg, Path(cfg.data.output_dir), "tok", 1)
+    now = run_fingerprint(cfg.model_copy(update={"train": warm.train.model_copy(update={
+        "max_steps": cfg.train.max_steps, "scheduler": cfg.train.scheduler})}), Path(cfg.data.output_dir), "tok", 1)
+    assert fingerprint_differences(saved, now) == [
+        "train.warmup_ratio: 0.0 in the checkpoint, None now", "train.warmup_steps: None in the checkpoint, 3 now"]

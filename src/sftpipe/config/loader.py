@@ -22,6 +22,10 @@ from sftpipe.errors import SftpipeError
 from sftpipe.redact import REDACTED, is_secret_key, redact
 
 PRESETS = ("default", "fast_test", "full_training", "low_memory")
+# Fields that say one thing two ways. A layer that sets either of them replaces both as the layers below it
+# set them, so a file's warmup_steps is not refused because its preset gives a warmup_ratio; one layer that
+# sets both is refused by the schema.
+ALTERNATIVES = (("train", ("warmup_steps", "warmup_ratio")),)
 
 
 class ConfigError(SftpipeError):
@@ -70,7 +74,7 @@ def load_config(
 
     merged: dict[str, Any] = {}
     for layer in layers:
-        merged = deep_merge(merged, layer.values)
+        merged = deep_merge(_without_alternatives(merged, layer.values), layer.values)
     try:
         return Config.model_validate(merged)
     except ValidationError as exc:
@@ -159,6 +163,17 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     if problems:
         raise ConfigError(problems)
     return result
+
+
+def _without_alternatives(merged: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`merged` less the ALTERNATIVES that `update` replaces (see ALTERNATIVES)."""
+    out = copy.deepcopy(merged)
+    for section, keys in ALTERNATIVES:
+        given, below = update.get(section), out.get(section)
+        if isinstance(given, dict) and isinstance(below, dict) and any(k in given for k in keys):
+            for key in keys:
+                below.pop(key, None)
+    return out
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from sftpipe.config.loader import dump_config, save_config
-from sftpipe.config.schema import Config
+from sftpipe.config.schema import Config, TrainConfig
 from sftpipe.data.writer import load_split, read_manifest
 from sftpipe.errors import SftpipeError
 from sftpipe.evaluate.in_training import TrainingEval
@@ -256,8 +256,7 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
                               accelerator.process_index, flat=attention in VARLEN_ATTENTION)
     total_micro = tc.max_steps * tc.grad_accum if tc.max_steps else math.ceil(tc.epochs * plan.micro_batches_per_epoch)
     total_steps = math.ceil(total_micro / tc.grad_accum)
-    scheduler = get_scheduler(tc.scheduler, optimizer, num_warmup_steps=int(tc.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
+    scheduler = build_scheduler(tc, optimizer, total_steps)
     loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
 
     fingerprint = run_fingerprint(cfg, data_dir, manifest["tokenizer"]["sha256"], accelerator.num_processes)
@@ -278,6 +277,16 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
         logger.log(0, {"speed": {**layout.describe(), **speed}})
     return Session(cfg, accelerator, run_dir, manifest, tokenizer, val_ds, model, loss_model, optimizer, scheduler,
                    MicroBatchSource(plan, layout, store, tokenizer.pad_token_id), total_micro, total_steps, fingerprint, state, resumed_from, logger, trainable, total)
+
+
+# transformers' "constant" schedule ignores num_warmup_steps; "constant_with_warmup" with 0 steps is constant.
+_SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+
+
+def build_scheduler(tc: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
+    """The LR schedule of `tc.scheduler` after a linear warmup of `tc.num_warmup_steps(total_steps)` steps."""
+    return get_scheduler(_SCHEDULES[tc.scheduler], optimizer, num_warmup_steps=tc.num_warmup_steps(total_steps),
+                         num_training_steps=total_steps)
 
 
 def train_steps(s: Session) -> tuple[float, LossMetrics | None, Throughput]:
