@@ -131,3 +131,45 @@ def test_warmup_set_twice_or_not_at_all_is_an_error(tmp_path, text, message):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(path) in str(info.value) and message in str(info.value), str(info.value)
+
+
+FOREIGN = {  # a key from transformers / TRL / PEFT configs -> what its error must say
+    "per_device_train_batch_size": "sftpipe's key for it is train.micro_batch_size",
+    "gradient_accumulation_steps": "sftpipe's key for it is train.grad_accum",
+    "warmup_steps": "sftpipe's key for it is train.warmup_steps",
+    "save_steps": "sftpipe's key for it is train.save_every",
+    "learning_rate": "sftpipe's key for it is train.lr",
+    "num_train_epochs": "sftpipe's key for it is train.epochs",
+    "load_in_4bit": "not supported yet: QLoRA",
+    "quantization": "not supported yet: QLoRA",
+    "report_to": "not supported yet",
+}
+SECTIONS = ["", "model", "data", "lora", "train", "eval", "export"]  # "": the top level, as a flat HF config
+
+
+@pytest.mark.parametrize("key", list(FOREIGN))
+def test_keys_from_other_tools_get_sftpipes_key_in_every_section(tmp_path, key):
+    checked = 0
+    for section in SECTIONS:
+        if f"{section}.{key}" == "train.warmup_steps":  # sftpipe has this one under that name
+            continue
+        dotted = f"{section}.{key}" if section else key
+        with pytest.raises(ConfigError) as info:
+            load_config(overrides=[f"{dotted}=1"])
+        message = str(info.value)
+        assert f"--set: {dotted}: unknown key ({FOREIGN[key]}" in message, message
+        assert "max_steps" not in message and "attn_implementation" not in message  # the misleading near misses
+        checked += 1
+    assert checked == len(SECTIONS) - (key == "warmup_steps")
+
+
+def test_a_key_in_the_wrong_section_is_pointed_to_its_section_and_typos_still_get_the_nearest(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {max_length: 512, lr: 0.1}\ntrain: {save_every_n: 2}\nlora: {quantize: true}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    text = "\n".join(info.value.problems)
+    assert f"{path}: model.max_length: unknown key (sftpipe's key for it is data.max_length)" in text
+    assert f"{path}: model.lr: unknown key (sftpipe's key for it is train.lr)" in text
+    assert f"{path}: train.save_every_n: unknown key (did you mean 'save_every'?)" in text
+    assert f"{path}: lora.quantize: unknown key (valid keys here: alpha, dropout, r, target_modules)" in text

@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from sftpipe.config.fields import all_fields, model_in
+from sftpipe.config.foreign_keys import FOREIGN_KEYS
 from sftpipe.config.schema import Config
 from sftpipe.errors import SftpipeError
 from sftpipe.redact import REDACTED, is_secret_key, redact
@@ -192,10 +194,7 @@ def _describe(err: dict[str, Any], layers: list[_Layer]) -> str:
     dotted = ".".join(str(p) for p in loc) or "<top level>"
     origin = _origin_of(loc, layers)
     if err["type"] == "extra_forbidden":
-        valid = _valid_keys(loc[:-1])
-        hint = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
-        suggestion = f"did you mean '{hint[0]}'?" if hint else f"valid keys here: {', '.join(valid)}"
-        return f"{origin}: {dotted}: unknown key ({suggestion})"
+        return f"{origin}: {dotted}: unknown key ({_unknown_key_hint(loc)})"
     value = err.get("input")
     secret = any(isinstance(p, str) and is_secret_key(p) for p in loc)
     shown = "" if isinstance(value, dict) else f" = {REDACTED}" if secret else f" = {value!r}"
@@ -219,6 +218,20 @@ def _origin_of(loc: tuple[Any, ...], layers: list[_Layer]) -> str:
     return "defaults"
 
 
+def _unknown_key_hint(loc: tuple[Any, ...]) -> str:
+    """What to write instead of the unknown key at `loc`: sftpipe's key for another tool's key, the same key in
+    the section it belongs to, the nearest spelling in this section, or this section's keys."""
+    key = str(loc[-1])
+    if key in FOREIGN_KEYS:
+        return FOREIGN_KEYS[key]
+    elsewhere = [f.key for f in all_fields() if f.key.rsplit(".", 1)[-1] == key]
+    if elsewhere:
+        return f"sftpipe's key for it is {' or '.join(elsewhere)}"
+    valid = _valid_keys(loc[:-1])
+    hint = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    return f"did you mean '{hint[0]}'?" if hint else f"valid keys here: {', '.join(valid)}"
+
+
 def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
     model: type[BaseModel] = Config
     for part in loc:
@@ -227,18 +240,8 @@ def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
         field = model.model_fields.get(str(part))
         if field is None:
             return []
-        model = _model_in(field.annotation) or model
+        model = model_in(field.annotation) or model
     return sorted(model.model_fields)
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
 
 
 def dump_config(cfg: BaseModel) -> str:
