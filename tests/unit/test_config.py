@@ -173,3 +173,50 @@ def test_a_key_in_the_wrong_section_is_pointed_to_its_section_and_typos_still_ge
     assert f"{path}: model.lr: unknown key (sftpipe's key for it is train.lr)" in text
     assert f"{path}: train.save_every_n: unknown key (did you mean 'save_every'?)" in text
     assert f"{path}: lora.quantize: unknown key (valid keys here: alpha, dropout, r, target_modules)" in text
+
+
+def _leaf_fields(model=Config, prefix=""):
+    """(dotted key, FieldInfo) of every non-section field, found independently of config/fields.py."""
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        key = f"{prefix}.{name}" if prefix else name
+        inner = [a for a in (field.annotation, *getattr(field.annotation, "__args__", ()))
+                 if isinstance(a, type) and issubclass(a, BaseModel)]
+        if inner:
+            yield from _leaf_fields(inner[0], key + ("[]" if "list" in str(field.annotation) else ""))
+        else:
+            yield key, field
+
+
+def test_show_config_help_fields_documents_every_field(capsys):
+    assert main(["show-config", "--help-fields"]) == 0
+    out = capsys.readouterr().out
+    flat = " ".join(out.split())
+    fields = list(_leaf_fields())
+    assert len(fields) > 100
+    for key, field in fields:
+        assert f"\n  {key}: " in out, key
+        assert " ".join(field.description.split()) in flat, key  # the help text, as wrapped
+    assert sum(line.startswith("  ") and not line.startswith("   ") for line in out.splitlines()) == len(fields)
+    for line in ("  train.lr: float = 0.0002", "  train.warmup_steps: int | null = null",
+                 "  train.scheduler: linear | cosine | constant = cosine", "  lora.target_modules: list[str] | "
+                 "all-linear = all-linear", "  data.sources[].path: str | null = null",
+                 "  data.decontam.eval_sets[].path: str = required", "  eval.code.k: list[int] = [1, 5, 10]"):
+        assert f"\n{line}\n" in out, line
+    sections = [line for line in out.splitlines() if line.startswith("[")]
+    assert sections[:3] == ["[model]", "[data]", "[data.sources[]]  Input datasets."]
+    assert "[eval.code.limits]" in sections and len(sections) == 17
+
+
+def test_show_config_help_fields_is_fast_and_takes_no_config(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    code = ("import sys; from sftpipe.cli import main; assert main(['show-config', '--help-fields']) == 0; "
+            "print('heavy:', sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'datasets', "
+            "'accelerate', 'peft'}))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.endswith("heavy: []\n"), proc.stderr[-2000:]
+    assert main(["show-config", str(tmp_path / "c.yaml"), "--help-fields"]) == 2
+    assert "give it no CONFIG, --preset or --set" in capsys.readouterr().err

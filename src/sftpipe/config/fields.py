@@ -6,6 +6,7 @@ section belongs. It reads the pydantic models only (no torch), so both stay fast
 
 from __future__ import annotations
 
+import textwrap
 import types
 import typing
 from collections.abc import Iterator
@@ -106,3 +107,19 @@ def yaml_flow(value: Any) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{k}: {yaml_flow(v)}" for k, v in value.items()) + "}"
     return repr(value)
+
+
+def fields_help(width: int = 100) -> str:
+    """Every config field, section by section: dotted key, type and default, then its help text."""
+    lines = textwrap.wrap("Config fields, section by section: dotted key: type = default, then its help. "
+                          "--set takes the dotted keys; fields of list items (data.sources[].path) are set in "
+                          "the file. A file may also name a preset with a top-level `preset:` key.", width)
+    for section in config_sections():
+        lines.append("")
+        lines.append(f"[{section.key}]" + (f"  {section.help}" if section.help else ""))
+        for f in section.fields:
+            lines.append(f"  {f.key}: {f.type} = {f.default}")
+            if f.help:
+                lines.extend(textwrap.wrap(f.help, width, initial_indent=" " * 6, subsequent_indent=" " * 6,
+                                           break_on_hyphens=False, break_long_words=False))
+    return "\n".join(lines) + "\n"

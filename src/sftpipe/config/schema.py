@@ -1,7 +1,8 @@
 """Typed configuration: one model per config section, unknown keys are errors.
 
-Every field carries its help text in `description`, which `sftpipe show-config --help-fields` and the
-error messages reuse, so the schema is the single source of documentation for the config file.
+Every field carries its help text in `description`, which `sftpipe show-config --help-fields` prints with
+the field's type and default (see `fields.py`), so the schema is the single source of documentation for
+the config file.
 """
 
 from __future__ import annotations
