@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--help-fields", action="store_true",
                    help="print every config field (dotted key, type, default, help) instead, by section")
     p = sub.add_parser("init-tiny", help="build the embedded tiny Llama and tokenizer (no download)")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=Path("tiny"),
+                   help="output dir (default: tiny, the default model.name_or_path)")
     p.add_argument("--size", default="small", choices=["small", "micro"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--corpus", type=Path, action="append", help="text/JSONL files or dirs (default: examples/)")

@@ -18,9 +18,9 @@ from sftpipe.config.data_sections import DecontamConfig, DedupConfig, FilterConf
 
 class ModelConfig(Section):
     name_or_path: str = Field(
-        "tiny/model",
-        description="Hugging Face model id or local directory. `sftpipe init-tiny --out tiny` builds the "
-        "embedded tiny model used by the demo and tests.",
+        "tiny",
+        description="Hugging Face model id or local directory. The default, tiny, is where `sftpipe init-tiny` "
+        "builds the embedded tiny model used by the demo and tests.",
     )
     tokenizer: str | None = Field(None, description="Tokenizer id or directory; defaults to name_or_path.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
