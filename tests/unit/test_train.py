@@ -217,3 +217,41 @@ def test_warmup_steps_reach_the_optimizer_and_the_fingerprint(lora_run, tmp_path
         "max_steps": cfg.train.max_steps, "scheduler": cfg.train.scheduler})}), Path(cfg.data.output_dir), "tok", 1)
     assert fingerprint_differences(saved, now) == [
         "train.warmup_ratio: 0.0 in the checkpoint, None now", "train.warmup_steps: None in the checkpoint, 3 now"]
+
+
+def test_summary_throughput_counts_training_steps_only(lora_run, tmp_path, monkeypatch, capsys):
+    """Validation and checkpoints that take 1000 s each (a clock jump, no real sleep) change neither the
+    summary's tokens/s nor metrics.jsonl's, and the summary's is the one metrics.jsonl's steps add up to."""
+    import time
+
+    from sftpipe.report import print_train
+
+    cfg, _ = lora_run
+    clock = {"offset": 0.0, "jumps": 0}
+    real_clock = time.perf_counter
+    monkeypatch.setattr(time, "perf_counter", lambda: real_clock() + clock["offset"])
+
+    def slow(original):
+        def run(*args, **kwargs):
+            clock["offset"] += 1000.0
+            clock["jumps"] += 1
+            return original(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(loop.Session, "validate", slow(loop.Session.validate))
+    monkeypatch.setattr(loop, "checkpoint", slow(loop.checkpoint))
+    slow_cfg = make_config(tmp_path, Path(cfg.model.name_or_path), [s.model_dump() for s in cfg.data.sources],
+                           data={"output_dir": cfg.data.output_dir},
+                           train={"max_steps": 4, "eval_every": 1, "save_every": 2, "log_every": 1})
+    result = loop.run(slow_cfg, resume="never")
+    assert clock["jumps"] == 7 and result.wall_s > 7000  # validation before + 4, checkpoints at steps 2 and 4
+
+    steps = [m for m in read_metrics(tmp_path / "run" / "logs" / "metrics.jsonl") if "tokens_per_s" in m]
+    assert [m["step"] for m in steps] == [1, 2, 3, 4]
+    tokens = [m["tokens"] - before for m, before in zip(steps, [0] + [m["tokens"] for m in steps[:-1]])]
+    seconds = [n / m["tokens_per_s"] for n, m in zip(tokens, steps)]
+    assert all(s < 1000 for s in seconds)  # no step's figure took a validation or checkpoint in
+    assert result.tokens_per_s == pytest.approx(sum(tokens) / sum(seconds), rel=1e-9)
+    assert result.tokens_per_s > sum(tokens) / 1000  # what including even one of them would give at most
+    print_train(result)
+    assert f"  {result.tokens_per_s:,.0f} tokens/s in training steps" in capsys.readouterr().out

@@ -54,8 +54,8 @@ class TrainResult:
     val_before: LossMetrics | None
     trainable_params: int
     total_params: int
-    tokens_per_s: float
-    wall_s: float
+    tokens_per_s: float  # real tokens per second spent in training steps (see Throughput)
+    wall_s: float  # the whole run: setup, validation and saving included
     resumed_from: Path | None
     packing_efficiency: float = float("nan")  # real tokens / token slots of the batches this run trained on
     main_process: bool = True  # False on the other processes of a multi-process launch (they print nothing)
@@ -108,28 +108,42 @@ class Session:
 
 
 class Throughput:
-    """Real tokens, token slots and trained tokens since the last log line and since this process started."""
+    """Real tokens, token slots and trained tokens over the seconds spent in training steps, since the last log
+    line and since this process started.
+
+    Only the steps' own time counts (fetching the batches, forward, backward, optimizer): validation,
+    in-training eval and checkpoints between steps would otherwise lower the figures of whichever step
+    follows them, and the run's figure by however long they took.
+    """
 
     def __init__(self):
         self.run_real = self.run_slots = 0
+        self.run_seconds = 0.0
         self._reset()
 
     def _reset(self) -> None:
         self.real = self.slots = self.trained = 0
-        self.started = time.perf_counter()
+        self.seconds = 0.0
 
-    def add(self, real: int, slots: int, trained: int) -> None:
+    def add(self, real: int, slots: int, trained: int, seconds: float) -> None:
+        """Count one optimizer step that took `seconds`."""
         self.real, self.slots, self.trained = self.real + real, self.slots + slots, self.trained + trained
+        self.seconds += seconds
         self.run_real, self.run_slots = self.run_real + real, self.run_slots + slots
+        self.run_seconds += seconds
 
     def take(self) -> dict[str, float]:
-        """The figures of the window since the last call, for a log line; starts a new window."""
-        elapsed = time.perf_counter() - self.started
-        figures = {"tokens_per_s": self.real / elapsed if elapsed > 0 else 0.0,
-                   "trained_tokens_per_s": self.trained / elapsed if elapsed > 0 else 0.0,
+        """The figures of the steps since the last call, for a log line; starts a new window."""
+        figures = {"tokens_per_s": self.real / self.seconds if self.seconds > 0 else 0.0,
+                   "trained_tokens_per_s": self.trained / self.seconds if self.seconds > 0 else 0.0,
                    "packing_efficiency": self.real / self.slots if self.slots else 1.0}
         self._reset()
         return figures
+
+    @property
+    def run_tokens_per_s(self) -> float:
+        """Real tokens per second of training step of this process's run (a resumed run: since it resumed)."""
+        return self.run_real / self.run_seconds if self.run_seconds > 0 else 0.0
 
     @property
     def run_efficiency(self) -> float:
@@ -209,7 +223,7 @@ def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainR
     s.accelerator.end_training()
     wall = time.perf_counter() - t0
     return TrainResult(s.run_dir, s.state.step, final_dir, step_loss, last_val, val_before, s.trainable, s.total,
-                       s.state.tokens_seen / wall if wall else 0.0, wall, s.resumed_from, throughput.run_efficiency,
+                       throughput.run_tokens_per_s, wall, s.resumed_from, throughput.run_efficiency,
                        s.accelerator.is_main_process)
 
 
@@ -307,6 +321,7 @@ def train_steps(s: Session) -> tuple[float, LossMetrics | None, Throughput]:
                                          tc.pin_memory and acc.device.type == "cuda"))
     while state.step < s.total_steps:
         failpoint("train.step")
+        step_started = time.perf_counter()
         micro_ids = range(state.micro_batch, min(state.micro_batch + tc.grad_accum, s.total_micro))
         micro = [next(batch_iter) for _ in micro_ids]
         loss_total, step_tokens = accumulate_gradients(s.loss_model, [mb.inputs for mb in micro], acc)
@@ -324,7 +339,7 @@ def train_steps(s: Session) -> tuple[float, LossMetrics | None, Throughput]:
         state.micro_batch = micro_ids.stop
         state.tokens_seen += seen
         state.trained_tokens_seen += step_tokens
-        throughput.add(seen, slots, step_tokens)
+        throughput.add(seen, slots, step_tokens, time.perf_counter() - step_started)
         is_last = state.step == s.total_steps
         if state.step % tc.log_every == 0 or is_last:
             figures = throughput.take()
