@@ -26,12 +26,12 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
 def check_local_path(source: str, field: str) -> None:
     """Fail fast on a local path that does not exist, instead of asking the hub for it: one that looks local,
-    one inside a local directory (`tiny/model` where tiny/ exists), or the default tiny model."""
+    one inside a local model dir (`tiny/model` where tiny/ holds the model), or the default tiny model."""
     path = Path(source).expanduser()
     if path.exists():
         return
     local = (source.startswith(("/", "./", "../", "~")) or source == DEFAULT_MODEL
-             or any(parent.is_dir() for parent in path.parents if parent != Path(".")))
+             or any((parent / "config.json").is_file() for parent in path.parents if parent != Path(".")))
     if local:
         raise SftpipeError(f"{field} {source!r}: no such directory ({path.resolve()}). "
                            + missing_dir_fix(source, field))
