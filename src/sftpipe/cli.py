@@ -62,8 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("doctor", help="check the environment: torch, CUDA, GPUs, bf16, optional packages")
     p = sub.add_parser("show-config", help="print the resolved config (defaults < preset < file < --set)")
     _config_args(p, required=False)
+    p.add_argument("--help-fields", action="store_true",
+                   help="print every config field (dotted key, type, default, help) instead, by section")
     p = sub.add_parser("init-tiny", help="build the embedded tiny Llama and tokenizer (no download)")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=Path("tiny"),
+                   help="output dir (default: tiny, the default model.name_or_path)")
     p.add_argument("--size", default="small", choices=["small", "micro"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--corpus", type=Path, action="append", help="text/JSONL files or dirs (default: examples/)")
@@ -209,7 +212,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def cmd_show_config(args: argparse.Namespace) -> int:
     from sftpipe.config import dump_config, load_config
+    from sftpipe.config.fields import fields_help
 
+    if args.help_fields:
+        if args.config or args.preset or args.overrides:
+            raise SftpipeError("show-config --help-fields describes the fields of every config; give it no "
+                               "CONFIG, --preset or --set (without --help-fields they print the resolved config)")
+        print(fields_help(), end="")
+        return 0
     print(dump_config(load_config(args.config, preset=args.preset, overrides=args.overrides)), end="")
     return 0
 

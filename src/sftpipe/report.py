@@ -33,8 +33,10 @@ def print_prepare(result: PrepareResult) -> None:
 def print_train(result: TrainResult) -> None:
     if result.resumed_from is not None:
         print(f"resumed from {result.resumed_from}")
-    print(f"trained {result.steps} steps in {result.wall_s:.1f}s ({result.tokens_per_s:.0f} tokens/s), "
-          f"{result.trainable_params:,} of {result.total_params:,} params trainable")
+    print(f"trained {result.steps} steps in {result.wall_s:.1f}s, {result.trainable_params:,} of "
+          f"{result.total_params:,} params trainable")
+    print(f"  {result.tokens_per_s:,.0f} tokens/s in training steps (validation and checkpoints not counted, "
+          "as tokens_per_s in metrics.jsonl)")
     if result.packing_efficiency == result.packing_efficiency:  # not NaN
         print(f"  packing efficiency {result.packing_efficiency:.1%} (real tokens / token slots computed)")
     if result.val_before is not None:

@@ -184,3 +184,26 @@ def test_validate_plans_the_batches_train_makes(tmp_path, tiny_dir, train):
     assert abs(padding - 100 * (1 - result.packing_efficiency)) <= 0.5, (detail, result.packing_efficiency)
     if not train.get("packing"):
         assert padding > 0  # these samples vary in length: a plan without padding would be a wrong plan
+
+
+def test_doctor_lists_only_packages_sftpipe_uses(capsys):
+    """An optional package in the doctor's list is one whose module some code of sftpipe imports."""
+    import ast
+    from pathlib import Path
+
+    src = Path(validate.__file__).resolve().parents[1]
+    used = set()
+    for path in src.rglob("*.py"):
+        if path.name == "doctor.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                used.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                used.add(node.module.split(".")[0])
+    assert doctor.OPTIONAL and all(dist.replace("-", "_") in used for dist in doctor.OPTIONAL), \
+        [d for d in doctor.OPTIONAL if d.replace("-", "_") not in used]
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    for name in ("bitsandbytes", "deepspeed", "optuna", "QLoRA", "hyperparameter"):  # not built yet
+        assert name not in out, name

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import peft
 import pytest
@@ -8,6 +9,7 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from sftpipe.config import load_config
 from sftpipe.data import prepare
 from sftpipe.data.writer import load_split
 from sftpipe.errors import SftpipeError
@@ -172,3 +174,84 @@ def test_a_busy_machine_gets_a_cpu_threads_hint(monkeypatch, caplog, requested, 
     assert bool(hints) == warned, hints
     if warned:
         assert "train.cpu_threads=1" in hints[0] and "load average is 1.2 on 2 cores" in hints[0]
+
+
+def _lrs_used(tc, total_steps: int) -> list[float]:
+    """The learning rate of each optimizer step of a `total_steps` run, as the schedule gives them."""
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=tc.lr)
+    scheduler = loop.build_scheduler(tc, optimizer, total_steps)
+    used = []
+    for _ in range(total_steps):
+        used.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return used
+
+
+@pytest.mark.parametrize("scheduler", ["linear", "cosine", "constant"])
+@pytest.mark.parametrize("warmup", [0, 1, 4])
+def test_lr_warms_up_over_exactly_warmup_steps(scheduler, warmup):
+    tc = load_config(overrides=[f"train.scheduler={scheduler}", f"train.warmup_steps={warmup}", "train.lr=1.0"]).train
+    used = _lrs_used(tc, total_steps=10)
+    assert used[:warmup] == pytest.approx([i / warmup for i in range(warmup)])  # rising linearly from 0
+    assert used[warmup] == pytest.approx(1.0)  # the peak at step `warmup`, never before
+    assert all(lr < 1.0 for lr in used[:warmup])
+    # warmup_steps wins over the ratio it replaces (the default 0.03, and 0.5 from a lower layer)
+    ratio = load_config(overrides=[f"train.scheduler={scheduler}", "train.warmup_ratio=0.5", "train.lr=1.0"]).train
+    assert _lrs_used(ratio, 10)[5] == pytest.approx(1.0) and _lrs_used(ratio, 10)[4] < 1.0  # control: 0.5 of 10
+
+
+def test_warmup_steps_reach_the_optimizer_and_the_fingerprint(lora_run, tmp_path):
+    from sftpipe.train.resume import fingerprint_differences, run_fingerprint
+
+    cfg, result = lora_run
+    warm = make_config(tmp_path, Path(cfg.model.name_or_path), [s.model_dump() for s in cfg.data.sources],
+                       data={"output_dir": cfg.data.output_dir},
+                       train={"warmup_steps": 3, "max_steps": 5, "scheduler": "constant"})
+    loop.run(warm, resume="never")
+    lrs = [m["lr"] for m in read_metrics(tmp_path / "run" / "logs" / "metrics.jsonl") if "lr" in m]
+    peak = warm.train.lr
+    assert lrs == pytest.approx([peak / 3, 2 * peak / 3, peak, peak, peak])  # logged after each step
+    saved = run_fingerprint(cfg, Path(cfg.data.output_dir), "tok", 1)
+    now = run_fingerprint(cfg.model_copy(update={"train": warm.train.model_copy(update={
+        "max_steps": cfg.train.max_steps, "scheduler": cfg.train.scheduler})}), Path(cfg.data.output_dir), "tok", 1)
+    assert fingerprint_differences(saved, now) == [
+        "train.warmup_ratio: 0.0 in the checkpoint, None now", "train.warmup_steps: None in the checkpoint, 3 now"]
+
+
+def test_summary_throughput_counts_training_steps_only(lora_run, tmp_path, monkeypatch, capsys):
+    """Validation and checkpoints that take 1000 s each (a clock jump, no real sleep) change neither the
+    summary's tokens/s nor metrics.jsonl's, and the summary's is the one metrics.jsonl's steps add up to."""
+    import time
+
+    from sftpipe.report import print_train
+
+    cfg, _ = lora_run
+    clock = {"offset": 0.0, "jumps": 0}
+    real_clock = time.perf_counter
+    monkeypatch.setattr(time, "perf_counter", lambda: real_clock() + clock["offset"])
+
+    def slow(original):
+        def run(*args, **kwargs):
+            clock["offset"] += 1000.0
+            clock["jumps"] += 1
+            return original(*args, **kwargs)
+        return run
+
+    monkeypatch.setattr(loop.Session, "validate", slow(loop.Session.validate))
+    monkeypatch.setattr(loop, "checkpoint", slow(loop.checkpoint))
+    slow_cfg = make_config(tmp_path, Path(cfg.model.name_or_path), [s.model_dump() for s in cfg.data.sources],
+                           data={"output_dir": cfg.data.output_dir},
+                           train={"max_steps": 4, "eval_every": 1, "save_every": 2, "log_every": 1})
+    result = loop.run(slow_cfg, resume="never")
+    assert clock["jumps"] == 7 and result.wall_s > 7000  # validation before + 4, checkpoints at steps 2 and 4
+
+    steps = [m for m in read_metrics(tmp_path / "run" / "logs" / "metrics.jsonl") if "tokens_per_s" in m]
+    assert [m["step"] for m in steps] == [1, 2, 3, 4]
+    tokens = [m["tokens"] - before for m, before in zip(steps, [0] + [m["tokens"] for m in steps[:-1]])]
+    seconds = [n / m["tokens_per_s"] for n, m in zip(tokens, steps)]
+    assert all(s < 1000 for s in seconds)  # no step's figure took a validation or checkpoint in
+    assert result.tokens_per_s == pytest.approx(sum(tokens) / sum(seconds), rel=1e-9)
+    assert result.tokens_per_s > sum(tokens) / 1000  # what including even one of them would give at most
+    print_train(result)
+    assert f"  {result.tokens_per_s:,.0f} tokens/s in training steps" in capsys.readouterr().out

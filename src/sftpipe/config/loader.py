@@ -17,11 +17,17 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from sftpipe.config.fields import all_fields, model_in
+from sftpipe.config.foreign_keys import FOREIGN_KEYS
 from sftpipe.config.schema import Config
 from sftpipe.errors import SftpipeError
 from sftpipe.redact import REDACTED, is_secret_key, redact
 
 PRESETS = ("default", "fast_test", "full_training", "low_memory")
+# Fields that say one thing two ways. A layer that sets either of them replaces both as the layers below it
+# set them, so a file's warmup_steps is not refused because its preset gives a warmup_ratio; one layer that
+# sets both is refused by the schema.
+ALTERNATIVES = (("train", ("warmup_steps", "warmup_ratio")),)
 
 
 class ConfigError(SftpipeError):
@@ -70,7 +76,7 @@ def load_config(
 
     merged: dict[str, Any] = {}
     for layer in layers:
-        merged = deep_merge(merged, layer.values)
+        merged = deep_merge(_without_alternatives(merged, layer.values), layer.values)
     try:
         return Config.model_validate(merged)
     except ValidationError as exc:
@@ -161,6 +167,17 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     return result
 
 
+def _without_alternatives(merged: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`merged` less the ALTERNATIVES that `update` replaces (see ALTERNATIVES)."""
+    out = copy.deepcopy(merged)
+    for section, keys in ALTERNATIVES:
+        given, below = update.get(section), out.get(section)
+        if isinstance(given, dict) and isinstance(below, dict) and any(k in given for k in keys):
+            for key in keys:
+                below.pop(key, None)
+    return out
+
+
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
     """Return `base` updated by `update`, merging nested mappings instead of replacing them."""
     out = copy.deepcopy(base)
@@ -177,10 +194,7 @@ def _describe(err: dict[str, Any], layers: list[_Layer]) -> str:
     dotted = ".".join(str(p) for p in loc) or "<top level>"
     origin = _origin_of(loc, layers)
     if err["type"] == "extra_forbidden":
-        valid = _valid_keys(loc[:-1])
-        hint = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
-        suggestion = f"did you mean '{hint[0]}'?" if hint else f"valid keys here: {', '.join(valid)}"
-        return f"{origin}: {dotted}: unknown key ({suggestion})"
+        return f"{origin}: {dotted}: unknown key ({_unknown_key_hint(loc)})"
     value = err.get("input")
     secret = any(isinstance(p, str) and is_secret_key(p) for p in loc)
     shown = "" if isinstance(value, dict) else f" = {REDACTED}" if secret else f" = {value!r}"
@@ -204,6 +218,20 @@ def _origin_of(loc: tuple[Any, ...], layers: list[_Layer]) -> str:
     return "defaults"
 
 
+def _unknown_key_hint(loc: tuple[Any, ...]) -> str:
+    """What to write instead of the unknown key at `loc`: sftpipe's key for another tool's key, the same key in
+    the section it belongs to, the nearest spelling in this section, or this section's keys."""
+    key = str(loc[-1])
+    if key in FOREIGN_KEYS:
+        return FOREIGN_KEYS[key]
+    elsewhere = [f.key for f in all_fields() if f.key.rsplit(".", 1)[-1] == key]
+    if elsewhere:
+        return f"sftpipe's key for it is {' or '.join(elsewhere)}"
+    valid = _valid_keys(loc[:-1])
+    hint = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    return f"did you mean '{hint[0]}'?" if hint else f"valid keys here: {', '.join(valid)}"
+
+
 def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
     model: type[BaseModel] = Config
     for part in loc:
@@ -212,18 +240,8 @@ def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
         field = model.model_fields.get(str(part))
         if field is None:
             return []
-        model = _model_in(field.annotation) or model
+        model = model_in(field.annotation) or model
     return sorted(model.model_fields)
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
 
 
 def dump_config(cfg: BaseModel) -> str:

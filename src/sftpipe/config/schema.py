@@ -1,13 +1,14 @@
 """Typed configuration: one model per config section, unknown keys are errors.
 
-Every field carries its help text in `description`, which `sftpipe show-config --help-fields` and the
-error messages reuse, so the schema is the single source of documentation for the config file.
+Every field carries its help text in `description`, which `sftpipe show-config --help-fields` prints with
+the field's type and default (see `fields.py`), so the schema is the single source of documentation for
+the config file.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -17,9 +18,9 @@ from sftpipe.config.data_sections import DecontamConfig, DedupConfig, FilterConf
 
 class ModelConfig(Section):
     name_or_path: str = Field(
-        "tiny/model",
-        description="Hugging Face model id or local directory. `sftpipe init-tiny --out tiny` builds the "
-        "embedded tiny model used by the demo and tests.",
+        "tiny",
+        description="Hugging Face model id or local directory. The default, tiny, is where `sftpipe init-tiny` "
+        "builds the embedded tiny model used by the demo and tests.",
     )
     tokenizer: str | None = Field(None, description="Tokenizer id or directory; defaults to name_or_path.")
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
@@ -143,7 +144,12 @@ class TrainConfig(Section):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not applied to biases and norms).")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
     scheduler: Literal["linear", "cosine", "constant"] = Field("cosine", description="LR schedule after warmup.")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of steps spent warming up linearly.")
+    warmup_ratio: float | None = Field(
+        0.03, ge=0, lt=1, description="Fraction of the optimizer steps spent warming up linearly (rounded down); "
+        "null when warmup_steps is set.")
+    warmup_steps: int | None = Field(
+        None, ge=0, description="Optimizer steps spent warming up linearly; when set, it replaces warmup_ratio "
+        "(a layer that sets one of the two replaces the other from the layers below: preset < file < --set).")
     max_grad_norm: float = Field(1.0, ge=0, description="Clip the global gradient norm; 0 disables clipping.")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="Mixed precision mode.")
     eval_every: int = Field(0, ge=0, description="Validate every N optimizer steps; 0 only at the end.")
@@ -181,6 +187,26 @@ class TrainConfig(Section):
         "logits allow.")
     compile: bool = Field(False, description="torch.compile the decoder (first steps are slower while it compiles).")
     pin_memory: bool = Field(True, description="Pin host memory of batches for faster copies to a CUDA device.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_warmup(cls, data: Any) -> Any:
+        """warmup_steps and warmup_ratio say one thing two ways: one of them is set, the other is null."""
+        if not isinstance(data, dict):
+            return data
+        steps, ratio = data.get("warmup_steps"), data.get("warmup_ratio", 0.03)
+        if steps is not None and ratio is not None and "warmup_ratio" in data:
+            raise ValueError(f"warmup_steps ({steps}) and warmup_ratio ({ratio}) are both set; keep one of them")
+        if steps is None and ratio is None:
+            raise ValueError("warmup_steps and warmup_ratio are both null; set one of them (0 for no warmup)")
+        return {**data, "warmup_ratio": None} if steps is not None else data
+
+    def num_warmup_steps(self, total_steps: int) -> int:
+        """Optimizer steps of linear warmup in a run of `total_steps`."""
+        if self.warmup_steps is not None:
+            return self.warmup_steps
+        assert self.warmup_ratio is not None  # _one_warmup
+        return int(self.warmup_ratio * total_steps)
 
 
 class ExecLimits(Section):

@@ -19,26 +19,62 @@ log = logging.getLogger(__name__)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+DEFAULT_MODEL = ModelConfig.model_fields["name_or_path"].default  # where `sftpipe init-tiny` writes by default
+MODEL_FILES = ("config.json",)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
 def check_local_path(source: str, field: str) -> None:
-    """Fail fast on a local-looking path that does not exist, instead of asking a hub for it."""
-    if source.startswith(("/", "./", "../", "~")) and not Path(source).expanduser().exists():
-        raise SftpipeError(f"{field} {source!r}: no such directory. For the embedded tiny model run "
-                           "`sftpipe init-tiny --out tiny` first.")
+    """Fail fast on a local path that does not exist, instead of asking the hub for it: one that looks local,
+    one inside a local model dir (`tiny/model` where tiny/ holds the model), or the default tiny model."""
+    path = Path(source).expanduser()
+    if path.exists():
+        return
+    local = (source.startswith(("/", "./", "../", "~")) or source == DEFAULT_MODEL
+             or any((parent / "config.json").is_file() for parent in path.parents if parent != Path(".")))
+    if local:
+        raise SftpipeError(f"{field} {source!r}: no such directory ({path.resolve()}). "
+                           + missing_dir_fix(source, field))
+
+
+def not_loadable_message(source: str, field: str, what: str, files: tuple[str, ...], error: Exception) -> str:
+    """Why no `what` (model or tokenizer) came from `source`: the local directory looked for, and the fix
+    that fits what is there. `files` are the files a directory holding one has (at least one of them)."""
+    path = Path(source).expanduser()
+    where = path.resolve()
+    if not path.is_dir():
+        return (f"{field} {source!r}: no directory {where}, and no {what} of that name on the Hugging Face Hub or "
+                f"in its cache ({error}). " + missing_dir_fix(source, field))
+    if not any((path / name).is_file() for name in files):
+        inner = [p for p in sorted(path.iterdir()) if p.is_dir() and any((p / name).is_file() for name in files)]
+        fix = f" {inner[0]} holds one: set {field}: {inner[0]}." if inner else ""
+        return f"{field} {source!r}: {where} holds no {what} (none of {', '.join(files)}).{fix}"
+    return f"{field} {source!r}: cannot load the {what} from {where} ({error})"
+
+
+def missing_dir_fix(source: str, field: str) -> str:
+    """What to do about a model path that does not exist: the model dir above it, or init-tiny for the default
+    (building a random tiny model helps nobody who named another model)."""
+    for parent in Path(source).expanduser().parents:
+        if parent != Path(".") and (parent / "config.json").is_file():
+            return f"{parent} holds a model: set {field}: {parent}."
+    if source == DEFAULT_MODEL:
+        return (f"Run `sftpipe init-tiny` in {Path.cwd()} to build the embedded tiny model there, or set {field} "
+                "to a Hub model id or a local model directory.")
+    return f"Set {field} to a Hub model id or a local model directory."
 
 
 def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     """The model's tokenizer, with a pad token guaranteed (eos when it has none)."""
     source = cfg.tokenizer or cfg.name_or_path
-    check_local_path(source, "model.tokenizer" if cfg.tokenizer else "model.name_or_path")
+    field = "model.tokenizer" if cfg.tokenizer else "model.name_or_path"
+    check_local_path(source, field)
     try:
         tokenizer = AutoTokenizer.from_pretrained(
             source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
         )
     except (OSError, ValueError) as exc:
-        raise SftpipeError(
-            f"model.tokenizer/name_or_path {source!r}: cannot load a tokenizer ({exc}). "
-            "For the embedded tiny model run `sftpipe init-tiny --out tiny` first."
-        ) from None
+        raise SftpipeError(not_loadable_message(source, field, "tokenizer", TOKENIZER_FILES, exc)) from None
     if tokenizer.pad_token is None:
         # Labels are masked by position, not by pad id, so pad == eos never hides the trained eos token.
         tokenizer.pad_token = tokenizer.eos_token
@@ -99,10 +135,7 @@ def load_model(cfg: ModelConfig, device: torch.device, path: str | Path | None =
             use_safetensors=True,
         )
     except (OSError, ValueError) as exc:
-        raise SftpipeError(
-            f"model.name_or_path {source!r}: cannot load the model ({exc}). "
-            "For the embedded tiny model run `sftpipe init-tiny --out tiny` first."
-        ) from None
+        raise SftpipeError(not_loadable_message(source, "model.name_or_path", "model", MODEL_FILES, exc)) from None
     return model.to(device)
 
 

@@ -1,7 +1,8 @@
 """`sftpipe doctor`: what this machine can run, what is missing, and how to install it.
 
 Optional packages are looked up by their installed metadata, not imported: importing flash-attn or
-bitsandbytes on a machine without a matching CUDA can crash the interpreter, and the doctor must not.
+liger-kernel on a machine without a matching CUDA can crash the interpreter, and the doctor must not. Only
+packages that sftpipe uses today are listed: one listed is one that changes what sftpipe can do.
 Environment variables that hold credentials are reported as set or not, never with their values.
 """
 
@@ -21,14 +22,12 @@ from sftpipe.preflight import Check
 from sftpipe.train.checkpoint import human_bytes
 
 REQUIRED = ("transformers", "peft", "accelerate", "datasets", "tokenizers", "safetensors", "pydantic")
-# distribution name -> (what it is for, how to install it, needs CUDA)
+# distribution name -> (what sftpipe uses it for, how to install it, needs CUDA)
 OPTIONAL = {
-    "flash-attn": ("model.attn_implementation: flash_attention_2", "pip install flash-attn --no-build-isolation",
-                   True),
-    "bitsandbytes": ("4-bit QLoRA", "pip install bitsandbytes", True),
-    "liger-kernel": ("fused Triton kernels (RMSNorm, RoPE, cross-entropy)", "pip install liger-kernel", True),
-    "deepspeed": ("DeepSpeed ZeRO launch configs", "pip install deepspeed", True),
-    "optuna": ("hyperparameter search", "pip install optuna", False),
+    "flash-attn": ("model.attn_implementation: flash_attention_2, varlen kernels for packed rows",
+                   "pip install flash-attn --no-build-isolation", True),
+    "liger-kernel": ("train.cross_entropy: liger, Liger's fused linear cross-entropy", "pip install 'sftpipe[liger]'",
+                     True),
 }
 CREDENTIAL_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "WANDB_API_KEY")
 

@@ -184,7 +184,7 @@ def _check_model(cfg: Config, checks: list[Check]) -> ModelPlan | None:
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from sftpipe.models.adapters import lora_config
-    from sftpipe.models.loading import check_local_path, pick_device, resolve_dtype
+    from sftpipe.models.loading import MODEL_FILES, check_local_path, not_loadable_message, pick_device, resolve_dtype
 
     source = cfg.model.name_or_path
     try:
@@ -195,7 +195,8 @@ def _check_model(cfg: Config, checks: list[Check]) -> ModelPlan | None:
         checks.append(Check("model", "fail", str(exc)))
         return None
     except (OSError, ValueError) as exc:
-        checks.append(Check("model", "fail", f"model.name_or_path {source!r}: cannot load its config ({exc})"))
+        checks.append(Check("model", "fail", not_loadable_message(source, "model.name_or_path", "model", MODEL_FILES,
+                                                                  exc)))
         return None
     if Path(source).is_dir() and not list(Path(source).glob("*.safetensors")):
         checks.append(Check("weights", "fail", f"{source}: no *.safetensors weights; sftpipe loads weights only "

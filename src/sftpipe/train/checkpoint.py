@@ -18,6 +18,7 @@ import os
 import random
 import re
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,8 @@ def save_checkpoint(
     config_text: str = "",
     rng_states: list[dict[str, Any]] | None = None,
     digests: bool = True,
+    *,
+    inference_files: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write checkpoint-<step> atomically, then apply retention.
 
@@ -78,6 +81,9 @@ def save_checkpoint(
         config_text: the resolved config (secrets redacted), stored for people reading the checkpoint.
         rng_states: `capture_rng()` of every process, by process index (default: this process only).
         digests: record each file's SHA-256 in the marker besides its size (costs a read of the checkpoint).
+        inference_files: writes, into the checkpoint being written, what besides the weights `eval`, `infer`
+            and `merge` need to use it on its own (tokenizer, generation config; see `saving`). Its files are
+            fsynced and listed in the COMPLETE marker like the rest.
 
     Returns:
         The checkpoint path.
@@ -95,6 +101,8 @@ def save_checkpoint(
         tmp.mkdir()
         failpoint("checkpoint.begin")
         model.save_pretrained(tmp, safe_serialization=True)
+        if inference_files is not None:
+            inference_files(tmp)
         failpoint("checkpoint.weights")
         save_optimizer(optimizer, tmp)
         save_scheduler(scheduler, tmp)

@@ -11,6 +11,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from sftpipe.config.loader import dump_config, save_config
-from sftpipe.config.schema import Config
+from sftpipe.config.schema import Config, TrainConfig
 from sftpipe.data.writer import load_split, read_manifest
 from sftpipe.errors import SftpipeError
 from sftpipe.evaluate.in_training import TrainingEval
@@ -36,7 +37,7 @@ from sftpipe.train.causal_lm import CausalLMLoss
 from sftpipe.train.checkpoint import TrainerState, capture_rng, save_checkpoint
 from sftpipe.train.microbatches import MicroBatchSource, TokenStore, build_plan, micro_batch_loader
 from sftpipe.train.resume import resume_from_latest_complete, run_fingerprint, trim_metrics
-from sftpipe.train.saving import save_final
+from sftpipe.train.saving import save_final, save_inference_files
 from sftpipe.train.tracking import MetricsLogger, write_run_manifest
 
 
@@ -53,8 +54,8 @@ class TrainResult:
     val_before: LossMetrics | None
     trainable_params: int
     total_params: int
-    tokens_per_s: float
-    wall_s: float
+    tokens_per_s: float  # real tokens per second spent in training steps (see Throughput)
+    wall_s: float  # the whole run: setup, validation and saving included
     resumed_from: Path | None
     packing_efficiency: float = float("nan")  # real tokens / token slots of the batches this run trained on
     main_process: bool = True  # False on the other processes of a multi-process launch (they print nothing)
@@ -107,28 +108,42 @@ class Session:
 
 
 class Throughput:
-    """Real tokens, token slots and trained tokens since the last log line and since this process started."""
+    """Real tokens, token slots and trained tokens over the seconds spent in training steps, since the last log
+    line and since this process started.
+
+    Only the steps' own time counts (fetching the batches, forward, backward, optimizer): validation,
+    in-training eval and checkpoints between steps would otherwise lower the figures of whichever step
+    follows them, and the run's figure by however long they took.
+    """
 
     def __init__(self):
         self.run_real = self.run_slots = 0
+        self.run_seconds = 0.0
         self._reset()
 
     def _reset(self) -> None:
         self.real = self.slots = self.trained = 0
-        self.started = time.perf_counter()
+        self.seconds = 0.0
 
-    def add(self, real: int, slots: int, trained: int) -> None:
+    def add(self, real: int, slots: int, trained: int, seconds: float) -> None:
+        """Count one optimizer step that took `seconds`."""
         self.real, self.slots, self.trained = self.real + real, self.slots + slots, self.trained + trained
+        self.seconds += seconds
         self.run_real, self.run_slots = self.run_real + real, self.run_slots + slots
+        self.run_seconds += seconds
 
     def take(self) -> dict[str, float]:
-        """The figures of the window since the last call, for a log line; starts a new window."""
-        elapsed = time.perf_counter() - self.started
-        figures = {"tokens_per_s": self.real / elapsed if elapsed > 0 else 0.0,
-                   "trained_tokens_per_s": self.trained / elapsed if elapsed > 0 else 0.0,
+        """The figures of the steps since the last call, for a log line; starts a new window."""
+        figures = {"tokens_per_s": self.real / self.seconds if self.seconds > 0 else 0.0,
+                   "trained_tokens_per_s": self.trained / self.seconds if self.seconds > 0 else 0.0,
                    "packing_efficiency": self.real / self.slots if self.slots else 1.0}
         self._reset()
         return figures
+
+    @property
+    def run_tokens_per_s(self) -> float:
+        """Real tokens per second of training step of this process's run (a resumed run: since it resumed)."""
+        return self.run_real / self.run_seconds if self.run_seconds > 0 else 0.0
 
     @property
     def run_efficiency(self) -> float:
@@ -139,13 +154,26 @@ class Throughput:
 # resumes from the whole model and optimizer on the main process: under these it would checkpoint one shard
 # and a resumed run would diverge without a word, so they are refused until sharded checkpoints are built.
 SHARDED_DISTRIBUTIONS = frozenset({"FSDP", "DEEPSPEED", "MEGATRON_LM"})
+# How `accelerate launch` (its flags or an `accelerate config` file) tells the launched process to shard: what
+# `Accelerator(...)` reads, compared as accelerate compares it. Building the Accelerator under these fails
+# before check_distribution could run (FSDP's plugin needs a GPU, DeepSpeed and Megatron-LM must be installed),
+# so they are read first.
+SHARDED_LAUNCH_ENV = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DEEPSPEED",
+                      "ACCELERATE_USE_MEGATRON_LM": "MEGATRON_LM"}
 
 
-def check_distribution(distributed_type: str) -> None:
+def check_launch_environment(environ: Mapping[str, str]) -> None:
+    """Refuse a sharded `accelerate launch` from the environment it set, before an Accelerator is built."""
+    for variable, distributed_type in SHARDED_LAUNCH_ENV.items():
+        if environ.get(variable, "false").lower() == "true":
+            check_distribution(distributed_type, f" ({variable}={environ[variable]} in the environment)")
+
+
+def check_distribution(distributed_type: str, origin: str = "") -> None:
     """Refuse an accelerate launch whose sharding the loop cannot checkpoint (see SHARDED_DISTRIBUTIONS)."""
     if distributed_type in SHARDED_DISTRIBUTIONS:
         raise SftpipeError(
-            f"accelerate is set up for {distributed_type}, which `sftpipe train` does not support yet: its "
+            f"accelerate is set up for {distributed_type}{origin}, which `sftpipe train` does not support yet: its "
             "checkpoints hold the whole model and optimizer state of one process, so a sharded run could not "
             "be resumed correctly. Launch with DDP instead (`accelerate launch --multi_gpu --num_processes N "
             "-m sftpipe.cli train ...`, or `accelerate config` without FSDP/DeepSpeed); LoRA and models that "
@@ -195,13 +223,14 @@ def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainR
     s.accelerator.end_training()
     wall = time.perf_counter() - t0
     return TrainResult(s.run_dir, s.state.step, final_dir, step_loss, last_val, val_before, s.trainable, s.total,
-                       s.state.tokens_seen / wall if wall else 0.0, wall, s.resumed_from, throughput.run_efficiency,
+                       throughput.run_tokens_per_s, wall, s.resumed_from, throughput.run_efficiency,
                        s.accelerator.is_main_process)
 
 
 def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
     """Load data, tokenizer and model; plan the batches; resume from a checkpoint where there is one."""
     tc = cfg.train
+    check_launch_environment(os.environ)
     device = pick_device(tc.device)
     accelerator = Accelerator(
         cpu=device.type == "cpu",
@@ -241,8 +270,7 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
                               accelerator.process_index, flat=attention in VARLEN_ATTENTION)
     total_micro = tc.max_steps * tc.grad_accum if tc.max_steps else math.ceil(tc.epochs * plan.micro_batches_per_epoch)
     total_steps = math.ceil(total_micro / tc.grad_accum)
-    scheduler = get_scheduler(tc.scheduler, optimizer, num_warmup_steps=int(tc.warmup_ratio * total_steps),
-                              num_training_steps=total_steps)
+    scheduler = build_scheduler(tc, optimizer, total_steps)
     loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
 
     fingerprint = run_fingerprint(cfg, data_dir, manifest["tokenizer"]["sha256"], accelerator.num_processes)
@@ -265,6 +293,16 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
                    MicroBatchSource(plan, layout, store, tokenizer.pad_token_id), total_micro, total_steps, fingerprint, state, resumed_from, logger, trainable, total)
 
 
+# transformers' "constant" schedule ignores num_warmup_steps; "constant_with_warmup" with 0 steps is constant.
+_SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+
+
+def build_scheduler(tc: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int) -> Any:
+    """The LR schedule of `tc.scheduler` after a linear warmup of `tc.num_warmup_steps(total_steps)` steps."""
+    return get_scheduler(_SCHEDULES[tc.scheduler], optimizer, num_warmup_steps=tc.num_warmup_steps(total_steps),
+                         num_training_steps=total_steps)
+
+
 def train_steps(s: Session) -> tuple[float, LossMetrics | None, Throughput]:
     """Optimizer steps from `s.state.step` to the end: log, validate, evaluate and checkpoint as configured.
 
@@ -283,6 +321,7 @@ def train_steps(s: Session) -> tuple[float, LossMetrics | None, Throughput]:
                                          tc.pin_memory and acc.device.type == "cuda"))
     while state.step < s.total_steps:
         failpoint("train.step")
+        step_started = time.perf_counter()
         micro_ids = range(state.micro_batch, min(state.micro_batch + tc.grad_accum, s.total_micro))
         micro = [next(batch_iter) for _ in micro_ids]
         loss_total, step_tokens = accumulate_gradients(s.loss_model, [mb.inputs for mb in micro], acc)
@@ -300,7 +339,7 @@ def train_steps(s: Session) -> tuple[float, LossMetrics | None, Throughput]:
         state.micro_batch = micro_ids.stop
         state.tokens_seen += seen
         state.trained_tokens_seen += step_tokens
-        throughput.add(seen, slots, step_tokens)
+        throughput.add(seen, slots, step_tokens, time.perf_counter() - step_started)
         is_last = state.step == s.total_steps
         if state.step % tc.log_every == 0 or is_last:
             figures = throughput.take()
@@ -333,9 +372,13 @@ def checkpoint(s: Session) -> None:
     rng_states = gather_object([capture_rng()])  # each process draws its own dropout masks
     if acc.is_main_process:
         tc = s.cfg.train
-        save_checkpoint(s.run_dir, s.state, acc.unwrap_model(s.model), s.optimizer, s.scheduler,
-                        tc.save_total_limit, s.fingerprint, dump_config(s.cfg), rng_states,
-                        digests=tc.checkpoint_digests)
+        model = acc.unwrap_model(s.model)
+
+        def inference_files(out: Path) -> None:  # so eval, infer and merge can use the checkpoint as final/
+            save_inference_files(out, model, s.tokenizer, s.manifest, s.cfg)
+
+        save_checkpoint(s.run_dir, s.state, model, s.optimizer, s.scheduler, tc.save_total_limit, s.fingerprint,
+                        dump_config(s.cfg), rng_states, digests=tc.checkpoint_digests, inference_files=inference_files)
     acc.wait_for_everyone()
 
 

@@ -1,8 +1,10 @@
-"""Write `final/`: adapter or full model, the tokenizer carrying the training template, generation config.
+"""Write `final/` and the inference files of every checkpoint: the tokenizer carrying the training template,
+the generation config and sftpipe.json, beside the adapter or full model.
 
 The tokenizer saved here has `chat_template` set to the exact template used in training, so any tool
 that calls `apply_chat_template` on this directory (sftpipe infer, transformers, vLLM) prompts the model
-the way it was trained.
+the way it was trained. Checkpoints get the same files as final/, so `eval`, `infer` and `merge` take a
+checkpoint dir as they take final/.
 """
 
 from __future__ import annotations
@@ -31,6 +33,22 @@ def save_final(final: Path, model: torch.nn.Module, tokenizer: PreTrainedTokeniz
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     model.save_pretrained(out, safe_serialization=True)
+    save_inference_files(out, model, tokenizer, manifest, cfg)
+    failpoint("final.written")
+    if final.exists():
+        shutil.rmtree(final)
+    out.rename(final)
+
+
+def save_inference_files(out: Path, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, manifest: dict,
+                         cfg: Config) -> None:
+    """Write what, besides the weights, makes `out` loadable on its own: the tokenizer with the training
+    template, the generation config (every end-of-turn token a stop token) and sftpipe.json.
+
+    Args:
+        out: the directory `model.save_pretrained` wrote (final/ or a checkpoint being written).
+        manifest: the data dir's manifest (template text and name, tokenizer hash).
+    """
     save_tokenizer_with_template(tokenizer, manifest["template"]["text"], out)
     base = model.get_base_model() if isinstance(model, peft.PeftModel) else model
     generation_config(base.generation_config, tokenizer).save_pretrained(out)
@@ -42,10 +60,6 @@ def save_final(final: Path, model: torch.nn.Module, tokenizer: PreTrainedTokeniz
         "tokenizer_sha256": manifest["tokenizer"]["sha256"],
     }
     (out / INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
-    failpoint("final.written")
-    if final.exists():
-        shutil.rmtree(final)
-    out.rename(final)
 
 
 def save_tokenizer_with_template(tokenizer: PreTrainedTokenizerBase, template: str, out: Path) -> None:
