@@ -122,3 +122,20 @@ def test_resumed_run_is_bitwise_identical(references, dropout_model, monkeypatch
         assert not diffs, "\n".join(diffs[:10])
     else:
         assert any(d.startswith("weights:") for d in diffs), f"sabotage {sabotage} went unnoticed"
+
+
+def test_a_setting_added_after_the_checkpoint_matches_only_at_its_default():
+    """A checkpoint written before a setting existed ran with that setting's default: resuming at the default
+    is the same run; resuming with another value is not."""
+    from sftpipe.train.resume import fingerprint_differences, setting_defaults
+
+    defaults = setting_defaults()
+    assert defaults["train.warmup_steps"] is None
+    common = {"data_sha256": "d", "tokenizer_sha256": "t", "model_sha256": "m", "world_size": 1}
+    current = {"config": {"train.lr": 1e-3, "train.warmup_steps": None}, **common}
+    old = {"config": {"train.lr": 1e-3}, **common}  # written before train.warmup_steps existed
+    assert fingerprint_differences(old, current) == []
+    changed = {**current, "config": {"train.lr": 1e-3, "train.warmup_steps": 5}}
+    assert fingerprint_differences(old, changed) == ["train.warmup_steps: None in the checkpoint, 5 now"]
+    unknown = {**current, "config": {**current["config"], "train.not_a_field": 1}}
+    assert fingerprint_differences(old, unknown) == ["train.not_a_field: '<not set>' in the checkpoint, 1 now"]

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from sftpipe.config.schema import Config
+from sftpipe.config.schema import Config, LoraConfig, ModelConfig, TrainConfig
 from sftpipe.errors import SftpipeError
 from sftpipe.redact import redact
 from sftpipe.train.checkpoint import (
@@ -122,12 +122,22 @@ def sampled_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def setting_defaults() -> dict[str, Any]:
+    """The default of every fingerprinted setting, as it appears in a fingerprint."""
+    sections = {"model": ModelConfig(), "train": TrainConfig(), "lora": LoraConfig()}
+    return {f"{name}.{key}": value for name, section in sections.items()
+            for key, value in redact(section.model_dump(mode="json")).items()}
+
+
 def fingerprint_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """One line per difference between a checkpoint's fingerprint and the current run's."""
     diffs = []
     saved_cfg, current_cfg = saved.get("config", {}), current["config"]
+    defaults = setting_defaults()
     for key in sorted(set(saved_cfg) | set(current_cfg)):
-        before, now = saved_cfg.get(key, "<not set>"), current_cfg.get(key, "<not set>")
+        now = current_cfg.get(key, "<not set>")
+        # a setting added to sftpipe after the checkpoint was written: the checkpoint ran with its default
+        before = saved_cfg.get(key, defaults.get(key, "<not set>"))
         if before != now:
             diffs.append(f"{key}: {before!r} in the checkpoint, {now!r} now")
     labels = {"data_sha256": "data (prepared data dir content)", "tokenizer_sha256": "tokenizer",
