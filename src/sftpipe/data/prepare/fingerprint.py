@@ -19,7 +19,7 @@ import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from sftpipe.data.records import Conversation
-from sftpipe.data.spill import SpillFile
+from sftpipe.data.prepare.spill import SpillFile
 
 WORD_RE = re.compile(r"\w+")
 BAND_BLOCK_ROWS = 8192

@@ -24,7 +24,7 @@ import numpy as np
 
 from sftpipe.config.data_sections import DecontamConfig, DedupConfig, EvalSetConfig
 from sftpipe.config.schema import SourceConfig
-from sftpipe.data.dedup import (
+from sftpipe.data.prepare.fingerprint import (
     WORD_RE,
     NearDuplicateIndex,
     NgramIndex,
@@ -36,7 +36,7 @@ from sftpipe.data.dedup import (
 )
 from sftpipe.data.readers import read_source
 from sftpipe.data.records import Conversation, RecordError
-from sftpipe.data.split import SPLIT_NAMES, TEST, TRAIN, VAL
+from sftpipe.data.prepare.split import SPLIT_NAMES, TEST, TRAIN, VAL
 from sftpipe.errors import SftpipeError
 
 KEPT, EXACT_DUP, NEAR_DUP, CONTAM_NEAR, CONTAM_NGRAM = range(5)
@@ -119,7 +119,7 @@ def find_ngram_overlaps(removals: Removals, split: np.ndarray, chunks: list[tupl
     """
     if not cfg.eval_sets and not cfg.ngram_against_splits:
         return
-    from sftpipe.data.scan import read_chunk
+    from sftpipe.data.prepare.scan import read_chunk
 
     index = NgramIndex(cfg.ngram)
     for k, (name, location, text) in enumerate(read_eval_sets(cfg.eval_sets)):
