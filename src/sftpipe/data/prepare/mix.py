@@ -1,4 +1,5 @@
-"""Weighted mixing of sources in the train split: up- and down-sampling to target shares, deterministically.
+"""Stage 5 of prepare: weighted mixing of sources in the train split, up- and down-sampled to target shares,
+deterministically.
 
 Each source s gets the target T_s = total * w_s / sum(w) in the configured unit (examples, tokens or
 trained tokens). It contributes every kept example floor(T_s / A_s) times (A_s: what it has), plus a

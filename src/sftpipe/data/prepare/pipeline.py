@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 
 from sftpipe.config.schema import Config
 from sftpipe.data.prepare.card import data_card, length_figures, write_histogram_svg
-from sftpipe.data.prepare.decontam import KEPT, find_duplicates, find_ngram_overlaps
+from sftpipe.data.prepare.decontam import find_ngram_overlaps
+from sftpipe.data.prepare.dedup import KEPT, find_duplicates
 from sftpipe.data.prepare.fingerprint import SignatureStore
 from sftpipe.data.prepare.ledger import Ledger
 from sftpipe.data.prepare.mix import plan_mix

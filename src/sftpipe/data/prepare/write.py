@@ -1,4 +1,4 @@
-"""Stage 5 of prepare: copy the kept examples from the chunk files into sharded split dirs (train rows
+"""Stage 6 of prepare: copy the kept examples from the chunk files into sharded split dirs (train rows
 repeated as the mix says), and write a ledger entry for every example removed by dedup or decontamination.
 
 Chunks are read one at a time, so memory is bounded by the chunk size.
@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sftpipe.config.schema import DataConfig
-from sftpipe.data.prepare.decontam import CONTAM_NEAR, CONTAM_NGRAM, KEPT, NEAR_DUP, REASONS, Removals, against
+from sftpipe.data.prepare.dedup import CONTAM_NEAR, CONTAM_NGRAM, KEPT, NEAR_DUP, REASONS, Removals, against
 from sftpipe.data.prepare.ledger import Ledger, Rejection
 from sftpipe.data.prepare.scan import LocationStore, read_chunk
 from sftpipe.data.prepare.shards import ShardWriter
