@@ -8,7 +8,7 @@ import pytest
 
 from sftpipe.config import Config
 from sftpipe.config.schema import CodeEvalConfig
-from sftpipe.evaluate.execute import Executor
+from sftpipe.evaluate.execution.executor import Executor
 from sftpipe.evaluate.genmetrics import generation_stats
 from sftpipe.evaluate.metrics import LossMetrics
 from sftpipe.evaluate.passk import pass_at_k

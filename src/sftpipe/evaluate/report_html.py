@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from jinja2 import Environment
 from markupsafe import Markup
 
-from sftpipe.evaluate.verdicts import VERDICTS
+from sftpipe.evaluate.execution.verdicts import VERDICTS
 
 if TYPE_CHECKING:
     from sftpipe.config.schema import Config

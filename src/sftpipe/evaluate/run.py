@@ -16,7 +16,7 @@ from pathlib import Path
 from sftpipe.config.schema import Config
 from sftpipe.data.writer import load_split, read_manifest
 from sftpipe.errors import SftpipeError
-from sftpipe.evaluate.execute import Executor
+from sftpipe.evaluate.execution.executor import Executor
 from sftpipe.evaluate.generation import DecodingSettings
 from sftpipe.evaluate.metrics import LossMetrics, evaluate_loss
 from sftpipe.evaluate.problems import EvalItem, items_from_split, load_items, unique_ids
