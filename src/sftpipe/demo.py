@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from sftpipe.config import load_config
-from sftpipe.tiny import find_examples_dir, init_tiny
+from sftpipe.models.tiny import find_examples_dir, init_tiny
 
 
 def demo_config(out: Path, examples: Path, quick: bool = False) -> dict:
