@@ -15,7 +15,7 @@ from sftpipe.evaluate.execution.verdicts import VERDICTS
 
 if TYPE_CHECKING:
     from sftpipe.config.schema import Config
-    from sftpipe.evaluate.run import EvalResult
+    from sftpipe.evaluate.result import EvalResult
 
 COLORS = {"pass": "#2e7d32", "wrong_answer": "#ef6c00", "compile_error": "#6a1b9a", "runtime_error": "#c62828",
           "timeout": "#455a64"}
