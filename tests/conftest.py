@@ -12,7 +12,7 @@ import torch
 
 from sftpipe.cli import quiet_libraries
 from sftpipe.config import Config, load_config
-from sftpipe.tiny import init_tiny
+from sftpipe.models.tiny import init_tiny
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"

@@ -27,8 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from sftpipe.config.schema import CodeEvalConfig
-from sftpipe.evaluate.execute import Executor
-from sftpipe.evaluate.problems import CodeProblem
+from sftpipe.evaluate.execution.executor import Executor
+from sftpipe.evaluate.execution.problem import CodeProblem
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -216,7 +216,7 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     from make_alpaca import make_records
 
-    from sftpipe.tiny import init_tiny
+    from sftpipe.models.tiny import init_tiny
 
     work = args.work or Path(tempfile.mkdtemp(prefix="sftpipe-bench-"))
     work.mkdir(parents=True, exist_ok=True)

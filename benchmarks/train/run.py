@@ -79,7 +79,7 @@ def build_workdir(workdir: Path, conversations: int, seed: int) -> Path:
     from sftpipe.cli import quiet_libraries
     from sftpipe.config import load_config
     from sftpipe.data import prepare
-    from sftpipe.tiny import init_tiny
+    from sftpipe.models.tiny import init_tiny
 
     quiet_libraries()
     model_dir = workdir / "tiny"

@@ -225,7 +225,7 @@ def cmd_show_config(args: argparse.Namespace) -> int:
 
 
 def cmd_init_tiny(args: argparse.Namespace) -> int:
-    from sftpipe.tiny import init_tiny
+    from sftpipe.models.tiny import init_tiny
 
     result = init_tiny(args.out, size=args.size, seed=args.seed, corpus=args.corpus)
     print(f"tiny model: {result.out_dir} ({result.num_params:,} params, vocab {result.vocab_size})")

@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from sftpipe.config import load_config
-from sftpipe.tiny import find_examples_dir, init_tiny
+from sftpipe.models.tiny import find_examples_dir, init_tiny
 
 
 def demo_config(out: Path, examples: Path, quick: bool = False) -> dict:
@@ -55,7 +55,7 @@ def _pass_at_1_line(before, after, report: Path) -> str:
 
 def missing_execution(cfg) -> str | None:
     """Why the demo cannot compile and run the generated Haskell here (None when it can)."""
-    from sftpipe.evaluate.execute import Executor
+    from sftpipe.evaluate.execution.executor import Executor
 
     return Executor(cfg.eval.code).missing_toolchain("haskell")
 

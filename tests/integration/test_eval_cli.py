@@ -69,7 +69,7 @@ def test_eval_without_ghc_says_execution_was_skipped(haskell_cfg, tiny_dir, caps
 
 
 def test_compare_same_model_is_identical_and_other_model_differs(haskell_cfg, tiny_dir, tmp_path):
-    from sftpipe.tiny import init_tiny
+    from sftpipe.models.tiny import init_tiny
 
     tmp, _ = haskell_cfg
     other = tmp_path / "other"

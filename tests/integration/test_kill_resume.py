@@ -3,7 +3,7 @@
 One chain = one run dir: start `sftpipe train`, kill it with SIGKILL, start it again (it resumes from the
 newest complete checkpoint), kill it again, ... then let the last start finish. Kills come in two kinds:
 failpoints (the process SIGKILLs itself at a named place, e.g. between a checkpoint's rename and its
-COMPLETE marker, see `sftpipe.faults`) and timed kills (the test sends SIGKILL after a random delay), both
+COMPLETE marker, see `sftpipe.train.faults`) and timed kills (the test sends SIGKILL after a random delay), both
 drawn from a seeded RNG. The chain's final weights and its whole metrics.jsonl (less wall-clock fields)
 must equal those of an uninterrupted `sftpipe train` started from a shell. The negative control resumes
 from a checkpoint whose data position was tampered with and shows the same comparison then fails.
@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from sftpipe.data import prepare
-from sftpipe.faults import ENV, POINTS
 from sftpipe.train.checkpoint import COMPLETE, STATE, complete_checkpoints, file_digests, verify_checkpoint
+from sftpipe.train.faults import ENV, POINTS
 from tests.cli_forkserver import start_cli
 from tests.conftest import make_config, pc_records, write_jsonl
 from tests.run_compare import run_differences

@@ -4,7 +4,7 @@ import json
 import xml.etree.ElementTree as ET
 
 from sftpipe.data import prepare
-from sftpipe.data.card import HISTOGRAM_BINS
+from sftpipe.data.prepare.card import HISTOGRAM_BINS
 from sftpipe.data.templates import CHATML
 from sftpipe.models.loading import tokenizer_sha256
 from tests.conftest import distinct_records, make_config, write_jsonl

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from sftpipe.data import prepare
-from sftpipe.data.dedup import NgramIndex, Signer, compared_turns, content_hash
+from sftpipe.data.prepare.fingerprint import NgramIndex, Signer, compared_turns, content_hash
 from sftpipe.data.records import Conversation
 from sftpipe.data.writer import read_manifest
 from tests.conftest import distinct_records, write_jsonl
@@ -208,7 +208,7 @@ def test_every_removal_is_counted_once(tmp_path, tiny_dir):
 
 
 def test_repeated_marks_exactly_the_values_that_occur_twice_or_more():
-    from sftpipe.data.dedup import repeated
+    from sftpipe.data.prepare.fingerprint import repeated
 
     values = np.array([5, 3, 5, 9, 1, 3, 3, 7], dtype=np.uint64)
     assert repeated(values).tolist() == [True, True, True, False, False, True, True, False]
@@ -216,7 +216,7 @@ def test_repeated_marks_exactly_the_values_that_occur_twice_or_more():
 
 
 def test_only_band_colliding_rows_are_candidates(tmp_path):
-    from sftpipe.data.dedup import NearDuplicateIndex, SignatureStore
+    from sftpipe.data.prepare.fingerprint import NearDuplicateIndex, SignatureStore
 
     signer = Signer(128, 3)
     words = [[f"t{k}w{i}" for i in range(40)] for k in range(50)]

@@ -1,14 +1,14 @@
 """From generation text to a buildable program: fences, module headers, main, imports, pragmas, MultiPL-E."""
 
-from sftpipe.evaluate.extract import (
+from sftpipe.evaluate.execution.extract import (
     extract_code,
     forbidden_haskell,
     normalise_code,
     program_for,
     split_haskell,
 )
-from sftpipe.evaluate.haskell_exec import harness_module, haskell_string, multiple_checks
-from sftpipe.evaluate.problems import CodeProblem
+from sftpipe.evaluate.execution.problem import CodeProblem
+from sftpipe.evaluate.execution.runners.haskell import harness_module, haskell_string, multiple_checks
 
 
 def test_extract_prefers_blocks_tagged_with_the_language():

@@ -7,8 +7,8 @@ import pytest
 
 from sftpipe.config.schema import CodeEvalConfig
 from sftpipe.errors import SftpipeError
-from sftpipe.evaluate.execute import Executor
-from sftpipe.evaluate.extract import program_for
+from sftpipe.evaluate.execution.executor import Executor
+from sftpipe.evaluate.execution.extract import program_for
 from sftpipe.evaluate.problems import CodeProblem, load_items
 from tests.conftest import EXAMPLES
 
@@ -101,8 +101,8 @@ def test_multiple_e_haskell_format(tmp_path):
 
 
 def test_a_batch_whose_compiler_dies_is_rebuilt_one_by_one(monkeypatch):
-    from sftpipe.evaluate.haskell_exec import HaskellRunner
-    from sftpipe.evaluate.sandbox import Completed
+    from sftpipe.evaluate.execution.runners.haskell import HaskellRunner
+    from sftpipe.evaluate.execution.sandbox import Completed
 
     real = HaskellRunner._ghc
     calls = []

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from sftpipe.config.schema import CodeEvalConfig
-from sftpipe.evaluate.execute import Executor, plan_batches
-from sftpipe.evaluate.extract import program_for
+from sftpipe.evaluate.execution.executor import Executor, plan_batches
+from sftpipe.evaluate.execution.extract import program_for
 from sftpipe.evaluate.problems import CodeProblem, load_items
 
 TESTS = "assert add(2, 3) == 5\nassert add(-1, 1) == 0\n"

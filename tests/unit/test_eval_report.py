@@ -8,13 +8,14 @@ import pytest
 
 from sftpipe.config import Config
 from sftpipe.config.schema import CodeEvalConfig
-from sftpipe.evaluate.execute import Executor
+from sftpipe.evaluate.execution.executor import Executor
 from sftpipe.evaluate.genmetrics import generation_stats
 from sftpipe.evaluate.metrics import LossMetrics
 from sftpipe.evaluate.passk import pass_at_k
 from sftpipe.evaluate.problems import CodeProblem, EvalItem
 from sftpipe.evaluate.report_html import render_report
-from sftpipe.evaluate.run import EvalResult, deltas
+from sftpipe.evaluate.result import EvalResult
+from sftpipe.evaluate.run import deltas
 from sftpipe.evaluate.suite import SampleRecord, SuiteResult, judge
 
 TESTS = "assert double(2) == 4\nassert double(0) == 0\n"

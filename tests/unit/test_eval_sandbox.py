@@ -12,8 +12,8 @@ import uuid
 import pytest
 
 from sftpipe.errors import SftpipeError
-from sftpipe.evaluate import sandbox as sandbox_mod
-from sftpipe.evaluate.sandbox import Limits, Sandbox, available_isolation, interpreter_paths
+from sftpipe.evaluate.execution import sandbox as sandbox_mod
+from sftpipe.evaluate.execution.sandbox import Limits, Sandbox, available_isolation, interpreter_paths
 
 MODES = available_isolation()
 LIMITS = Limits(timeout_s=5, memory_mb=512)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from sftpipe.config.schema import CodeEvalConfig
-from sftpipe.evaluate.execute import Executor
+from sftpipe.evaluate.execution.executor import Executor
 from sftpipe.evaluate.problems import load_items
 from tests.conftest import EXAMPLES
 

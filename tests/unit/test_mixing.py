@@ -10,7 +10,7 @@ import pytest
 
 from sftpipe.config.data_sections import MixConfig
 from sftpipe.data import prepare
-from sftpipe.data.mixing import plan_mix
+from sftpipe.data.prepare.mix import plan_mix
 from sftpipe.data.writer import read_manifest
 from sftpipe.errors import SftpipeError
 from tests.conftest import distinct_records, make_config, write_jsonl

@@ -11,7 +11,8 @@ import textwrap
 import datasets
 import pytest
 
-from sftpipe.data import prepare, scan
+from sftpipe.data import prepare
+from sftpipe.data.prepare import scan
 from sftpipe.data.writer import load_split
 from sftpipe.errors import SftpipeError
 from tests.conftest import REPO, distinct_records, make_config, write_jsonl

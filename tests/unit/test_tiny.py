@@ -5,7 +5,7 @@ import json
 import pytest
 
 from sftpipe.errors import SftpipeError
-from sftpipe.tiny import corpus_texts, init_tiny
+from sftpipe.models.tiny import corpus_texts, init_tiny
 
 
 def test_json_corpus_file_gives_its_strings(tmp_path):

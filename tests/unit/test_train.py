@@ -14,7 +14,7 @@ from sftpipe.data import prepare
 from sftpipe.data.writer import load_split
 from sftpipe.errors import SftpipeError
 from sftpipe.models.adapters import build_trainable_model
-from sftpipe.tiny import init_tiny
+from sftpipe.models.tiny import init_tiny
 from sftpipe.train import loop
 from sftpipe.train.batching import collate
 from sftpipe.train.causal_lm import CausalLMLoss

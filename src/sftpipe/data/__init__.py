@@ -1,1 +1,2 @@
-"""Data preparation: readers, formats, templates, tokenization with loss masks, data dir writer."""
+"""Data: the record model and per-record work (readers, formats, templates, tokenization with loss masks,
+filters, syntax checks), the data dir's contract (writer.py), and the prepare stage (prepare/)."""

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sftpipe.config.schema import SourceConfig
-from sftpipe.data.ledger import EXCERPT_CHARS
-from sftpipe.data.records import RecordError
+from sftpipe.data.records import EXCERPT_CHARS, RecordError
 from sftpipe.errors import SftpipeError
 
 RawRecord = tuple[str, "dict[str, Any] | RecordError"]

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ROLES = ("system", "user", "assistant")
+EXCERPT_CHARS = 500  # of a rejected record, as shown in rejected.jsonl
 
 
 @dataclass

@@ -23,8 +23,8 @@ from sftpipe.redact import redact
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
-    from sftpipe.data.ledger import Ledger
-    from sftpipe.data.prepare import PrepareResult
+    from sftpipe.data.prepare.ledger import Ledger
+    from sftpipe.data.prepare.results import PrepareResult
 
 SPLITS = ("train", "val", "test")
 MANIFEST = "manifest.json"

@@ -17,7 +17,7 @@ from transformers import PreTrainedTokenizerBase
 from sftpipe.config.schema import Config
 from sftpipe.data.writer import read_manifest
 from sftpipe.errors import SftpipeError
-from sftpipe.evaluate.execute import Executor
+from sftpipe.evaluate.execution.executor import Executor
 from sftpipe.evaluate.generation import DecodingSettings
 from sftpipe.evaluate.problems import EvalItem, items_from_split, unique_ids
 from sftpipe.evaluate.suite import make_executor, run_suite

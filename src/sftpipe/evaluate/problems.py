@@ -20,27 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from sftpipe.errors import SftpipeError
+from sftpipe.evaluate.execution.problem import CodeProblem
 
 LANGUAGES = ("haskell", "python")
 MULTIPLE_LANGUAGES = {"hs": "haskell", "haskell": "haskell", "py": "python", "python": "python"}
 FENCE_TAG = {"haskell": "haskell", "python": "python"}
-
-
-@dataclass(frozen=True)
-class CodeProblem:
-    """A problem whose answers are judged by running tests.
-
-    style: `sftpipe` (the tests are a program/module built with the solution) or `multipl-e` (the
-    solution continues `prompt_code` and the tests follow it).
-    """
-
-    id: str
-    language: str
-    tests: str
-    style: str = "sftpipe"
-    entry_point: str | None = None
-    prompt_code: str = ""
-    stop_tokens: tuple[str, ...] = ()
 
 
 @dataclass

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING
 from jinja2 import Environment
 from markupsafe import Markup
 
-from sftpipe.evaluate.verdicts import VERDICTS
+from sftpipe.evaluate.execution.verdicts import VERDICTS
 
 if TYPE_CHECKING:
     from sftpipe.config.schema import Config
-    from sftpipe.evaluate.run import EvalResult
+    from sftpipe.evaluate.result import EvalResult
 
 COLORS = {"pass": "#2e7d32", "wrong_answer": "#ef6c00", "compile_error": "#6a1b9a", "runtime_error": "#c62828",
           "timeout": "#455a64"}

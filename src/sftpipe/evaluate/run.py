@@ -10,46 +10,18 @@ from __future__ import annotations
 import gc
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftpipe.config.schema import Config
 from sftpipe.data.writer import load_split, read_manifest
 from sftpipe.errors import SftpipeError
-from sftpipe.evaluate.execute import Executor
+from sftpipe.evaluate.execution.executor import Executor
 from sftpipe.evaluate.generation import DecodingSettings
-from sftpipe.evaluate.metrics import LossMetrics, evaluate_loss
+from sftpipe.evaluate.metrics import evaluate_loss
 from sftpipe.evaluate.problems import EvalItem, items_from_split, load_items, unique_ids
-from sftpipe.evaluate.suite import SuiteResult, make_executor, run_suite
+from sftpipe.evaluate.result import CompareResult, EvalResult
+from sftpipe.evaluate.suite import make_executor, run_suite
 from sftpipe.models.loading import load_trained, pick_device, resolve_model_dir, tokenizer_sha256
-
-
-@dataclass
-class EvalResult:
-    model: str
-    split: str
-    metrics: LossMetrics | None
-    output_dir: Path
-    suite: SuiteResult | None = None
-    settings: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        """The content of metrics.json."""
-        payload: dict = {"model": self.model, "split": self.split, **self.settings}
-        if self.metrics is not None:
-            payload.update(self.metrics.as_dict())
-        if self.suite is not None and self.suite.generation is not None:
-            payload["generation"] = {**self.suite.generation.as_dict(), "seconds": round(self.suite.generate_s, 2)}
-        if self.suite is not None and self.suite.code is not None:
-            payload["code"] = self.suite.code.as_dict()
-        return payload
-
-
-@dataclass
-class CompareResult:
-    base: EvalResult
-    run: EvalResult
-    output_dir: Path
 
 
 def decoding_settings(cfg: Config) -> DecodingSettings:

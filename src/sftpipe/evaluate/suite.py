@@ -13,13 +13,13 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sftpipe.config.schema import CodeEvalConfig
 from sftpipe.errors import SftpipeError
-from sftpipe.evaluate.execute import Executor
-from sftpipe.evaluate.extract import program_for
+from sftpipe.evaluate.execution.executor import Executor
+from sftpipe.evaluate.execution.extract import program_for
 from sftpipe.evaluate.generation import DecodingSettings, generate_samples
 from sftpipe.evaluate.genmetrics import GenerationStats, generation_stats
 from sftpipe.evaluate.passk import mean_pass_at_k
 from sftpipe.evaluate.problems import EvalItem
-from sftpipe.evaluate.verdicts import VERDICTS
+from sftpipe.evaluate.execution.verdicts import VERDICTS
 
 
 @dataclass

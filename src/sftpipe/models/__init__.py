@@ -1,1 +1,2 @@
-"""Models: loading, tokenizer fingerprints, trainable model construction (full / LoRA)."""
+"""Models: loading, tokenizer fingerprints, trainable model construction (full / LoRA), and the embedded tiny
+model and tokenizer (tiny.py)."""

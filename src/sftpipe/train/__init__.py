@@ -1,1 +1,2 @@
-"""Training: the loop, loss, batching, checkpoints, run bookkeeping."""
+"""Training: the loop, loss, batching, checkpoints, run bookkeeping, and the failpoints crash tests kill at
+(faults.py)."""

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from sftpipe.errors import SftpipeError
-from sftpipe.faults import failpoint
+from sftpipe.train.faults import failpoint
 from sftpipe.train.optim_state import (
     OPTIMIZER_TENSORS,
     read_json,

@@ -29,7 +29,7 @@ from sftpipe.data.writer import load_split, read_manifest
 from sftpipe.errors import SftpipeError
 from sftpipe.evaluate.in_training import TrainingEval
 from sftpipe.evaluate.metrics import LossMetrics, evaluate_loss
-from sftpipe.faults import failpoint
+from sftpipe.train.faults import failpoint
 from sftpipe.models.adapters import build_trainable_model, count_parameters
 from sftpipe.models.loading import load_tokenizer, pick_device, resolve_attn, tokenizer_sha256
 from sftpipe.models.varlen_attention import VARLEN_ATTENTION, packed_attention

@@ -21,7 +21,7 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 from sftpipe import __version__
 from sftpipe.config.schema import Config
 from sftpipe.data.templates import stop_token_ids
-from sftpipe.faults import failpoint
+from sftpipe.train.faults import failpoint
 
 INFO = "sftpipe.json"
 

@@ -1,4 +1,4 @@
-"""Stage 5 of prepare: copy the kept examples from the chunk files into sharded split dirs (train rows
+"""Stage 6 of prepare: copy the kept examples from the chunk files into sharded split dirs (train rows
 repeated as the mix says), and write a ledger entry for every example removed by dedup or decontamination.
 
 Chunks are read one at a time, so memory is bounded by the chunk size.
@@ -11,16 +11,17 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sftpipe.config.schema import DataConfig
-from sftpipe.data.decontam import CONTAM_NEAR, CONTAM_NGRAM, KEPT, NEAR_DUP, REASONS, Removals, against
-from sftpipe.data.ledger import EXCERPT_CHARS, Ledger, Rejection
-from sftpipe.data.scan import LocationStore, read_chunk
-from sftpipe.data.shards import ShardWriter
-from sftpipe.data.split import SPLIT_NAMES
+from sftpipe.data.prepare.dedup import CONTAM_NEAR, CONTAM_NGRAM, KEPT, NEAR_DUP, REASONS, Removals, against
+from sftpipe.data.prepare.ledger import Ledger, Rejection
+from sftpipe.data.prepare.scan import LocationStore, read_chunk
+from sftpipe.data.prepare.shards import ShardWriter
+from sftpipe.data.prepare.split import SPLIT_NAMES
+from sftpipe.data.records import EXCERPT_CHARS
 
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from sftpipe.data.prepare import ScanTable
+    from sftpipe.data.prepare.results import ScanTable
 
 
 def write_splits(out: Path, table: ScanTable, split: np.ndarray, removals: Removals, repeat: np.ndarray,

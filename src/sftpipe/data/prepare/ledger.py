@@ -13,12 +13,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftpipe.data.records import RecordError
+from sftpipe.data.records import EXCERPT_CHARS, RecordError
 from sftpipe.errors import SftpipeError
 
 # Stages whose rejections are errors in the data (stopped by data.on_error: raise); the others are policy.
 ERROR_STAGES = ("read", "tokenize")
-EXCERPT_CHARS = 500
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Judge code answers by running them: de-duplication, a verdict cache, parallel workers, per-language runners.
+"""Judge code answers by running them: de-duplication, a verdict cache, parallel workers, per-language runners
+(`runners/`, all behind `runners.base.Runner`).
 
 `Executor.run` takes (problem, solution source) pairs and returns one `ExecResult` each, in order.
 Identical samples (same toolchain, limits, tests and normalised code) are executed once per run and
@@ -19,12 +20,11 @@ from pathlib import Path
 
 from sftpipe.config.schema import CodeEvalConfig
 from sftpipe.errors import SftpipeError
-from sftpipe.evaluate.extract import normalise_code
-from sftpipe.evaluate.haskell_exec import HaskellJob, HaskellRunner
-from sftpipe.evaluate.problems import CodeProblem
-from sftpipe.evaluate.python_exec import PythonRunner
-from sftpipe.evaluate.sandbox import Sandbox
-from sftpipe.evaluate.verdicts import ExecResult
+from sftpipe.evaluate.execution.extract import normalise_code
+from sftpipe.evaluate.execution.problem import CodeProblem
+from sftpipe.evaluate.execution.runners import RUNNERS, Job, Runner
+from sftpipe.evaluate.execution.sandbox import Sandbox
+from sftpipe.evaluate.execution.verdicts import ExecResult
 
 CACHE_FILE = "verdicts.sqlite"
 
@@ -73,18 +73,15 @@ class Executor:
         self.sandbox = Sandbox(cfg.sandbox)
         self.workers = cfg.workers or os.cpu_count() or 1
         self.cache = VerdictCache(cfg.cache_dir) if cfg.cache_dir else None
-        self._runners: dict[str, HaskellRunner | PythonRunner] = {}
+        self._runners: dict[str, Runner] = {}
 
-    def runner(self, language: str) -> HaskellRunner | PythonRunner:
+    def runner(self, language: str) -> Runner:
         """The runner for `language` (SftpipeError naming the missing toolchain and how to install it)."""
         if language not in self._runners:
-            if language == "haskell":
-                self._runners[language] = HaskellRunner(self.cfg.ghc, self.cfg.ghc_flags, self.cfg.limits,
-                                                        self.sandbox)
-            elif language == "python":
-                self._runners[language] = PythonRunner(self.cfg.python, self.cfg.limits, self.sandbox)
-            else:
-                raise SftpipeError(f"no executor for language {language!r}; supported: haskell, python")
+            runner_class = RUNNERS.get(language)
+            if runner_class is None:
+                raise SftpipeError(f"no executor for language {language!r}; supported: {', '.join(RUNNERS)}")
+            self._runners[language] = runner_class.from_config(self.cfg, self.sandbox)
         return self._runners[language]
 
     def missing_toolchain(self, language: str) -> str | None:
@@ -112,21 +109,20 @@ class Executor:
                 done[key] = replace(cached, cached=True)
             else:
                 first[key] = i
-        todo = list(first.items())
-        haskell = [(key, i) for key, i in todo if jobs[i][0].language == "haskell"]
-        others = [(key, i) for key, i in todo if jobs[i][0].language != "haskell"]
+        todo: dict[str, list[tuple[str, int]]] = {}  # language -> (key, index) of the samples to run
+        for key, i in first.items():
+            todo.setdefault(jobs[i][0].language, []).append((key, i))
+        runners = {language: self.runner(language) for language in todo}
+        # The largest batches are the longest tasks: submitted first, they do not end up alone in the last round.
+        languages = sorted(todo, key=lambda language: -runners[language].max_batch)
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             futures = []
-            if haskell:
-                runner = self.runner("haskell")
-                for batch in plan_batches(len(haskell), self.workers, self.cfg.haskell_batch_size):
-                    members = [haskell[j] for j in batch]
-                    batch_jobs = [HaskellJob(jobs[i][0], jobs[i][1]) for _, i in members]
+            for language in languages:
+                runner, pending = runners[language], todo[language]
+                for batch in plan_batches(len(pending), self.workers, runner.max_batch):
+                    members = [pending[j] for j in batch]
+                    batch_jobs = [Job(*jobs[i]) for _, i in members]
                     futures.append(([key for key, _ in members], pool.submit(runner.run_batch, batch_jobs)))
-            for key, i in others:
-                problem, code = jobs[i]
-                future = pool.submit(lambda p=problem, c=code: [self.runner(p.language).run(p, c)])
-                futures.append(([key], future))
             for batch_keys, future in futures:
                 for key, result in zip(batch_keys, future.result()):
                     done[key] = result

@@ -1,4 +1,5 @@
-"""Fingerprints of records for exact and near-duplicate detection and n-gram overlap.
+"""Fingerprints of records for exact and near-duplicate detection and n-gram overlap: computed per record in
+the scan (stage 1), used by the split, dedup and decontam stages.
 
 Records are compared on their user and assistant turns (system messages are shared boilerplate), after
 NFKC normalisation, case folding and whitespace collapsing. Exact duplicates share `content_hash`; near
@@ -19,7 +20,7 @@ import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 from sftpipe.data.records import Conversation
-from sftpipe.data.spill import SpillFile
+from sftpipe.data.prepare.spill import SpillFile
 
 WORD_RE = re.compile(r"\w+")
 BAND_BLOCK_ROWS = 8192

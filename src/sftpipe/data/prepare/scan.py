@@ -26,13 +26,13 @@ import numpy as np
 import pyarrow as pa
 
 from sftpipe.config.schema import Config, SourceConfig
-from sftpipe.data.dedup import Signer, compared_turns, content_hash, split_key, words_of
+from sftpipe.data.prepare.fingerprint import Signer, compared_turns, content_hash, split_key, words_of
 from sftpipe.data.filters import check_quality, check_token_lengths
 from sftpipe.data.formats import detect_format, to_conversation
-from sftpipe.data.ledger import Rejection
+from sftpipe.data.prepare.ledger import Rejection
 from sftpipe.data.readers import read_source
 from sftpipe.data.records import Conversation, RecordError
-from sftpipe.data.spill import SpillFile
+from sftpipe.data.prepare.spill import SpillFile
 from sftpipe.data.syntax import check_syntax
 from sftpipe.data.tokenize import ConversationTokenizer, TokenizedExample
 from sftpipe.data.writer import FEATURES

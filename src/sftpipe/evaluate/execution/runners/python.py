@@ -19,11 +19,12 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from sftpipe.config.schema import ExecLimits
+from sftpipe.config.schema import CodeEvalConfig, ExecLimits
 from sftpipe.errors import SftpipeError
-from sftpipe.evaluate.problems import CodeProblem
-from sftpipe.evaluate.sandbox import Limits, Sandbox
-from sftpipe.evaluate.verdicts import ExecResult, classify_run
+from sftpipe.evaluate.execution.problem import CodeProblem
+from sftpipe.evaluate.execution.runners.base import Job, Runner
+from sftpipe.evaluate.execution.sandbox import Limits, Sandbox
+from sftpipe.evaluate.execution.verdicts import ExecResult, classify_run
 
 HARNESS_VERSION = "py-1"
 RUNNER = r"""
@@ -86,7 +87,7 @@ def check_call(problem: CodeProblem) -> str | None:
     return problem.entry_point if defines and not calls and problem.entry_point else None
 
 
-class PythonRunner:
+class PythonRunner(Runner):
     """Runs Python samples, one sandboxed interpreter each (call `run` from several threads in parallel)."""
 
     def __init__(self, python: str | None, limits: ExecLimits, sandbox: Sandbox):
@@ -95,9 +96,16 @@ class PythonRunner:
         self.limits = limits
         self.sandbox = sandbox
 
+    @classmethod
+    def from_config(cls, cfg: CodeEvalConfig, sandbox: Sandbox) -> PythonRunner:
+        return cls(cfg.python, cfg.limits, sandbox)
+
     @property
     def toolchain(self) -> str:
         return f"python {self.version} {HARNESS_VERSION}"
+
+    def run_batch(self, jobs: list[Job]) -> list[ExecResult]:
+        return [self.run(job.problem, job.code) for job in jobs]
 
     def run(self, problem: CodeProblem, code: str) -> ExecResult:
         nonce = secrets.token_hex(16)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sftpipe.evaluate.problems import CodeProblem
+from sftpipe.evaluate.execution.problem import CodeProblem
 
 FENCE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)(?:```|\Z)", re.S)
 LANGUAGE_TAGS = {"haskell": {"haskell", "hs", "lhaskell", "ghc"}, "python": {"python", "py", "python3"}}

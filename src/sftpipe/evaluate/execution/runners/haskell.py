@@ -24,16 +24,16 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from sftpipe.config.schema import CodeEvalConfig, ExecLimits
 from sftpipe.errors import SftpipeError
-from sftpipe.evaluate.extract import HaskellSource, forbidden_haskell, split_haskell
-from sftpipe.evaluate.problems import CodeProblem
-from sftpipe.evaluate.sandbox import Completed, Limits, Sandbox
-from sftpipe.config.schema import ExecLimits
-from sftpipe.evaluate.verdicts import ExecResult, classify_run, excerpt
+from sftpipe.evaluate.execution.extract import HaskellSource, forbidden_haskell, split_haskell
+from sftpipe.evaluate.execution.problem import CodeProblem
+from sftpipe.evaluate.execution.runners.base import Job, Runner
+from sftpipe.evaluate.execution.sandbox import Completed, Limits, Sandbox
+from sftpipe.evaluate.execution.verdicts import ExecResult, classify_run, excerpt
 
 HARNESS_VERSION = "hs-1"
 FIXED_FLAGS = ("-w", "-v0", "-fkeep-going")
@@ -69,12 +69,6 @@ sftpipeRun = do
   sftpipeTestsMain
   SftpipeP.putStrLn ("SFTPIPE-RESULT " SftpipeP.++ sftpipeNonce SftpipeP.++ " -1 0 0")
 """
-
-
-@dataclass(frozen=True)
-class HaskellJob:
-    problem: CodeProblem
-    code: str
 
 
 @lru_cache(maxsize=None)
@@ -172,22 +166,27 @@ def harness_module(problem: CodeProblem, prefix: str) -> tuple[str, bool]:
     return module.module(f"{prefix}.Harness", " (sftpipeRun)"), judged
 
 
-class HaskellRunner:
+class HaskellRunner(Runner):
     """Builds and runs batches of Haskell samples (call `run_batch` from several threads in parallel)."""
 
-    def __init__(self, ghc: str, flags: list[str], limits: ExecLimits, sandbox: Sandbox):
+    def __init__(self, ghc: str, flags: list[str], limits: ExecLimits, sandbox: Sandbox, *, max_batch: int):
         self.ghc = shutil.which(ghc) or ghc
         self.version = ghc_version(ghc)
         self.flags = list(flags) + (["-dynamic"] if ghc_links_dynamically(self.ghc) else [])
         self.limits = limits
         self.sandbox = sandbox
         self.ro_paths = ghc_paths(self.ghc)
+        self.max_batch = max_batch
+
+    @classmethod
+    def from_config(cls, cfg: CodeEvalConfig, sandbox: Sandbox) -> HaskellRunner:
+        return cls(cfg.ghc, cfg.ghc_flags, cfg.limits, sandbox, max_batch=cfg.haskell_batch_size)
 
     @property
     def toolchain(self) -> str:
         return f"ghc {self.version} {' '.join(self.flags)} {HARNESS_VERSION}"
 
-    def run_batch(self, jobs: list[HaskellJob]) -> list[ExecResult]:
+    def run_batch(self, jobs: list[Job]) -> list[ExecResult]:
         """Build all jobs with one compiler call (falling back to one call per job), then run each."""
         results: list[ExecResult | None] = [None] * len(jobs)
         with tempfile.TemporaryDirectory(prefix="sftpipe-hs-") as tmp:
@@ -208,7 +207,7 @@ class HaskellRunner:
                     results[i].compile_s = per_sample_compile
         return [r for r in results if r is not None]
 
-    def _write_sample(self, root: Path, prefix: str, i: int, job: HaskellJob, judged: dict[int, bool]
+    def _write_sample(self, root: Path, prefix: str, i: int, job: Job, judged: dict[int, bool]
                       ) -> ExecResult | None:
         source = split_haskell(job.code)
         refused = forbidden_haskell(source)

@@ -1,12 +1,11 @@
-"""Stage 3 of prepare: remove duplicates and contamination, after the split.
+"""Stage 3 of prepare: remove exact and near duplicates, after the split.
 
 Examples are visited test first, then val, then train (each in input order). An example is removed when
 it is an exact or near duplicate of an example already kept: a duplicate within its own split is
 `exact_duplicate` / `near_duplicate`; a near duplicate of a more protected split (train of val or test,
 val of test) is contamination (`contamination_near`), so near-duplicates never straddle train and test:
 the train copy goes. (Exact duplicates share their split key, so the split never separates them.)
-Then train examples sharing a word n-gram with an eval set (and, if asked, with val/test) are removed
-as `contamination_ngram`.
+`Removals` records what this stage and the next (`decontam.py`) remove, and what each removal collides with.
 
 Memory: only examples that can have a duplicate enter the indexes (a repeated content hash; an LSH band
 shared with another example), so the exact index (~100 bytes an entry) and datasketch's LSH (~3.5 KB an
@@ -15,29 +14,14 @@ entry at the defaults) grow with the duplicates, not the input; signatures and l
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from sftpipe.config.data_sections import DecontamConfig, DedupConfig, EvalSetConfig
-from sftpipe.config.schema import SourceConfig
-from sftpipe.data.dedup import (
-    WORD_RE,
-    NearDuplicateIndex,
-    NgramIndex,
-    SignatureStore,
-    compared_turns,
-    normalize,
-    repeated,
-    words_of,
-)
-from sftpipe.data.readers import read_source
-from sftpipe.data.records import Conversation, RecordError
-from sftpipe.data.split import SPLIT_NAMES, TEST, TRAIN, VAL
-from sftpipe.errors import SftpipeError
+from sftpipe.config.data_sections import DedupConfig
+from sftpipe.data.prepare.fingerprint import NearDuplicateIndex, SignatureStore, repeated
+from sftpipe.data.prepare.split import SPLIT_NAMES, TEST, TRAIN, VAL
 
 KEPT, EXACT_DUP, NEAR_DUP, CONTAM_NEAR, CONTAM_NGRAM = range(5)
 REASONS = {
@@ -111,41 +95,6 @@ def find_duplicates(digest: np.ndarray, split: np.ndarray, signatures: Signature
     return removals
 
 
-def find_ngram_overlaps(removals: Removals, split: np.ndarray, chunks: list[tuple[int, str]],
-                        cfg: DecontamConfig) -> None:
-    """Mark kept train examples sharing a word n-gram with an eval set (or val/test, if configured).
-
-    `chunks` are (first row, Arrow file) of the scanned examples, in row order.
-    """
-    if not cfg.eval_sets and not cfg.ngram_against_splits:
-        return
-    from sftpipe.data.scan import read_chunk
-
-    index = NgramIndex(cfg.ngram)
-    for k, (name, location, text) in enumerate(read_eval_sets(cfg.eval_sets)):
-        removals.eval_items.append((name, location))
-        index.add(WORD_RE.findall(normalize(text)), -1 - k)
-
-    def kept_rows(codes: tuple[int, ...]) -> Iterator[tuple[int, list[str]]]:
-        for first, path in chunks:
-            messages = read_chunk(path, ["messages"]).column("messages").to_pylist()
-            for local, text in enumerate(messages):
-                row = first + local
-                if split[row] in codes and removals.status[row] == KEPT:
-                    conv = Conversation(json.loads(text), "", "")
-                    yield row, words_of(compared_turns(conv))
-
-    if cfg.ngram_against_splits:
-        for row, words in kept_rows((VAL, TEST)):
-            index.add(words, row)
-    if not len(index):
-        return
-    for row, words in kept_rows((TRAIN,)):
-        other = index.find(words)
-        if other is not None:
-            removals.mark(row, CONTAM_NGRAM, other)
-
-
 def against(removals: Removals, split: np.ndarray, row: int) -> tuple[str, int | None, str | None]:
     """What example `row` collides with: (split name or 'eval:<set>', its row or None, eval location)."""
     other = int(removals.other[row])
@@ -153,37 +102,3 @@ def against(removals: Removals, split: np.ndarray, row: int) -> tuple[str, int |
         name, location = removals.eval_items[-1 - other]
         return f"eval:{name}", None, location
     return SPLIT_NAMES[int(split[other])], other, None
-
-
-def read_eval_sets(sets: list[EvalSetConfig]) -> Iterator[tuple[str, str, str]]:
-    """(set name, location, protected text) of every eval record.
-
-    Raises:
-        SftpipeError: an eval file is missing or unreadable, or a record lacks a configured field.
-    """
-    for i, spec in enumerate(sets):
-        field_name = f"data.decontam.eval_sets[{i}]"
-        if not Path(spec.path).exists():
-            raise SftpipeError(f"{field_name}.path: {spec.path!r} not found")
-        name = spec.name or Path(spec.path).name
-        count = 0
-        for location, record in read_source(SourceConfig(path=spec.path)):
-            if isinstance(record, RecordError):
-                raise SftpipeError(f"{location}: {record.reason}: {record.detail} (eval set {field_name})")
-            yield name, location, _protected_text(record, spec, location, field_name)
-            count += 1
-        if count == 0:
-            raise SftpipeError(f"{field_name}: {spec.path} has no records")
-
-
-def _protected_text(record: dict, spec: EvalSetConfig, location: str, field_name: str) -> str:
-    if not spec.fields:
-        return "\n".join(v for v in record.values() if isinstance(v, str))
-    parts = []
-    for key in spec.fields:
-        value = record.get(key)
-        if not isinstance(value, str):
-            raise SftpipeError(f"{location}: eval record has no text field {key!r} (present: {sorted(record)}); "
-                               f"fix {field_name}.fields")
-        parts.append(value)
-    return "\n".join(parts)

@@ -1,18 +1,9 @@
-"""The `prepare` stage: sources -> filtered, split, deduplicated, decontaminated, mixed, tokenized data dir.
+"""The prepare orchestrator: `run(cfg)` checks the inputs, runs the stages in order (see `sftpipe.data.prepare`)
+and moves the finished data dir into place.
 
-1. scan (`scan.py`): read the sources as a stream; on all cores convert, filter, tokenize with masks and
-   fingerprint each record; examples go to Arrow chunk files, per-example figures to arrays.
-2. split (`split.py`): a content-keyed deterministic split with exact ratios, before dedup.
-3. dedup and decontamination (`decontam.py`): test first, then val, then train, so a near duplicate of a
-   test example is removed from train, never kept on both sides; then n-gram overlap with eval sets.
-4. mix (`mixing.py`): weighted up/down-sampling of sources in train, if weights are set.
-5. write (`assemble.py`, `shards.py`, `card.py`): sharded split dirs, manifest.json, DATA_CARD.md, rejected.jsonl.
-
-Every record read is accounted for: it ends up in a split or in `rejected.jsonl` with a reason, and the
-counts per reason are in the manifest, the data card and the CLI output. A run that keeps nothing, or leaves
-the train split empty where the split asks for one, is an error, not a data dir: its reports are kept in
-`<output_dir>.failed/` for the user to read. Memory does not grow with the input but for a few dozen bytes
-of figures per example and the dedup indexes, which hold only duplicate candidates (see `decontam.py`).
+The dir is built under `<output_dir>.tmp` and renamed, so a crash never leaves a half-written data dir. A run
+that keeps nothing, or leaves the train split empty where the split asks for one, is an error, not a data dir:
+its reports are kept in `<output_dir>.failed/` for the user to read.
 """
 
 from __future__ import annotations
@@ -21,66 +12,28 @@ import json
 import shutil
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from sftpipe.config.schema import Config
-from sftpipe.data.assemble import write_splits
-from sftpipe.data.card import data_card, length_figures, write_histogram_svg
-from sftpipe.data.decontam import KEPT, find_duplicates, find_ngram_overlaps
-from sftpipe.data.dedup import SignatureStore
-from sftpipe.data.ledger import Ledger
-from sftpipe.data.mixing import SourceMix, plan_mix
-from sftpipe.data.scan import LocationStore, read_chunks, run_chunks
-from sftpipe.data.shards import metadata_template
-from sftpipe.data.split import SPLIT_NAMES, TRAIN, assign_splits
+from sftpipe.data.prepare.card import data_card, length_figures, write_histogram_svg
+from sftpipe.data.prepare.decontam import find_ngram_overlaps
+from sftpipe.data.prepare.dedup import KEPT, find_duplicates
+from sftpipe.data.prepare.fingerprint import SignatureStore
+from sftpipe.data.prepare.ledger import Ledger
+from sftpipe.data.prepare.mix import plan_mix
+from sftpipe.data.prepare.results import PrepareResult, ScanTable, SourceMix, SplitStats
+from sftpipe.data.prepare.scan import LocationStore, read_chunks, run_chunks
+from sftpipe.data.prepare.shards import metadata_template
+from sftpipe.data.prepare.split import SPLIT_NAMES, TRAIN, assign_splits
+from sftpipe.data.prepare.write import write_splits
 from sftpipe.data.syntax import require_checker
 from sftpipe.data.templates import check_template, resolve_template
 from sftpipe.data.writer import MANIFEST, build_manifest
 from sftpipe.errors import SftpipeError
 from sftpipe.models.loading import load_tokenizer
-
-
-@dataclass
-class SplitStats:
-    examples: int = 0
-    tokens: int = 0
-    trained_tokens: int = 0
-    truncated: int = 0
-    max_tokens: int = 0
-    shards: int = 0
-
-
-@dataclass
-class PrepareResult:
-    output_dir: Path
-    records_read: int
-    splits: dict[str, SplitStats]
-    rejected: Counter[str] = field(default_factory=Counter)
-    first_rejected: dict[str, str] = field(default_factory=dict)  # reason -> "location: reason: detail" of the first
-    per_source: dict[str, dict[str, int]] = field(default_factory=dict)
-    removed_by_stage: dict[str, dict[str, int]] = field(default_factory=dict)
-    mixing: list[SourceMix] | None = None
-    wall_s: float = 0.0
-
-
-@dataclass
-class ScanTable:
-    """Per-example figures of the scanned examples (rows in chunk order), a few dozen bytes each."""
-
-    source: np.ndarray
-    digest: np.ndarray
-    key: np.ndarray
-    tokens: np.ndarray
-    trained: np.ndarray
-    truncated: np.ndarray
-    chunks: list[tuple[int, str]]  # (first row, Arrow file)
-
-    def __len__(self) -> int:
-        return len(self.source)
 
 
 def run(cfg: Config) -> PrepareResult:

@@ -14,7 +14,7 @@ import re
 import signal
 from dataclasses import asdict, dataclass
 
-from sftpipe.evaluate.sandbox import Completed
+from sftpipe.evaluate.execution.sandbox import Completed
 
 VERDICTS = ("pass", "wrong_answer", "compile_error", "runtime_error", "timeout")
 EXCERPT_CHARS = 1500

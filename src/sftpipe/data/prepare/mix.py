@@ -1,4 +1,5 @@
-"""Weighted mixing of sources in the train split: up- and down-sampling to target shares, deterministically.
+"""Stage 5 of prepare: weighted mixing of sources in the train split, up- and down-sampled to target shares,
+deterministically.
 
 Each source s gets the target T_s = total * w_s / sum(w) in the configured unit (examples, tokens or
 trained tokens). It contributes every kept example floor(T_s / A_s) times (A_s: what it has), plus a
@@ -11,28 +12,12 @@ example, written out as repeated rows, so any later packing or sampling sees the
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from sftpipe.config.data_sections import MixConfig
+from sftpipe.data.prepare.results import SourceMix
 from sftpipe.errors import SftpipeError
-
-
-@dataclass
-class SourceMix:
-    source: str
-    weight: float
-    available: int  # in `unit`, kept train examples before mixing
-    available_examples: int
-    target: float
-    achieved: int
-    examples: int  # rows in the mixed train split
-    target_share: float
-    achieved_share: float
-
-    def as_json(self) -> dict:
-        return asdict(self)
 
 
 def plan_mix(names: list[str], weights: list[float], source: np.ndarray, amount: np.ndarray, cfg: MixConfig
