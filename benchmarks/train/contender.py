@@ -97,10 +97,11 @@ def run_bare(spec: dict, c: dict) -> dict:
     from transformers import AutoModelForCausalLM
 
     from sftpipe.config import load_config
+    from sftpipe.data.batches.collate import TokenStore, collate_flat, collate_packed
+    from sftpipe.data.batches.plan import build_plan
     from sftpipe.data.writer import load_split
     from sftpipe.models.varlen_attention import use_sdpa_varlen
     from sftpipe.train.causal_lm import CausalLMLoss
-    from sftpipe.train.microbatches import TokenStore, build_plan, collate_flat, collate_packed
 
     same_kernels = c.get("kernels", "transformers") == "sftpipe"
     cfg = load_config(spec["config"], overrides=c.get("set", []))

@@ -12,7 +12,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM
 
 from sftpipe.data import prepare
-from sftpipe.data.packing import pack_best_fit
+from sftpipe.data.batches.collate import TokenStore, collate_flat, collate_packed, collate_padded
+from sftpipe.data.batches.plan import pack_best_fit
 from sftpipe.data.tokenize import IGNORE_INDEX
 from sftpipe.data.writer import load_split
 from sftpipe.errors import SftpipeError
@@ -21,7 +22,6 @@ from sftpipe.models.loading import resolve_attn
 from sftpipe.train import loop
 from sftpipe.train.causal_lm import CausalLMLoss
 from sftpipe.train.loss import token_loss_sum
-from sftpipe.train.microbatches import TokenStore, collate_flat, collate_packed, collate_padded
 from tests.conftest import make_config
 
 PAD = 0

@@ -11,12 +11,12 @@ from transformers import AutoModelForCausalLM
 
 from sftpipe.config import load_config
 from sftpipe.data import prepare
+from sftpipe.data.batches.collate import TokenStore, collate_padded
 from sftpipe.data.writer import load_split
 from sftpipe.errors import SftpipeError
 from sftpipe.models.adapters import build_trainable_model
 from sftpipe.tiny import init_tiny
 from sftpipe.train import loop
-from sftpipe.train.batching import collate
 from sftpipe.train.causal_lm import CausalLMLoss
 from sftpipe.train.loss import token_loss_sum
 from sftpipe.train.tracking import read_metrics
@@ -28,10 +28,10 @@ def _snapshot(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def _train_steps(cfg, model, rows, steps=3):
+def _train_steps(cfg, model, store, steps=3):
     acc = Accelerator(cpu=True)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    batch = collate(rows, pad_id=0)
+    batch = collate_padded(store, [[i] for i in range(len(store))], pad_id=0).inputs
     for _ in range(steps):
         loop.accumulate_gradients(CausalLMLoss(model), [batch], acc)
         opt.step()
@@ -42,10 +42,10 @@ def _train_steps(cfg, model, rows, steps=3):
 def test_trained_params_change_and_frozen_ones_do_not(tmp_path, tiny_dir, chat_sources, method):
     cfg = make_config(tmp_path, tiny_dir, chat_sources, train={"method": method})
     prepare.run(cfg)
-    rows = list(load_split(tmp_path / "data", "train").select(range(4)))
+    store = TokenStore(load_split(tmp_path / "data", "train").select(range(4)))
     model = build_trainable_model(cfg, torch.device("cpu"))
     before = _snapshot(model)
-    _train_steps(cfg, model, rows)
+    _train_steps(cfg, model, store)
     after = _snapshot(model)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     frozen = set(before) - trainable
@@ -103,6 +103,7 @@ def test_gradient_is_token_weighted_over_the_whole_step(tmp_path, tiny_dir, chat
     ds = load_split(tmp_path / "data", "train")
     order = sorted(range(len(ds)), key=lambda i: sum(x != -100 for x in ds[i]["labels"]))
     rows = [ds[i] for i in order[:4] + order[-4:]]  # four short answers, four long ones
+    store = TokenStore(ds.select(order[:4] + order[-4:]))  # example i is rows[i]
     counts = [sum(x != -100 for x in r["labels"]) for r in rows]
     assert max(counts) > 4 * min(counts)
     acc = Accelerator(cpu=True)
@@ -110,7 +111,8 @@ def test_gradient_is_token_weighted_over_the_whole_step(tmp_path, tiny_dir, chat
     results = {}
     for micro in (8, 4, 1):
         model.zero_grad()
-        batches = [collate(rows[i : i + micro], pad_id=0) for i in range(0, 8, micro)]
+        batches = [collate_padded(store, [[j] for j in range(i, i + micro)], pad_id=0).inputs
+                   for i in range(0, 8, micro)]
         loop.accumulate_gradients(CausalLMLoss(model), batches, acc)
         results[micro] = _grads(model)
     for micro in (4, 1):
@@ -119,7 +121,7 @@ def test_gradient_is_token_weighted_over_the_whole_step(tmp_path, tiny_dir, chat
     # negative control: the mean of per-micro-batch means is a different gradient
     model.zero_grad()
     for i in range(8):
-        batch = collate(rows[i : i + 1], pad_id=0)
+        batch = collate_padded(store, [[i]], pad_id=0).inputs
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         loss_sum, n, _ = token_loss_sum(out.logits, batch["labels"])
         (loss_sum / n / 8).backward()

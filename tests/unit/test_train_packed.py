@@ -3,9 +3,9 @@
 import torch
 
 from sftpipe.data import prepare
+from sftpipe.data.batches.collate import TokenStore
 from sftpipe.data.writer import load_split
 from sftpipe.train import loop
-from sftpipe.train.microbatches import TokenStore
 from sftpipe.train.tracking import read_metrics
 from tests.conftest import make_config
 from tests.run_compare import resume_after_simulated_crash

@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass
 import torch
 from datasets import Dataset
 
+from sftpipe.data.batches.collate import TokenStore, collate_padded
 from sftpipe.data.tokenize import IGNORE_INDEX
-from sftpipe.train.batching import collate
 from sftpipe.train.loss import shifted_targets
 
 
@@ -45,9 +45,10 @@ def evaluate_loss(
     model.eval()
     totals = torch.zeros(5, dtype=torch.float64, device=device)  # loss, tokens, correct, exact, examples
     indices = list(range(rank, len(dataset), world_size))
+    store = TokenStore(dataset) if indices else None
     for start in range(0, len(indices), batch_size):
-        rows = dataset.select(indices[start : start + batch_size])
-        batch = {k: v.to(device) for k, v in collate(list(rows), pad_id).items()}
+        rows = [[i] for i in indices[start : start + batch_size]]
+        batch = {k: v.to(device) for k, v in collate_padded(store, rows, pad_id).inputs.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         targets = shifted_targets(batch["labels"])
         supervised = targets != IGNORE_INDEX

@@ -25,6 +25,9 @@ from transformers import get_scheduler
 
 from sftpipe.config.loader import dump_config, save_config
 from sftpipe.config.schema import Config, TrainConfig
+from sftpipe.data.batches.collate import TokenStore
+from sftpipe.data.batches.loader import MicroBatchSource, micro_batch_loader
+from sftpipe.data.batches.plan import build_plan
 from sftpipe.data.writer import load_split, read_manifest
 from sftpipe.errors import SftpipeError
 from sftpipe.evaluate.in_training import TrainingEval
@@ -35,7 +38,6 @@ from sftpipe.models.loading import load_tokenizer, pick_device, resolve_attn, to
 from sftpipe.models.varlen_attention import VARLEN_ATTENTION, packed_attention
 from sftpipe.train.causal_lm import CausalLMLoss
 from sftpipe.train.checkpoint import TrainerState, capture_rng, save_checkpoint
-from sftpipe.train.microbatches import MicroBatchSource, TokenStore, build_plan, micro_batch_loader
 from sftpipe.train.resume import resume_from_latest_complete, run_fingerprint, trim_metrics
 from sftpipe.train.saving import save_final, save_inference_files
 from sftpipe.train.tracking import MetricsLogger, write_run_manifest
