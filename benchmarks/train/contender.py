@@ -53,8 +53,8 @@ def window(marks: list[tuple], warmup: int) -> dict:
 
 
 def run_sftpipe(spec: dict, c: dict) -> dict:
+    from sftpipe import stages
     from sftpipe.config import load_config
-    from sftpipe.train import loop
     from sftpipe.train.tracking import MetricsLogger, read_metrics
 
     stamps: dict[int, tuple] = {}
@@ -71,7 +71,7 @@ def run_sftpipe(spec: dict, c: dict) -> dict:
     overrides = [f"train.output_dir={out}", f"train.method={c['method']}",
                  f"train.max_steps={spec['warmup'] + spec['steps']}", *c.get("set", [])]
     cfg = load_config(spec["config"], overrides=overrides)
-    result = loop.run(cfg, resume="never")
+    result = stages.train(cfg, resume="never")
     steps = [m for m in read_metrics(out / "logs" / "metrics.jsonl") if "loss" in m]
     marks, real, sup, slots = [((0.0, 0.0, 0.0), 0, 0, 0)], 0, 0, 0
     for m in steps:

@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 from datasets import Dataset
 
 from sftpipe.data.batches.collate import TokenStore, collate_padded
-from sftpipe.data.tokenize import IGNORE_INDEX
-from sftpipe.train.loss import shifted_targets
+from sftpipe.models.loss import IGNORE_INDEX, LossMetrics, shifted_targets
 
-
-@dataclass
-class LossMetrics:
-    loss: float
-    perplexity: float
-    token_accuracy: float
-    sequence_accuracy: float
-    tokens: int
-    examples: int
-
-    def as_dict(self, prefix: str = "") -> dict[str, float | int]:
-        return {f"{prefix}{k}": v for k, v in asdict(self).items()}
+__all__ = ["LossMetrics", "evaluate_loss"]
 
 
 @torch.no_grad()

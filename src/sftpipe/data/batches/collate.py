@@ -14,8 +14,8 @@ import datasets
 import numpy as np
 import torch
 
-from sftpipe.data.tokenize import IGNORE_INDEX
 from sftpipe.errors import SftpipeError
+from sftpipe.models.loss import IGNORE_INDEX
 
 
 class TokenStore:
