@@ -126,13 +126,13 @@ def chat_sources() -> list[dict]:
 @pytest.fixture(scope="session")
 def lora_run(tmp_path_factory, tiny_dir, chat_sources):
     """A prepared data dir and a 4-step LoRA run, shared by the tests that only read them."""
+    from sftpipe import stages
     from sftpipe.data import prepare
-    from sftpipe.train import loop
 
     tmp = tmp_path_factory.mktemp("lora_run")
     cfg = make_config(tmp, tiny_dir, chat_sources, lora={"dropout": 0.0})
     prepare.run(cfg)
-    result = loop.run(cfg, resume="never")
+    result = stages.train(cfg, resume="never")
     return cfg, result
 
 

@@ -45,19 +45,19 @@ def resume_after_simulated_crash(tmp: Path, tiny_dir: Path, sources: list[dict],
     Returns:
         (a's TrainResult, b's resumed TrainResult, a's metrics records).
     """
+    from sftpipe import stages
     from sftpipe.data import prepare
-    from sftpipe.train import loop
     from tests.conftest import make_config
 
     full = make_config(tmp / "a", tiny_dir, sources, train=train, lora={"dropout": 0.1})
     prepare.run(full)
-    result_a = loop.run(full, resume="never")
+    result_a = stages.train(full, resume="never")
     crashed = make_config(tmp / "b", tiny_dir, sources, train=train, lora={"dropout": 0.1})
     shutil.copytree(tmp / "a" / "data", tmp / "b" / "data")
-    loop.run(crashed, resume="never")
+    stages.train(crashed, resume="never")
     (tmp / "b" / "run" / "checkpoints" / "checkpoint-4" / "COMPLETE").unlink()
     shutil.rmtree(tmp / "b" / "run" / "final")
-    result = loop.run(crashed, resume="auto")
+    result = stages.train(crashed, resume="auto")
     assert result.resumed_from.name == "checkpoint-2"
     a = load_file(tmp / "a" / "run" / "final" / "adapter_model.safetensors")
     b = load_file(tmp / "b" / "run" / "final" / "adapter_model.safetensors")

@@ -53,8 +53,8 @@ def window(marks: list[tuple], warmup: int) -> dict:
 
 
 def run_sftpipe(spec: dict, c: dict) -> dict:
+    from sftpipe import stages
     from sftpipe.config import load_config
-    from sftpipe.train import loop
     from sftpipe.train.tracking import MetricsLogger, read_metrics
 
     stamps: dict[int, tuple] = {}
@@ -71,7 +71,7 @@ def run_sftpipe(spec: dict, c: dict) -> dict:
     overrides = [f"train.output_dir={out}", f"train.method={c['method']}",
                  f"train.max_steps={spec['warmup'] + spec['steps']}", *c.get("set", [])]
     cfg = load_config(spec["config"], overrides=overrides)
-    result = loop.run(cfg, resume="never")
+    result = stages.train(cfg, resume="never")
     steps = [m for m in read_metrics(out / "logs" / "metrics.jsonl") if "loss" in m]
     marks, real, sup, slots = [((0.0, 0.0, 0.0), 0, 0, 0)], 0, 0, 0
     for m in steps:
@@ -97,10 +97,11 @@ def run_bare(spec: dict, c: dict) -> dict:
     from transformers import AutoModelForCausalLM
 
     from sftpipe.config import load_config
+    from sftpipe.data.batches.collate import TokenStore, collate_flat, collate_packed
+    from sftpipe.data.batches.plan import build_plan
     from sftpipe.data.writer import load_split
     from sftpipe.models.varlen_attention import use_sdpa_varlen
     from sftpipe.train.causal_lm import CausalLMLoss
-    from sftpipe.train.microbatches import TokenStore, build_plan, collate_flat, collate_packed
 
     same_kernels = c.get("kernels", "transformers") == "sftpipe"
     cfg = load_config(spec["config"], overrides=c.get("set", []))

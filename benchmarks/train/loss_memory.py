@@ -33,7 +33,7 @@ def measure(impl: str, tokens: int, vocab: int, hidden: int, threads: int) -> di
     """Runs in a fresh process: forward + backward of one loss implementation."""
     import torch
 
-    from sftpipe.train.loss import linear_cross_entropy_sum, shifted_targets, token_loss_sum
+    from sftpipe.models.loss import linear_cross_entropy_sum, shifted_targets, token_loss_sum
 
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)

@@ -131,9 +131,9 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from sftpipe.report import print_train
-    from sftpipe.train.loop import run
+    from sftpipe.stages import train
 
-    result = run(_load(args), resume=args.resume, resume_force=args.resume_force)
+    result = train(_load(args), resume=args.resume, resume_force=args.resume_force)
     if result.main_process:  # one summary for a multi-process launch (torchrun, accelerate launch)
         print_train(result)
     return 0

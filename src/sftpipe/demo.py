@@ -72,7 +72,7 @@ def run(out: Path, quick: bool = False) -> None:
     from sftpipe.infer.generate import GenerationSettings
     from sftpipe.infer.generate import run as infer
     from sftpipe.report import print_eval, print_prepare, print_train
-    from sftpipe.train import loop
+    from sftpipe.stages import train
 
     t0 = time.perf_counter()
     out = out.resolve()
@@ -102,7 +102,7 @@ def run(out: Path, quick: bool = False) -> None:
     timings["eval base"] = time.perf_counter() - t
 
     t = _stage("train LoRA")
-    print_train(loop.run(cfg, resume="never"))
+    print_train(train(cfg, resume="never"))
     timings["train"] = time.perf_counter() - t
 
     t = _stage("eval fine-tuned model (test split)")

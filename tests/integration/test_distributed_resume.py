@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from sftpipe import stages
 from sftpipe.config import load_config
 from sftpipe.data import prepare
 from sftpipe.train import loop
@@ -31,7 +32,7 @@ def train_worker(rank: int, port: int, config_path: str, output_dir: str, resume
                       MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     cfg = load_config(config_path, preset="fast_test", overrides=[f"train.output_dir={output_dir}"])
-    loop.run(cfg, resume=resume)
+    stages.train(cfg, resume=resume)
 
 
 def launch(config_path: Path, output_dir: Path, resume: str) -> None:

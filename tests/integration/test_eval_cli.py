@@ -122,7 +122,7 @@ def test_greedy_with_several_samples_is_a_config_error(haskell_cfg, capsys):
 
 
 def test_in_training_eval_is_logged_and_leaves_training_unchanged(tmp_path, tiny_dir):
-    from sftpipe.train import loop
+    from sftpipe import stages
 
     def train(name, every, seed=42):
         cfg = make_config(tmp_path / name, tiny_dir, HASKELL, data={"max_length": 512}, lora={"dropout": 0.1},
@@ -130,7 +130,7 @@ def test_in_training_eval_is_logged_and_leaves_training_unchanged(tmp_path, tiny
                           eval={"code": {"cache_dir": None},
                                 "during_training": {"every": every, "max_prompts": 2, "max_new_tokens": 12}})
         prepare.run(cfg)
-        loop.run(cfg, resume="never")
+        stages.train(cfg, resume="never")
         return lines(tmp_path / name / "run" / "logs" / "metrics.jsonl")
 
     with_hook, without = train("hook", every=2), train("plain", every=0)

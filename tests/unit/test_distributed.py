@@ -9,11 +9,12 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from sftpipe.data import prepare
+from sftpipe.data.batches.collate import TokenStore, collate_packed
+from sftpipe.data.batches.plan import TokenBudgetPlan
 from sftpipe.data.tokenize import IGNORE_INDEX
 from sftpipe.data.writer import load_split
 from sftpipe.train import loop
 from sftpipe.train.causal_lm import CausalLMLoss
-from sftpipe.train.microbatches import TokenBudgetPlan, TokenStore, collate_packed
 from tests.conftest import free_port, make_config, spawn_and_wait
 
 PAD = 0

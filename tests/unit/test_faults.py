@@ -9,9 +9,10 @@ import shutil
 
 import pytest
 
+from sftpipe import stages
 from sftpipe.data import prepare
 from sftpipe.errors import SftpipeError
-from sftpipe.train import checkpoint, loop
+from sftpipe.train import checkpoint
 from sftpipe.train.checkpoint import COMPLETE, complete_checkpoints, dir_bytes, file_digests, verify_checkpoint
 from tests.conftest import make_config, pc_records, write_jsonl
 from tests.run_compare import final_weights, run_differences
@@ -31,7 +32,7 @@ def reference(tmp_path_factory, tiny_dir):
     root = tmp_path_factory.mktemp("faults")
     cfg = _config(root, "reference", tiny_dir, root / "data")
     prepare.run(cfg)
-    loop.run(cfg, resume="never")
+    stages.train(cfg, resume="never")
     return root, cfg
 
 
@@ -62,7 +63,7 @@ def test_disk_full_during_save_keeps_previous_checkpoint_and_says_how_much_is_ne
 
     monkeypatch.setattr(checkpoint, "save_optimizer", full_disk)
     with pytest.raises(SftpipeError) as info:
-        loop.run(cfg, resume="never")
+        stages.train(cfg, resume="never")
     message = str(info.value)
     assert "disk full while writing checkpoint-4" in message and "No space left on device" in message
     assert "checkpoint-2 is intact" in message and "partial checkpoint was removed" in message
@@ -75,7 +76,7 @@ def test_disk_full_during_save_keeps_previous_checkpoint_and_says_how_much_is_ne
     verify_checkpoint(run_dir / "checkpoints" / "checkpoint-2")
 
     monkeypatch.setattr(checkpoint, "save_optimizer", real)  # space freed: the same command resumes
-    result = loop.run(cfg, resume="auto")
+    result = stages.train(cfg, resume="auto")
     assert result.resumed_from.name == "checkpoint-2"
     assert not run_differences(root / "reference" / "run", run_dir)
 
@@ -156,10 +157,10 @@ def test_damaged_checkpoint_is_named_and_auto_resume_falls_back(reference, tiny_
     broken = corrupt(run_dir / "checkpoints" / "checkpoint-3")
 
     with pytest.raises(SftpipeError) as info:  # asked for by path: no fallback, the file is named
-        loop.run(cfg, resume=str(run_dir / "checkpoints" / "checkpoint-3"))
+        stages.train(cfg, resume=str(run_dir / "checkpoints" / "checkpoint-3"))
     assert str(broken) in str(info.value) and expected in str(info.value)
 
-    result = loop.run(cfg, resume="auto")
+    result = stages.train(cfg, resume="auto")
     err = capsys.readouterr().err
     assert result.resumed_from.name == "checkpoint-2"
     assert "warning:" in err and "falling back to the previous complete checkpoint" in err and str(broken) in err
@@ -175,7 +176,7 @@ def test_every_checkpoint_damaged_is_an_error_not_a_fresh_start(reference, tiny_
         _truncate(ckpt)
     with pytest.raises(SftpipeError, match=r"no usable checkpoint(.|\n)*checkpoint-2(.|\n)*checkpoint-1"
                                            r"(.|\n)*--resume never"):
-        loop.run(cfg, resume="auto")
+        stages.train(cfg, resume="auto")
 
 
 REFUSED = {
@@ -204,13 +205,13 @@ def test_resume_with_other_settings_data_or_model_is_refused_unless_forced(refer
     cfg, run_dir = _copy_run(root, name, tiny_dir, upto=2, **sections)
 
     with pytest.raises(SftpipeError) as info:
-        loop.run(cfg, resume="auto")
+        stages.train(cfg, resume="auto")
     message = str(info.value)
     assert message.startswith("refusing to resume from") and "--resume-force" in message
     assert all(item in message for item in expected), message
     assert not (run_dir / "final").exists()
 
-    result = loop.run(cfg, resume="auto", resume_force=True)
+    result = stages.train(cfg, resume="auto", resume_force=True)
     assert result.resumed_from.name == "checkpoint-2"
     assert "--resume-force: resuming from" in capsys.readouterr().err
 
@@ -219,7 +220,7 @@ def test_changing_only_output_settings_resumes_without_complaint(reference, tiny
     root, _ = reference
     cfg, run_dir = _copy_run(root, "output-only", tiny_dir, upto=2,
                              train={"save_every": 3, "log_every": 2, "save_total_limit": 1, "eval_every": 0})
-    result = loop.run(cfg, resume="auto")
+    result = stages.train(cfg, resume="auto")
     assert result.resumed_from.name == "checkpoint-2" and "warning" not in capsys.readouterr().err
     # the weights do not depend on how often the run logs, validates or saves
     ref, got = final_weights(root / "reference" / "run"), final_weights(run_dir)
@@ -251,7 +252,7 @@ def test_data_fingerprint_follows_content_not_place_or_time(reference, tiny_dir)
 def test_without_digests_sizes_are_still_checked(reference, tiny_dir):
     root, _ = reference
     cfg = _config(root, "sizes-only", tiny_dir, root / "data", train={"max_steps": 2, "checkpoint_digests": False})
-    loop.run(cfg, resume="never")
+    stages.train(cfg, resume="never")
     ckpt = root / "sizes-only" / "run" / "checkpoints" / "checkpoint-2"
     files = json.loads((ckpt / COMPLETE).read_text())["files"]
     assert files and all(set(entry) == {"bytes"} for entry in files.values())

@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
+from sftpipe import stages
 from sftpipe.cli import main
 from sftpipe.data import prepare
 from sftpipe.errors import SftpipeError
@@ -14,7 +15,6 @@ from sftpipe.export import merge
 from sftpipe.export.merge import sample_batch
 from sftpipe.infer.generate import GenerationSettings, generate
 from sftpipe.models.loading import load_trained
-from sftpipe.train import loop
 from sftpipe.train.checkpoint import COMPLETE, verify_checkpoint
 from tests.conftest import make_config
 
@@ -95,7 +95,7 @@ def test_a_full_fine_tune_checkpoint_serves_infer(tmp_path, tiny_dir, chat_sourc
     cfg = make_config(tmp_path, tiny_dir, chat_sources, train={"method": "full", "max_steps": 2, "save_every": 1,
                                                                  "save_total_limit": 2})
     prepare.run(cfg)
-    result = loop.run(cfg, resume="never")
+    result = stages.train(cfg, resume="never")
     ckpt = result.run_dir / "checkpoints" / "checkpoint-1"
     assert main(["infer", "--model", str(ckpt), "--prompt", "Hi", "--max-new-tokens", "4"]) == 0, \
         capsys.readouterr().err

@@ -12,16 +12,16 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM
 
 from sftpipe.data import prepare
-from sftpipe.data.packing import pack_best_fit
+from sftpipe.data.batches.collate import TokenStore, collate_flat, collate_packed, collate_padded
+from sftpipe.data.batches.plan import pack_best_fit
 from sftpipe.data.tokenize import IGNORE_INDEX
 from sftpipe.data.writer import load_split
 from sftpipe.errors import SftpipeError
 from sftpipe.models.adapters import build_trainable_model
 from sftpipe.models.loading import resolve_attn
+from sftpipe.models.loss import token_loss_sum
 from sftpipe.train import loop
 from sftpipe.train.causal_lm import CausalLMLoss
-from sftpipe.train.loss import token_loss_sum
-from sftpipe.train.microbatches import TokenStore, collate_flat, collate_packed, collate_padded
 from tests.conftest import make_config
 
 PAD = 0
@@ -155,7 +155,7 @@ def test_chunked_cross_entropy_equals_full_logits_loss(prepared, tiny_dir):
 def test_chunked_loss_refuses_a_second_backward_instead_of_reusing_scaled_gradients():
     """Its gradients are computed in the forward pass and scaled in place in backward: a second backward through
     the same graph (retain_graph=True) must fail, not hand out the scaled gradients again."""
-    from sftpipe.train.loss import linear_cross_entropy_sum
+    from sftpipe.models.loss import linear_cross_entropy_sum
 
     g = torch.Generator().manual_seed(0)
     h = torch.randn(12, 8, generator=g, requires_grad=True)

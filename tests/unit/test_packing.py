@@ -9,17 +9,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sftpipe.config import TrainConfig
-from sftpipe.data.packing import group_by_length, pack_best_fit, rows_stats
+from sftpipe.data.batches.collate import TokenStore, collate_flat, collate_packed
+from sftpipe.data.batches.loader import MicroBatchSource
+from sftpipe.data.batches.plan import TokenBudgetPlan, build_plan, group_by_length, pack_best_fit, rows_stats
 from sftpipe.data.tokenize import IGNORE_INDEX
 from sftpipe.errors import SftpipeError
-from sftpipe.train.microbatches import (
-    MicroBatchSource,
-    TokenBudgetPlan,
-    TokenStore,
-    build_plan,
-    collate_flat,
-    collate_packed,
-)
 
 PAD = 0
 

@@ -9,13 +9,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from sftpipe import stages
 from sftpipe.cli import main
 from sftpipe.data import prepare
 from sftpipe.data.tokenize import IGNORE_INDEX
 from sftpipe.models.adapters import build_trainable_model, count_parameters
 from sftpipe.models.tiny import init_tiny
 from sftpipe.preflight import doctor, validate
-from sftpipe.train import loop
 from sftpipe.train.checkpoint import weight_files
 from tests.conftest import EXAMPLES, make_config
 
@@ -55,7 +55,7 @@ def test_sample_marks_exactly_the_trained_tokens(tmp_path, tiny_dir, tokenizer):
 def test_prepared_data_and_checkpoints_are_checked_against_the_config(tmp_path, tiny_dir):
     cfg = make_config(tmp_path, tiny_dir, SOURCES, train={"max_steps": 3, "save_every": 1})
     prepare.run(cfg)
-    result = loop.run(cfg, resume="never")
+    result = stages.train(cfg, resume="never")
     checks = validate.run(cfg)
     assert not checks.failed
     data_dir = _by_name(checks, "data dir")
@@ -178,7 +178,7 @@ def test_validate_plans_the_batches_train_makes(tmp_path, tiny_dir, train):
                       train={"epochs": 1, "max_steps": 0, "grad_accum": 1, "eval_every": 0, **train})
     prepare.run(cfg)
     detail = _by_name(validate.run(cfg), "data dir")[0].detail
-    result = loop.run(cfg, resume="never")
+    result = stages.train(cfg, resume="never")
     assert f"; {result.steps} optimizer steps planned" in detail, detail
     padding = int(detail.split("% of the token slots are padding")[0].rsplit(" ", 1)[1])
     assert abs(padding - 100 * (1 - result.packing_efficiency)) <= 0.5, (detail, result.packing_efficiency)

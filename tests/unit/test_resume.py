@@ -15,8 +15,9 @@ from dataclasses import dataclass, replace
 
 import pytest
 
+from sftpipe import stages
 from sftpipe.data import prepare
-from sftpipe.train import checkpoint, loop
+from sftpipe.train import checkpoint
 from sftpipe.train.checkpoint import complete_checkpoints, load_trainer_state
 from tests.conftest import make_config, pc_records, write_jsonl
 from tests.run_compare import run_differences
@@ -73,7 +74,7 @@ def references(tmp_path_factory, dropout_model):
         cfg = _config(tmp, dropout_model, data_dir, setting, f"{name}-reference")
         if not data_dir.exists():
             prepare.run(cfg)
-        loop.run(cfg, resume="never")
+        stages.train(cfg, resume="never")
         runs[name] = cfg
     return tmp, data_dir, runs
 
@@ -113,7 +114,7 @@ def test_resumed_run_is_bitwise_identical(references, dropout_model, monkeypatch
     shutil.copy(ref_dir / "logs" / "metrics.jsonl", run_dir / "logs" / "metrics.jsonl")  # has lines past `step`
     _sabotage(monkeypatch, sabotage)
 
-    result = loop.run(cfg, resume="auto")
+    result = stages.train(cfg, resume="auto")
 
     assert result.resumed_from is not None and result.resumed_from.name == ckpt.name
     assert result.steps == load_trainer_state(complete_checkpoints(ref_dir)[-1]).step

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from sftpipe import stages
 from sftpipe.config import Config, ModelConfig
 from sftpipe.config.loader import _describe, dump_config
 from sftpipe.errors import SftpipeError
 from sftpipe.models.loading import load_model, load_trained
 from sftpipe.redact import REDACTED, is_secret_key, redact
-from sftpipe.train import loop
 from sftpipe.train.checkpoint import COMPLETE, file_digests
 from tests.conftest import REPO
 
@@ -160,7 +160,7 @@ def test_pickles_planted_in_a_checkpoint_never_run(finished_run, tmp_path):
     for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin", "pytorch_model.bin",
                  "adapter_model.bin"):
         _plant(ckpt / name, canary)
-    result = loop.run(cfg, resume="auto")
+    result = stages.train(cfg, resume="auto")
     assert result.resumed_from == ckpt and (run_dir / "final").is_dir()
     assert not canary.exists()
 
@@ -174,7 +174,7 @@ def test_pickle_in_place_of_weights_is_refused_without_running(finished_run, tmp
     marker = json.loads((ckpt / COMPLETE).read_text())
     (ckpt / COMPLETE).write_text(json.dumps({**marker, "files": file_digests(ckpt)}))  # passes the checksums
     with pytest.raises(SftpipeError, match=r"adapter_model.safetensors: corrupt or truncated safetensors file"):
-        loop.run(cfg, resume=str(ckpt))
+        stages.train(cfg, resume=str(ckpt))
     assert not canary.exists()
 
 

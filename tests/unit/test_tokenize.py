@@ -3,14 +3,15 @@
 import copy
 import json
 
+import datasets
 import pytest
 
 from sftpipe.config import DataConfig
+from sftpipe.data.batches.collate import TokenStore, collate_padded
 from sftpipe.data.records import Conversation, RecordError
 from sftpipe.data.templates import BUILTIN, check_template, resolve_template
 from sftpipe.data.tokenize import IGNORE_INDEX, ConversationTokenizer
 from sftpipe.errors import SftpipeError
-from sftpipe.train.batching import collate
 from tests.conftest import EXAMPLES
 
 
@@ -63,8 +64,9 @@ def test_end_token_trained_when_pad_equals_eos(tokenizer):
     encode = ConversationTokenizer(tok, BUILTIN["chatml"], max_length=4096, overlong="drop")
     short = encode(Conversation([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}], "s", "l"))
     long = encode(_conversations()[0])
-    batch = collate([{"input_ids": short.input_ids, "labels": short.labels},
-                     {"input_ids": long.input_ids, "labels": long.labels}], pad_id=tok.pad_token_id)
+    store = TokenStore(datasets.Dataset.from_list([{"input_ids": short.input_ids, "labels": short.labels},
+                                                   {"input_ids": long.input_ids, "labels": long.labels}]))
+    batch = collate_padded(store, [[0], [1]], pad_id=tok.pad_token_id).inputs
     row = batch["labels"][0].tolist()
     trained = [t for t in row if t != IGNORE_INDEX]
     assert trained[-1] == tok.eos_token_id  # the answer's end token is trained...

@@ -9,16 +9,17 @@ from accelerate.utils import set_seed
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from sftpipe import stages
 from sftpipe.config import load_config
 from sftpipe.data import prepare
+from sftpipe.data.batches.collate import TokenStore, collate_padded
 from sftpipe.data.writer import load_split
 from sftpipe.errors import SftpipeError
 from sftpipe.models.adapters import build_trainable_model
+from sftpipe.models.loss import token_loss_sum
 from sftpipe.models.tiny import init_tiny
 from sftpipe.train import loop
-from sftpipe.train.batching import collate
 from sftpipe.train.causal_lm import CausalLMLoss
-from sftpipe.train.loss import token_loss_sum
 from sftpipe.train.tracking import read_metrics
 from tests.conftest import EXAMPLES, make_config
 from tests.run_compare import resume_after_simulated_crash
@@ -28,10 +29,10 @@ def _snapshot(model):
     return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
-def _train_steps(cfg, model, rows, steps=3):
+def _train_steps(cfg, model, store, steps=3):
     acc = Accelerator(cpu=True)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    batch = collate(rows, pad_id=0)
+    batch = collate_padded(store, [[i] for i in range(len(store))], pad_id=0).inputs
     for _ in range(steps):
         loop.accumulate_gradients(CausalLMLoss(model), [batch], acc)
         opt.step()
@@ -42,10 +43,10 @@ def _train_steps(cfg, model, rows, steps=3):
 def test_trained_params_change_and_frozen_ones_do_not(tmp_path, tiny_dir, chat_sources, method):
     cfg = make_config(tmp_path, tiny_dir, chat_sources, train={"method": method})
     prepare.run(cfg)
-    rows = list(load_split(tmp_path / "data", "train").select(range(4)))
+    store = TokenStore(load_split(tmp_path / "data", "train").select(range(4)))
     model = build_trainable_model(cfg, torch.device("cpu"))
     before = _snapshot(model)
-    _train_steps(cfg, model, rows)
+    _train_steps(cfg, model, store)
     after = _snapshot(model)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     frozen = set(before) - trainable
@@ -103,6 +104,7 @@ def test_gradient_is_token_weighted_over_the_whole_step(tmp_path, tiny_dir, chat
     ds = load_split(tmp_path / "data", "train")
     order = sorted(range(len(ds)), key=lambda i: sum(x != -100 for x in ds[i]["labels"]))
     rows = [ds[i] for i in order[:4] + order[-4:]]  # four short answers, four long ones
+    store = TokenStore(ds.select(order[:4] + order[-4:]))  # example i is rows[i]
     counts = [sum(x != -100 for x in r["labels"]) for r in rows]
     assert max(counts) > 4 * min(counts)
     acc = Accelerator(cpu=True)
@@ -110,7 +112,8 @@ def test_gradient_is_token_weighted_over_the_whole_step(tmp_path, tiny_dir, chat
     results = {}
     for micro in (8, 4, 1):
         model.zero_grad()
-        batches = [collate(rows[i : i + micro], pad_id=0) for i in range(0, 8, micro)]
+        batches = [collate_padded(store, [[j] for j in range(i, i + micro)], pad_id=0).inputs
+                   for i in range(0, 8, micro)]
         loop.accumulate_gradients(CausalLMLoss(model), batches, acc)
         results[micro] = _grads(model)
     for micro in (4, 1):
@@ -119,7 +122,7 @@ def test_gradient_is_token_weighted_over_the_whole_step(tmp_path, tiny_dir, chat
     # negative control: the mean of per-micro-batch means is a different gradient
     model.zero_grad()
     for i in range(8):
-        batch = collate(rows[i : i + 1], pad_id=0)
+        batch = collate_padded(store, [[i]], pad_id=0).inputs
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         loss_sum, n, _ = token_loss_sum(out.logits, batch["labels"])
         (loss_sum / n / 8).backward()
@@ -135,7 +138,7 @@ def test_refuses_data_from_another_tokenizer(tmp_path, tiny_dir, chat_sources):
     init_tiny(other, size="micro", seed=0, corpus=[EXAMPLES / "qa"], vocab_size=700)
     cfg = make_config(tmp_path, other, chat_sources)
     with pytest.raises(SftpipeError, match=r"SHA-256.*Re-run `sftpipe prepare`"):
-        loop.run(cfg, resume="never")
+        stages.train(cfg, resume="never")
 
 
 def test_resume_after_crash_matches_uninterrupted_run(tmp_path, tiny_dir, chat_sources):
@@ -150,7 +153,7 @@ def test_cpu_threads_are_set_for_training_and_recorded(tmp_path, tiny_dir, chat_
     try:
         cfg = make_config(tmp_path, tiny_dir, chat_sources, train={"cpu_threads": 1, "max_steps": 1, "device": "cpu"})
         prepare.run(cfg)
-        loop.run(cfg, resume="never")
+        stages.train(cfg, resume="never")
         assert torch.get_num_threads() == 1
         speed = next(m["speed"] for m in read_metrics(tmp_path / "run" / "logs" / "metrics.jsonl") if "speed" in m)
         assert speed["cpu_threads"] == 1
@@ -208,7 +211,7 @@ def test_warmup_steps_reach_the_optimizer_and_the_fingerprint(lora_run, tmp_path
     warm = make_config(tmp_path, Path(cfg.model.name_or_path), [s.model_dump() for s in cfg.data.sources],
                        data={"output_dir": cfg.data.output_dir},
                        train={"warmup_steps": 3, "max_steps": 5, "scheduler": "constant"})
-    loop.run(warm, resume="never")
+    stages.train(warm, resume="never")
     lrs = [m["lr"] for m in read_metrics(tmp_path / "run" / "logs" / "metrics.jsonl") if "lr" in m]
     peak = warm.train.lr
     assert lrs == pytest.approx([peak / 3, 2 * peak / 3, peak, peak, peak])  # logged after each step
@@ -238,12 +241,12 @@ def test_summary_throughput_counts_training_steps_only(lora_run, tmp_path, monke
             return original(*args, **kwargs)
         return run
 
-    monkeypatch.setattr(loop.Session, "validate", slow(loop.Session.validate))
+    monkeypatch.setattr(stages, "evaluate_loss", slow(stages.evaluate_loss))
     monkeypatch.setattr(loop, "checkpoint", slow(loop.checkpoint))
     slow_cfg = make_config(tmp_path, Path(cfg.model.name_or_path), [s.model_dump() for s in cfg.data.sources],
                            data={"output_dir": cfg.data.output_dir},
                            train={"max_steps": 4, "eval_every": 1, "save_every": 2, "log_every": 1})
-    result = loop.run(slow_cfg, resume="never")
+    result = stages.train(slow_cfg, resume="never")
     assert clock["jumps"] == 7 and result.wall_s > 7000  # validation before + 4, checkpoints at steps 2 and 4
 
     steps = [m for m in read_metrics(tmp_path / "run" / "logs" / "metrics.jsonl") if "tokens_per_s" in m]

@@ -2,10 +2,10 @@
 
 import torch
 
+from sftpipe import stages
 from sftpipe.data import prepare
+from sftpipe.data.batches.collate import TokenStore
 from sftpipe.data.writer import load_split
-from sftpipe.train import loop
-from sftpipe.train.microbatches import TokenStore
 from sftpipe.train.tracking import read_metrics
 from tests.conftest import make_config
 from tests.run_compare import resume_after_simulated_crash
@@ -37,7 +37,7 @@ def test_length_grouped_run_trains_with_little_padding(tmp_path, tiny_dir, chat_
                       data={"split": {"train": 1.0, "val": 0.0, "test": 0.0}})
     prepare.run(cfg)
     assert len(load_split(tmp_path / "data", "val")) == 0
-    result = loop.run(cfg, resume="never")
+    result = stages.train(cfg, resume="never")
     assert result.val is None
     metrics = read_metrics(tmp_path / "run" / "logs" / "metrics.jsonl")
     speed = next(m["speed"] for m in metrics if "speed" in m)
@@ -62,7 +62,7 @@ def test_compiled_packed_training_matches_eager(tmp_path, tiny_dir, chat_sources
         counters.clear()
         # a recompile in training (e.g. one per number of examples in a row) is an error here, not a slowdown
         monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
-        loop.run(cfg, resume="never")
+        stages.train(cfg, resume="never")
         metrics = read_metrics(tmp_path / str(compiled) / "run" / "logs" / "metrics.jsonl")
         losses[compiled] = [m["loss"] for m in metrics if "loss" in m]
         speed = next(m["speed"] for m in metrics if "speed" in m)

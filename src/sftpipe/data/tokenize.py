@@ -19,8 +19,7 @@ from sftpipe.data.records import Conversation, RecordError
 from sftpipe.data.templates import BatchRenderer, render
 from sftpipe.data.token_bound import max_chars_per_token
 from sftpipe.errors import SftpipeError
-
-IGNORE_INDEX = -100
+from sftpipe.models.loss import IGNORE_INDEX
 
 
 @dataclass

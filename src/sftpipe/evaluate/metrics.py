@@ -3,27 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import torch
 from datasets import Dataset
 
-from sftpipe.data.tokenize import IGNORE_INDEX
-from sftpipe.train.batching import collate
-from sftpipe.train.loss import shifted_targets
+from sftpipe.data.batches.collate import TokenStore, collate_padded
+from sftpipe.models.loss import IGNORE_INDEX, LossMetrics, shifted_targets
 
-
-@dataclass
-class LossMetrics:
-    loss: float
-    perplexity: float
-    token_accuracy: float
-    sequence_accuracy: float
-    tokens: int
-    examples: int
-
-    def as_dict(self, prefix: str = "") -> dict[str, float | int]:
-        return {f"{prefix}{k}": v for k, v in asdict(self).items()}
+__all__ = ["LossMetrics", "evaluate_loss"]
 
 
 @torch.no_grad()
@@ -45,9 +32,10 @@ def evaluate_loss(
     model.eval()
     totals = torch.zeros(5, dtype=torch.float64, device=device)  # loss, tokens, correct, exact, examples
     indices = list(range(rank, len(dataset), world_size))
+    store = TokenStore(dataset) if indices else None
     for start in range(0, len(indices), batch_size):
-        rows = dataset.select(indices[start : start + batch_size])
-        batch = {k: v.to(device) for k, v in collate(list(rows), pad_id).items()}
+        rows = [[i] for i in indices[start : start + batch_size]]
+        batch = {k: v.to(device) for k, v in collate_padded(store, rows, pad_id).inputs.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
         targets = shifted_targets(batch["labels"])
         supervised = targets != IGNORE_INDEX

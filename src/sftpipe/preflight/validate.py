@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from sftpipe.config.schema import Config, TrainConfig
+from sftpipe.data.batches.collate import TokenStore
+from sftpipe.data.batches.plan import build_plan, rows_stats
 from sftpipe.data.formats import detect_format, to_conversation
-from sftpipe.data.packing import rows_stats
 from sftpipe.data.readers import read_source
 from sftpipe.data.records import Conversation, RecordError
 from sftpipe.data.templates import check_template, resolve_template
@@ -29,7 +30,6 @@ from sftpipe.errors import SftpipeError
 from sftpipe.preflight import Check
 from sftpipe.redact import redact
 from sftpipe.train.checkpoint import human_bytes
-from sftpipe.train.microbatches import TokenStore, build_plan
 
 SAMPLE_RECORDS = 200  # records read per source
 SAMPLE_RENDERS = 20  # conversations rendered and tokenized

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 
 from sftpipe.data.tokenize import IGNORE_INDEX
 from sftpipe.errors import SftpipeError
-from sftpipe.train.loss import linear_cross_entropy_sum, shifted_targets, token_loss_sum
+from sftpipe.models.loss import linear_cross_entropy_sum, shifted_targets, token_loss_sum
 
 log = logging.getLogger(__name__)
 

@@ -25,17 +25,19 @@ from transformers import get_scheduler
 
 from sftpipe.config.loader import dump_config, save_config
 from sftpipe.config.schema import Config, TrainConfig
+from sftpipe.data.batches.collate import TokenStore
+from sftpipe.data.batches.loader import MicroBatchSource, micro_batch_loader
+from sftpipe.data.batches.plan import build_plan
 from sftpipe.data.writer import load_split, read_manifest
 from sftpipe.errors import SftpipeError
-from sftpipe.evaluate.in_training import TrainingEval
-from sftpipe.evaluate.metrics import LossMetrics, evaluate_loss
-from sftpipe.train.faults import failpoint
 from sftpipe.models.adapters import build_trainable_model, count_parameters
 from sftpipe.models.loading import load_tokenizer, pick_device, resolve_attn, tokenizer_sha256
+from sftpipe.models.loss import LossMetrics
 from sftpipe.models.varlen_attention import VARLEN_ATTENTION, packed_attention
 from sftpipe.train.causal_lm import CausalLMLoss
 from sftpipe.train.checkpoint import TrainerState, capture_rng, save_checkpoint
-from sftpipe.train.microbatches import MicroBatchSource, TokenStore, build_plan, micro_batch_loader
+from sftpipe.train.evaluators import BuildEvaluators, Evaluators
+from sftpipe.train.faults import failpoint
 from sftpipe.train.resume import resume_from_latest_complete, run_fingerprint, trim_metrics
 from sftpipe.train.saving import save_final, save_inference_files
 from sftpipe.train.tracking import MetricsLogger, write_run_manifest
@@ -83,7 +85,6 @@ class Session:
     run_dir: Path
     manifest: dict
     tokenizer: Any
-    val_ds: Any
     model: torch.nn.Module  # the bare model (plain or peft): validation and saving
     loss_model: torch.nn.Module  # the model plus its loss, as prepared by accelerate: training
     optimizer: torch.optim.Optimizer
@@ -97,14 +98,6 @@ class Session:
     logger: MetricsLogger
     trainable: int
     total: int
-
-    def validate(self) -> LossMetrics | None:
-        if len(self.val_ds) == 0:
-            return None
-        acc = self.accelerator
-        return evaluate_loss(self.model, self.val_ds, self.cfg.eval.batch_size, self.tokenizer.pad_token_id,
-                             acc.device, acc.process_index, acc.num_processes,
-                             reduce=lambda t: acc.reduce(t, "sum"))
 
 
 class Throughput:
@@ -200,19 +193,22 @@ def set_cpu_threads(requested: int) -> int:
     return threads
 
 
-def run(cfg: Config, resume: str = "auto", resume_force: bool = False) -> TrainResult:
+def run(cfg: Config, evaluators: BuildEvaluators, resume: str = "auto", resume_force: bool = False
+        ) -> TrainResult:
     """Train as configured.
 
     Args:
+        evaluators: builds the run's validation and in-training eval (`sftpipe.stages.train` passes evaluate's).
         resume: auto (newest usable complete checkpoint, if any), never, or a checkpoint path.
         resume_force: resume even from a checkpoint made with other settings, data or model.
     """
     t0 = time.perf_counter()
     s = setup(cfg, resume, resume_force)
-    val_before = s.validate() if s.state.step == 0 else None
+    evaluation = evaluators(cfg, s.tokenizer, s.accelerator)
+    val_before = evaluation.validate(s.model) if evaluation.validate and s.state.step == 0 else None
     if val_before is not None:
         s.logger.log(0, val_before.as_dict("val_"))
-    step_loss, last_val, throughput = train_steps(s)
+    step_loss, last_val, throughput = train_steps(s, evaluation)
     final_dir = s.run_dir / "final"
     if s.accelerator.is_main_process:
         save_final(final_dir, s.accelerator.unwrap_model(s.model), s.tokenizer, s.manifest, cfg)
@@ -246,7 +242,7 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
     manifest = read_manifest(data_dir)
     tokenizer = load_tokenizer(cfg.model)
     check_tokenizer_matches(manifest, tokenizer, cfg, data_dir)
-    train_ds, val_ds = load_split(data_dir, "train"), load_split(data_dir, "val")
+    train_ds = load_split(data_dir, "train")
     if len(train_ds) == 0:
         raise SftpipeError(f"{data_dir}/train is empty: every record was rejected or split away (see DATA_CARD.md)")
 
@@ -289,7 +285,7 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
     logger = MetricsLogger(run_dir / "logs" / "metrics.jsonl", accelerator, enabled=accelerator.is_main_process)
     if state.step == 0:  # once per run: a resumed run must not log it again (resumed logs equal uninterrupted)
         logger.log(0, {"speed": {**layout.describe(), **speed}})
-    return Session(cfg, accelerator, run_dir, manifest, tokenizer, val_ds, model, loss_model, optimizer, scheduler,
+    return Session(cfg, accelerator, run_dir, manifest, tokenizer, model, loss_model, optimizer, scheduler,
                    MicroBatchSource(plan, layout, store, tokenizer.pad_token_id), total_micro, total_steps, fingerprint, state, resumed_from, logger, trainable, total)
 
 
@@ -303,14 +299,14 @@ def build_scheduler(tc: TrainConfig, optimizer: torch.optim.Optimizer, total_ste
                          num_training_steps=total_steps)
 
 
-def train_steps(s: Session) -> tuple[float, LossMetrics | None, Throughput]:
+def train_steps(s: Session, evaluation: Evaluators) -> tuple[float, LossMetrics | None, Throughput]:
     """Optimizer steps from `s.state.step` to the end: log, validate, evaluate and checkpoint as configured.
 
     Returns:
         (loss of the last step, the last validation, the throughput of this process's steps).
     """
-    cfg, tc, acc, state = s.cfg, s.cfg.train, s.accelerator, s.state
-    gen_eval = TrainingEval.create(cfg, s.tokenizer, acc)  # None unless eval.during_training.every > 0
+    tc, acc, state = s.cfg.train, s.accelerator, s.state
+    gen_eval = evaluation.generation
     s.model.train()
     bar = tqdm(total=s.total_steps, initial=state.step, disable=not (tc.progress_bar and acc.is_main_process),
                desc="train", dynamic_ncols=True)
@@ -352,7 +348,7 @@ def train_steps(s: Session) -> tuple[float, LossMetrics | None, Throughput]:
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{figures['tokens_per_s']:.0f}")
         bar.update(1)
         if (tc.eval_every and state.step % tc.eval_every == 0) or is_last:
-            last_val = s.validate()
+            last_val = evaluation.validate(s.model) if evaluation.validate else None
             if last_val is not None:
                 s.logger.log(state.step, last_val.as_dict("val_"))
                 if state.best_val_loss is None or last_val.loss < state.best_val_loss:

@@ -1,4 +1,5 @@
-"""Loss as a token SUM, so that callers can normalise by the supervised tokens of a whole optimizer step.
+"""Loss as a token SUM, so that callers can normalise by the supervised tokens of a whole optimizer step; and
+the teacher-forced metrics (`LossMetrics`) that validation during training and the eval stage report.
 
 A mean per micro-batch (then averaged over micro-batches) weights a 3-token answer like a 300-token one;
 summing here and dividing once by the step's token count is what an unaccumulated large batch computes.
@@ -6,10 +7,28 @@ summing here and dividing once by the step's token count is what an unaccumulate
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
+
 import torch
 import torch.nn.functional as F
 
-from sftpipe.data.tokenize import IGNORE_INDEX
+# The label of a position that is not trained (prompt, padding): cross-entropy's default ignore index.
+IGNORE_INDEX = -100
+
+
+@dataclass
+class LossMetrics:
+    """Token-weighted loss and accuracies of a model on a split (see `sftpipe.evaluate.metrics.evaluate_loss`)."""
+
+    loss: float
+    perplexity: float
+    token_accuracy: float
+    sequence_accuracy: float
+    tokens: int
+    examples: int
+
+    def as_dict(self, prefix: str = "") -> dict[str, float | int]:
+        return {f"{prefix}{k}": v for k, v in asdict(self).items()}
 
 
 def shifted_targets(labels: torch.Tensor) -> torch.Tensor:

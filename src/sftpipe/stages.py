@@ -1,0 +1,46 @@
+"""The train stage as the CLI, the demo and tests run it: the loop with evaluate's validation and in-training eval.
+
+train imports nothing from evaluate (its loop receives evaluation as callables, see `train.evaluators`);
+this module, above both, joins them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from sftpipe.config.schema import Config
+from sftpipe.data.writer import load_split
+from sftpipe.evaluate.in_training import TrainingEval
+from sftpipe.evaluate.metrics import evaluate_loss
+from sftpipe.models.loss import LossMetrics
+from sftpipe.train import loop
+from sftpipe.train.evaluators import Evaluators
+
+
+def train(cfg: Config, resume: str = "auto", resume_force: bool = False) -> loop.TrainResult:
+    """Train as configured, validating on the val split and evaluating generation as `cfg` says.
+
+    Args:
+        resume: auto (newest usable complete checkpoint, if any), never, or a checkpoint path.
+        resume_force: resume even from a checkpoint made with other settings, data or model.
+    """
+    return loop.run(cfg, training_evaluators, resume=resume, resume_force=resume_force)
+
+
+def training_evaluators(cfg: Config, tokenizer: Any, accelerator: Accelerator) -> Evaluators:
+    """Loss on the data dir's val split (none when it is empty) and the in-training eval (`eval.during_training`)."""
+    generation = TrainingEval.create(cfg, tokenizer, accelerator)  # None unless on, and on the main process
+    val = load_split(Path(cfg.data.output_dir), "val")
+    if len(val) == 0:
+        return Evaluators(generation=generation)
+
+    def validate(model: torch.nn.Module) -> LossMetrics:
+        return evaluate_loss(model, val, cfg.eval.batch_size, tokenizer.pad_token_id, accelerator.device,
+                             accelerator.process_index, accelerator.num_processes,
+                             reduce=lambda t: accelerator.reduce(t, "sum"))
+
+    return Evaluators(validate, generation)
