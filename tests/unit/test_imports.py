@@ -22,8 +22,9 @@ LAYERS: list[set[str]] = [
     {"cli", "demo", "report"},  # parse, run a stage, print; the demo runs every stage
     {"hpo"},
     {"stages"},  # composes the train stage with evaluate's validation and in-training eval
-    {"train", "evaluate", "export", "infer", "preflight"},
-    {"data", "models"},
+    {"train", "evaluate", "export", "infer", "preflight", "data.prepare"},  # the stages (prepare lives in data/)
+    {"models"},  # loads and builds models; uses data's templates and labels
+    {"data"},  # the record model, templates, tokenization with masks, batching
     {"contracts", "config"},
     {"errors", "redact"},
 ]
@@ -81,9 +82,17 @@ def import_graph(src: Path, root: str = ROOT) -> dict[str, set[str]]:
             for name, path in paths.items()}
 
 
+# Sub-packages placed on a layer of their own, unlike the rest of their package.
+STAGE_SUBPACKAGES = ("data.prepare",)
+
+
 def package_of(module: str) -> str | None:
-    """The top-level sub-package (or module) of sftpipe that `module` belongs to; None for the root package."""
+    """The top-level sub-package (or module) of sftpipe that `module` belongs to, or one of STAGE_SUBPACKAGES;
+    None for the root package."""
     parts = module.split(".")
+    for sub in STAGE_SUBPACKAGES:
+        if parts[1 : 1 + sub.count(".") + 1] == sub.split("."):
+            return sub
     return parts[1] if len(parts) > 1 else None
 
 

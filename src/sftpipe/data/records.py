@@ -7,6 +7,8 @@ from typing import Any
 
 ROLES = ("system", "user", "assistant")
 EXCERPT_CHARS = 500  # of a rejected record, as shown in rejected.jsonl
+# The label of a position that is not trained (prompt, padding): cross-entropy's default ignore index.
+IGNORE_INDEX = -100
 
 
 @dataclass

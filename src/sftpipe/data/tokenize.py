@@ -15,11 +15,10 @@ from dataclasses import dataclass
 from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerBase
 
-from sftpipe.data.records import Conversation, RecordError
+from sftpipe.data.records import IGNORE_INDEX, Conversation, RecordError
 from sftpipe.data.templates import BatchRenderer, render
 from sftpipe.data.token_bound import max_chars_per_token
 from sftpipe.errors import SftpipeError
-from sftpipe.models.loss import IGNORE_INDEX
 
 
 @dataclass

@@ -8,7 +8,8 @@ import torch
 from datasets import Dataset
 
 from sftpipe.data.batches.collate import TokenStore, collate_padded
-from sftpipe.models.loss import IGNORE_INDEX, LossMetrics, shifted_targets
+from sftpipe.data.records import IGNORE_INDEX
+from sftpipe.models.loss import LossMetrics, shifted_targets
 
 __all__ = ["LossMetrics", "evaluate_loss"]
 

@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-# The label of a position that is not trained (prompt, padding): cross-entropy's default ignore index.
-IGNORE_INDEX = -100
+from sftpipe.data.records import IGNORE_INDEX
+
 
 
 @dataclass

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from sftpipe.errors import SftpipeError
-from sftpipe.models.loss import IGNORE_INDEX
+from sftpipe.data.records import IGNORE_INDEX
 
 
 class TokenStore:
