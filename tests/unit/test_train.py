@@ -227,7 +227,7 @@ def test_summary_throughput_counts_training_steps_only(lora_run, tmp_path, monke
     summary's tokens/s nor metrics.jsonl's, and the summary's is the one metrics.jsonl's steps add up to."""
     import time
 
-    from sftpipe.report import print_train
+    from sftpipe.cli.report import print_train
 
     cfg, _ = lora_run
     clock = {"offset": 0.0, "jumps": 0}

@@ -1,5 +1,8 @@
 """Command line: parse, load config, call the stage's `run`, print its figures, set the exit code.
 
+The package holds the parser and commands (here), the printed summaries (`report.py`) and the demo
+(`demo.py`), which runs every stage in turn.
+
 Problems the user can fix (`SftpipeError`, including every config error) are printed as one clean
 message with exit code 2; no traceback reaches the user for bad input.
 """
@@ -123,14 +126,14 @@ def _load(args: argparse.Namespace):
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     from sftpipe.data.prepare import run
-    from sftpipe.report import print_prepare
+    from sftpipe.cli.report import print_prepare
 
     print_prepare(run(_load(args)))
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from sftpipe.report import print_train
+    from sftpipe.cli.report import print_train
     from sftpipe.stages import train
 
     result = train(_load(args), resume=args.resume, resume_force=args.resume_force)
@@ -141,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from sftpipe.evaluate.run import compare, run
-    from sftpipe.report import print_compare, print_eval
+    from sftpipe.cli.report import print_compare, print_eval
 
     cfg = _load(args)
     if args.compare:
@@ -186,7 +189,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from sftpipe.preflight.validate import run
-    from sftpipe.report import print_checks
+    from sftpipe.cli.report import print_checks
 
     result = run(_load(args))
     print(f"validate {args.config}")
@@ -200,7 +203,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from sftpipe.preflight.doctor import run
-    from sftpipe.report import print_checks
+    from sftpipe.cli.report import print_checks
 
     checks = run()
     print_checks(checks)
@@ -233,7 +236,7 @@ def cmd_init_tiny(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from sftpipe.demo import run
+    from sftpipe.cli.demo import run
 
     run(args.out, quick=args.quick)
     return 0
@@ -252,6 +255,3 @@ COMMANDS = {
     "demo": cmd_demo,
 }
 
-
-if __name__ == "__main__":
-    sys.exit(main())

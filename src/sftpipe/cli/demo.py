@@ -71,7 +71,7 @@ def run(out: Path, quick: bool = False) -> None:
     from sftpipe.export import merge
     from sftpipe.infer.generate import GenerationSettings
     from sftpipe.infer.generate import run as infer
-    from sftpipe.report import print_eval, print_prepare, print_train
+    from sftpipe.cli.report import print_eval, print_prepare, print_train
     from sftpipe.stages import train
 
     t0 = time.perf_counter()
