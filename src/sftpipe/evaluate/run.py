@@ -17,7 +17,7 @@ from sftpipe.config.schema import Config
 from sftpipe.data.writer import load_split, read_manifest
 from sftpipe.errors import SftpipeError
 from sftpipe.evaluate.execute import Executor
-from sftpipe.evaluate.generation import DecodingSettings
+from sftpipe.evaluate.generation import decoding_settings
 from sftpipe.evaluate.metrics import LossMetrics, evaluate_loss
 from sftpipe.evaluate.problems import EvalItem, items_from_split, load_items, unique_ids
 from sftpipe.evaluate.suite import SuiteResult, make_executor, run_suite
@@ -50,11 +50,6 @@ class CompareResult:
     base: EvalResult
     run: EvalResult
     output_dir: Path
-
-
-def decoding_settings(cfg: Config) -> DecodingSettings:
-    g = cfg.eval.generation
-    return DecodingSettings(cfg.eval.max_new_tokens, g.num_samples, g.temperature, g.top_p, g.batch_size, g.seed)
 
 
 def load_eval_items(cfg: Config) -> tuple[list[EvalItem], dict[str, int]]:
