@@ -55,6 +55,22 @@ def test_bad_records_name_file_and_line(tmp_path, line, message):
         load_items(str(path), "haskell")
 
 
+@pytest.mark.parametrize("line,message", [
+    (b'{"prompt": "caf\xe9"}', r"bad\.jsonl:4: bytes that are not UTF-8 at column 16"),
+    (b'{"id": "p", "id": "q", "prompt": "x"}', r"bad\.jsonl:4: key 'id' is given more than once"),
+    (b"{not json", r"bad\.jsonl:4: invalid JSON"),
+])
+def test_a_bad_line_in_a_problems_file_names_file_and_line(tmp_path, line, message):
+    """Problem files are read as prepare reads its sources: a BOM and blank lines are fine, and a bad record
+    is named by its line in the file."""
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "a"}\n\n{"prompt": "b"}\n' + line + b"\n")
+    with pytest.raises(SftpipeError, match=message):
+        load_items(str(path), "haskell")
+    path.write_bytes(b'\xef\xbb\xbf{"prompt": "a"}\n\n{"prompt": "b"}\n')
+    assert [i.id for i in load_items(str(path), "haskell")] == [f"{path}:1", f"{path}:2"]  # ids count records
+
+
 def test_missing_source_is_a_clear_error(tmp_path):
     with pytest.raises(SftpipeError, match="eval.generation.source.*does not exist"):
         load_items(str(tmp_path / "nope.jsonl"), "haskell")

@@ -11,9 +11,9 @@ from sftpipe import stages
 from sftpipe.cli import main
 from sftpipe.data import prepare
 from sftpipe.errors import SftpipeError
+from sftpipe.evaluate.generation import DecodingSettings, generate_samples
 from sftpipe.export import merge
 from sftpipe.export.merge import sample_batch
-from sftpipe.infer.generate import GenerationSettings, generate
 from sftpipe.models.loading import load_trained
 from sftpipe.train.checkpoint import COMPLETE, verify_checkpoint
 from tests.conftest import make_config
@@ -59,9 +59,10 @@ def test_generation_is_batched_and_left_padded(lora_run):
     model, tokenizer = load_trained(result.run_dir, torch.device("cpu"))
     prompts = [[{"role": "user", "content": "Hi"}],
                [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Explain folds " * 5}]]
-    settings = GenerationSettings(max_new_tokens=8, batch_size=2)
-    batched = generate(model, tokenizer, prompts, settings)
-    single = [generate(model, tokenizer, [p], GenerationSettings(max_new_tokens=8, batch_size=1))[0] for p in prompts]
+    settings = DecodingSettings(max_new_tokens=8, batch_size=2)
+    batched = [samples[0].text for samples in generate_samples(model, tokenizer, prompts, settings)]
+    single = [generate_samples(model, tokenizer, [p], DecodingSettings(max_new_tokens=8, batch_size=1))[0][0].text
+              for p in prompts]
     assert batched == single
 
 

@@ -48,18 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(p)
     p.add_argument("--adapter", help="run dir or adapter dir (default: train.output_dir)")
     p.add_argument("--out", help="output dir (default: export.output_dir)")
-    p = sub.add_parser("infer", help="generate with a trained model using its training template")
+    p = sub.add_parser("infer", help="generate with a trained model using its training template",
+                       description="Generate as eval does: the model's template and stop tokens, and the decoding "
+                       "settings of the config's eval section (built-in defaults without a config). The decoding "
+                       "flags are shortcuts for --set and override it.")
+    _config_args(p, required=False)
     p.add_argument("--model", required=True, help="run dir, adapter dir, merged or base model dir")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--prompt", help="one user prompt")
     group.add_argument("--prompts-file", type=Path, help='JSONL of {"prompt": ...} or {"messages": [...]}')
     p.add_argument("--system", help="system message for --prompt")
     p.add_argument("--output", type=Path, help="write JSONL results here (default: print)")
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--max-new-tokens", type=int, help="--set eval.max_new_tokens=N (default 256)")
+    p.add_argument("--temperature", type=float, help="--set eval.generation.temperature=T (default 0: greedy)")
+    p.add_argument("--top-p", type=float, help="--set eval.generation.top_p=P (default 1.0)")
+    p.add_argument("--batch-size", type=int, help="--set eval.generation.batch_size=N (default 8)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="--set train.device=DEVICE (default auto)")
     p = sub.add_parser("validate", help="check a config, its files, masks, disk and device without training")
     _config_args(p)
     sub.add_parser("doctor", help="check the environment: torch, CUDA, GPUs, bf16, optional packages")
@@ -164,26 +168,39 @@ def cmd_merge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _infer_shortcuts(args: argparse.Namespace) -> list[str]:
+    """infer's decoding flags as --set overrides; they come after every --set, so a flag wins."""
+    flags = {"eval.max_new_tokens": args.max_new_tokens, "eval.generation.temperature": args.temperature,
+             "eval.generation.top_p": args.top_p, "eval.generation.batch_size": args.batch_size,
+             "train.device": args.device}
+    return [f"{key}={value}" for key, value in flags.items() if value is not None]
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     import json
 
-    from sftpipe.infer.generate import GenerationSettings, read_prompts, run
+    from sftpipe.config import load_config
+    from sftpipe.infer.generate import read_prompts, run
 
+    cfg = load_config(args.config, preset=args.preset, overrides=[*args.overrides, *_infer_shortcuts(args)])
     if args.prompt is not None:
         system = [{"role": "system", "content": args.system}] if args.system else []
         prompts = [system + [{"role": "user", "content": args.prompt}]]
     else:
         prompts = read_prompts(args.prompts_file)
-    settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p, args.batch_size)
-    outputs = run(args.model, prompts, settings, device=args.device)
+    samples = run(cfg, args.model, prompts)
     if args.output:
         with args.output.open("w", encoding="utf-8") as fh:
-            for messages, text in zip(prompts, outputs):
-                fh.write(json.dumps({"messages": messages, "completion": text}, ensure_ascii=False) + "\n")
-        print(f"wrote {len(outputs)} completions to {args.output}")
+            for messages, generations in zip(prompts, samples):
+                texts = [g.text for g in generations]  # several with eval.generation.num_samples > 1
+                record = {"messages": messages, "completion": texts[0]} if len(texts) == 1 else \
+                    {"messages": messages, "completions": texts}
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        print(f"wrote {sum(len(s) for s in samples)} completions to {args.output}")
     else:
-        for text in outputs:
-            print(text)
+        for generations in samples:
+            for generation in generations:
+                print(generation.text)
     return 0
 
 

@@ -69,7 +69,6 @@ def run(out: Path, quick: bool = False) -> None:
     from sftpipe.data import prepare
     from sftpipe.evaluate import run as evaluate
     from sftpipe.export import merge
-    from sftpipe.infer.generate import GenerationSettings
     from sftpipe.infer.generate import run as infer
     from sftpipe.cli.report import print_eval, print_prepare, print_train
     from sftpipe.stages import train
@@ -122,7 +121,7 @@ def run(out: Path, quick: bool = False) -> None:
 
     held_out = json.loads(load_split(Path(cfg.data.output_dir), "test")[0]["messages"])
     prompt = [m for m in held_out if m["role"] != "assistant"]
-    completion = infer(str(merged.output_dir), [prompt], GenerationSettings(max_new_tokens=cfg.eval.max_new_tokens))[0]
+    completion = infer(cfg, str(merged.output_dir), [prompt])[0][0].text
     print(f"prompt: {prompt[-1]['content']}\ncompletion: {completion!r}")
     timings["infer"] = time.perf_counter() - t
 

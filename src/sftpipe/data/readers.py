@@ -33,12 +33,31 @@ def read_source(source: SourceConfig) -> Iterator[RawRecord]:
         return
     if not path.is_file():
         raise SftpipeError(f"data source {source.path!r} not found (set data.sources[].path to a file or directory)")
-    readers = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet,
-               ".txt": _read_text}
-    reader = readers.get(path.suffix.lower())
+    reader = _FILE_READERS.get(path.suffix.lower())
     if reader is None:
         raise SftpipeError(f"{path}: unsupported file type {path.suffix!r}; use one of {', '.join(SUFFIXES)}")
     yield from reader(path)
+
+
+def read_records(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """`(location, record)` for every record of a file that a command reads as its input (infer's prompts,
+    eval's problems): a .json array, a .csv or .parquet file, else JSON lines.
+
+    The same reading as `read_source` (BOMs, bytes that are not UTF-8, duplicate keys), but with no
+    rejection count to put a bad record in, the first record that cannot be read stops the command.
+
+    Raises:
+        SftpipeError: the first record that cannot be read, with its file and line (or index).
+    """
+    if not path.is_file():
+        raise SftpipeError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    reader = _FILE_READERS[suffix] if suffix in (".json", ".csv", ".parquet") else _read_jsonl
+    for where, record in reader(path):
+        if isinstance(record, RecordError):
+            problem = f"invalid JSON ({record.detail})" if record.reason == "invalid_json" else record.detail
+            raise SftpipeError(f"{where}: {problem}")
+        yield where, record
 
 
 def _read_jsonl(path: Path) -> Iterator[RawRecord]:
@@ -356,6 +375,8 @@ def _value_problem(value: Any) -> RecordError | None:
     return None
 
 
+_FILE_READERS = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet,
+                 ".txt": _read_text}
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 _BAD_BYTES = re.compile(r"[\udc80-\udcff]")  # what surrogateescape makes of bytes that are not UTF-8
 

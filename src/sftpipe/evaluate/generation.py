@@ -1,15 +1,20 @@
-"""Batched generation for evaluation: n samples per prompt, greedy or sampled, with per-sample token counts
-and whether each ended with an end token or ran into max_new_tokens."""
+"""The one generate loop, used by eval and infer: n samples per prompt, greedy or sampled, stopping at the
+model's eos and the template's end-of-turn tokens, with per-sample token counts and whether each ended
+with an end token or ran into max_new_tokens."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from sftpipe.data.templates import stop_token_ids
 from sftpipe.data.tokenize import encode_prompt
+
+if TYPE_CHECKING:
+    from sftpipe.config.schema import Config
 
 
 @dataclass
@@ -27,6 +32,12 @@ class DecodingSettings:
     top_p: float = 1.0
     batch_size: int = 8
     seed: int = 0
+
+
+def decoding_settings(cfg: Config) -> DecodingSettings:
+    """The decoding settings of `cfg.eval` (max_new_tokens and the eval.generation section)."""
+    g = cfg.eval.generation
+    return DecodingSettings(cfg.eval.max_new_tokens, g.num_samples, g.temperature, g.top_p, g.batch_size, g.seed)
 
 
 def end_token_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:

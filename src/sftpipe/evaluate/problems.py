@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sftpipe.data import readers
 from sftpipe.errors import SftpipeError
 from sftpipe.evaluate.execution.problem import CodeProblem
 
@@ -64,26 +65,28 @@ def items_from_split(data_dir: Path, split: str, language: str) -> tuple[list[Ev
     return items, skipped
 
 
-def items_from_records(records: list[dict[str, Any]], origin: str, language: str) -> list[EvalItem]:
-    """Turn raw records (see the module docstring) into eval items; `origin` names the file in errors."""
+def items_from_records(records: list[tuple[str, Any]], origin: str, language: str) -> list[EvalItem]:
+    """Turn raw `(location, record)` pairs (see the module docstring) into eval items; errors name the
+    location, and an item without an id is named `origin:N` after its place N (from 1) among the records."""
     items = []
-    for index, record in enumerate(records):
-        where = f"{origin}:{index + 1}"
+    for index, (where, record) in enumerate(records):
+        default_id = f"{origin}:{index + 1}"
         if not isinstance(record, dict):
             raise SftpipeError(f"{where}: expected a JSON object, got {type(record).__name__}")
         if "tests" in record and "prompt" in record and not isinstance(record.get("messages"), list):
-            items.append(_multiple_item(record, where, language))
+            items.append(_multiple_item(record, where, default_id, language))
         elif "tests" in record and "instruction" in record:
-            items.append(_sftpipe_item(record, where, language))
+            items.append(_sftpipe_item(record, where, default_id, language))
         elif isinstance(record.get("prompt"), str):
-            items.append(EvalItem(str(record.get("id") or where), [{"role": "user", "content": record["prompt"]}],
+            items.append(EvalItem(str(record.get("id") or default_id),
+                                  [{"role": "user", "content": record["prompt"]}],
                                   record.get("completion") or record.get("reference")))
         elif isinstance(record.get("messages"), list):
             messages = record["messages"]
             reference = None
             if messages and messages[-1].get("role") == "assistant":
                 reference, messages = messages[-1].get("content"), messages[:-1]
-            items.append(EvalItem(str(record.get("id") or where), messages, reference))
+            items.append(EvalItem(str(record.get("id") or default_id), messages, reference))
         else:
             raise SftpipeError(
                 f"{where}: unrecognised record with fields {sorted(record)}; expected {{prompt}}, {{messages}}, "
@@ -110,16 +113,17 @@ def unique_ids(items: list[EvalItem]) -> list[EvalItem]:
     return items
 
 
-def read_records(source: str, hf_config: str | None = None, hf_split: str = "test") -> list[dict[str, Any]]:
-    """Raw records of a file, dataset dir or hub dataset; in columnar sources a missing field is absent, not None."""
-    return [_present(r) if isinstance(r, dict) else r for r in _read_raw(source, hf_config, hf_split)]
+def read_records(source: str, hf_config: str | None = None, hf_split: str = "test") -> list[tuple[str, dict[str, Any]]]:
+    """`(location, record)` of a file, dataset dir or hub dataset; in columnar sources a missing field is
+    absent, not None. A file is read as prepare reads its sources (`readers.read_records`)."""
+    return [(where, _present(r) if isinstance(r, dict) else r) for where, r in _read_raw(source, hf_config, hf_split)]
 
 
 def _present(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if v is not None and not (isinstance(v, float) and v != v)}
 
 
-def _read_raw(source: str, hf_config: str | None, hf_split: str) -> list[Any]:
+def _read_raw(source: str, hf_config: str | None, hf_split: str) -> list[tuple[str, Any]]:
     if source.startswith("hf:"):
         import datasets
 
@@ -127,7 +131,7 @@ def _read_raw(source: str, hf_config: str | None, hf_split: str) -> list[Any]:
             ds = datasets.load_dataset(source[3:], hf_config, split=hf_split)
         except Exception as exc:  # noqa: BLE001 - datasets raises many types; all mean "cannot load"
             raise SftpipeError(f"eval.generation.source {source!r}: cannot load ({exc})") from None
-        return [dict(r) for r in ds]
+        return [(f"{source}[{index}]", dict(r)) for index, r in enumerate(ds)]
     path = Path(source)
     if not path.exists():
         raise SftpipeError(f"eval.generation.source: {source} does not exist; give a .jsonl/.json/.parquet file, "
@@ -141,29 +145,8 @@ def _read_raw(source: str, hf_config: str | None, hf_split: str) -> list[Any]:
             ds = datasets.load_dataset(str(path), hf_config, split=hf_split)
         if isinstance(ds, datasets.DatasetDict):
             ds = ds[hf_split]
-        return [dict(r) for r in ds]
-    if path.suffix == ".parquet":
-        import pandas as pd
-
-        return pd.read_parquet(path).to_dict("records")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise SftpipeError(f"{path}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
-        if not isinstance(data, list):
-            raise SftpipeError(f"{path}: expected a JSON list of records")
-        return data
-    records = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise SftpipeError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
-    return records
+        return [(f"{source}[{index}]", dict(r)) for index, r in enumerate(ds)]
+    return list(readers.read_records(path))
 
 
 def code_prompt(language: str, instruction: str) -> list[dict[str, str]]:
@@ -176,11 +159,11 @@ def code_prompt(language: str, instruction: str) -> list[dict[str, str]]:
     return conv.messages[:-1]
 
 
-def _sftpipe_item(record: dict[str, Any], where: str, language: str) -> EvalItem:
+def _sftpipe_item(record: dict[str, Any], where: str, default_id: str, language: str) -> EvalItem:
     for name in ("instruction", "tests"):
         if not isinstance(record.get(name), str) or not record[name].strip():
             raise SftpipeError(f"{where}: field {name!r} must be a non-empty string")
-    item_id = str(record.get("id") or where)
+    item_id = str(record.get("id") or default_id)
     _check_tests_compile(language, record["tests"], where)
     problem = CodeProblem(item_id, language, record["tests"], "sftpipe", record.get("entry_point"))
     reference = record.get("solution")
@@ -190,7 +173,7 @@ def _sftpipe_item(record: dict[str, Any], where: str, language: str) -> EvalItem
                     {k: record[k] for k in ("topic", "mutant", "solution") if k in record})
 
 
-def _multiple_item(record: dict[str, Any], where: str, default_language: str) -> EvalItem:
+def _multiple_item(record: dict[str, Any], where: str, default_id: str, default_language: str) -> EvalItem:
     raw_language = str(record.get("language") or default_language)
     language = MULTIPLE_LANGUAGES.get(raw_language)
     if language is None:
@@ -201,7 +184,7 @@ def _multiple_item(record: dict[str, Any], where: str, default_language: str) ->
         raise SftpipeError(f"{where}: MultiPL-E fields `prompt` and `tests` must be strings")
     _check_tests_compile(language, tests, where)
     stops = record.get("stop_tokens") or ()
-    problem = CodeProblem(str(record.get("name") or where), language, tests, "multipl-e",
+    problem = CodeProblem(str(record.get("name") or default_id), language, tests, "multipl-e",
                           multiple_entry_point(language, prompt, tests), prompt, tuple(stops))
     tag = FENCE_TAG[language]
     user = (f"Complete the following {language.capitalize()} function. Reply with the whole function in a "

@@ -16,7 +16,7 @@ from sftpipe.config.schema import Config
 from sftpipe.data.writer import load_split, read_manifest
 from sftpipe.errors import SftpipeError
 from sftpipe.evaluate.execution.executor import Executor
-from sftpipe.evaluate.generation import DecodingSettings
+from sftpipe.evaluate.generation import decoding_settings
 from sftpipe.evaluate.metrics import evaluate_loss
 from sftpipe.evaluate.problems import EvalItem, items_from_split, load_items, unique_ids
 from sftpipe.evaluate.result import CompareResult, EvalResult
@@ -24,9 +24,6 @@ from sftpipe.evaluate.suite import make_executor, run_suite
 from sftpipe.models.loading import load_trained, pick_device, resolve_model_dir, tokenizer_sha256
 
 
-def decoding_settings(cfg: Config) -> DecodingSettings:
-    g = cfg.eval.generation
-    return DecodingSettings(cfg.eval.max_new_tokens, g.num_samples, g.temperature, g.top_p, g.batch_size, g.seed)
 
 
 def load_eval_items(cfg: Config) -> tuple[list[EvalItem], dict[str, int]]:

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 from sftpipe.config.schema import Config
 from sftpipe.data.tokenize import encode_prompt
 from sftpipe.errors import SftpipeError
-from sftpipe.models.loading import DTYPES, load_trained, resolve_model_dir
+from sftpipe.models.loading import load_trained, resolve_model_dir, torch_dtype
 from sftpipe.train.saving import INFO
 
 SAMPLE_CONVERSATIONS = [
@@ -70,7 +70,7 @@ def run(cfg: Config, adapter_path: str, output_dir: str | None = None) -> MergeR
         )
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    merged.to(DTYPES[cfg.export.dtype]).save_pretrained(tmp, safe_serialization=True)
+    merged.to(torch_dtype(cfg.export.dtype)).save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     source = Path(resolve_model_dir(adapter_path))
     info = json.loads((source / INFO).read_text(encoding="utf-8")) if (source / INFO).is_file() else {}

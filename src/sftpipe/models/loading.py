@@ -7,17 +7,16 @@ import importlib.util
 import json
 import logging
 from pathlib import Path
-
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
 from sftpipe.config.schema import ModelConfig
 from sftpipe.errors import SftpipeError
 
+if TYPE_CHECKING:  # torch and transformers load in seconds: imported where used, so `prepare` starts fast
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
 
 DEFAULT_MODEL = ModelConfig.model_fields["name_or_path"].default  # where `sftpipe init-tiny` writes by default
 MODEL_FILES = ("config.json",)
@@ -70,15 +69,50 @@ def load_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     field = "model.tokenizer" if cfg.tokenizer else "model.name_or_path"
     check_local_path(source, field)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(
-            source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-        )
+        if declares_generic_tokenizer(source):
+            from transformers import TokenizersBackend
+
+            tokenizer = TokenizersBackend.from_pretrained(source, revision=cfg.revision)
+        else:
+            from transformers import AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(
+                source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+            )
     except (OSError, ValueError) as exc:
         raise SftpipeError(not_loadable_message(source, field, "tokenizer", TOKENIZER_FILES, exc)) from None
     if tokenizer.pad_token is None:
         # Labels are masked by position, not by pad id, so pad == eos never hides the trained eos token.
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+# What AutoTokenizer loads as the generic TokenizersBackend: a tokenizer_config.json declaring one of these
+# classes, of a model of one of these types or of no model (transformers overrides the declared class for a
+# list of model types; llama is not on it). tests/unit/test_startup.py checks the two load alike.
+GENERIC_TOKENIZER_CLASSES = ("TokenizersBackend", "PreTrainedTokenizerFast")
+GENERIC_TOKENIZER_MODEL_TYPES = ("llama",)
+
+
+def declares_generic_tokenizer(source: str) -> bool:
+    """Whether `source` is a local dir whose tokenizer AutoTokenizer would load as the generic
+    `TokenizersBackend` anyway: loading that class directly skips AutoTokenizer's model-config lookup, which
+    imports torch (seconds that `prepare` does not otherwise need). The tiny model, and the runs, checkpoints
+    and merged models made from it, are such dirs; a hub id or any other model goes through AutoTokenizer.
+    """
+    path = Path(source).expanduser()
+    if not (path / "tokenizer.json").is_file() or not (path / "tokenizer_config.json").is_file():
+        return False
+    try:
+        declared = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+        model = json.loads((path / "config.json").read_text(encoding="utf-8")) if (path / "config.json").is_file() \
+            else None
+    except (OSError, ValueError):
+        return False  # AutoTokenizer reports what is wrong with the files
+    generic_model = model is None or (isinstance(model, dict) and "auto_map" not in model
+                                      and model.get("model_type") in GENERIC_TOKENIZER_MODEL_TYPES)
+    return (isinstance(declared, dict) and "auto_map" not in declared
+            and declared.get("tokenizer_class") in GENERIC_TOKENIZER_CLASSES and generic_model)
 
 
 def tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
@@ -93,13 +127,22 @@ def tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a config dtype name (float32, bfloat16, float16)."""
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """auto: bf16 on CUDA devices that support it, fp32 elsewhere."""
+    import torch
+
     if name == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
         return torch.float32
-    return DTYPES[name]
+    return torch_dtype(name)
 
 
 def resolve_attn(name: str, device: torch.device | None = None) -> str:
@@ -123,6 +166,8 @@ def resolve_attn(name: str, device: torch.device | None = None) -> str:
 
 def load_model(cfg: ModelConfig, device: torch.device, path: str | Path | None = None) -> PreTrainedModel:
     """Load the causal LM from `path` (default: cfg.name_or_path) with the configured dtype and attention."""
+    from transformers import AutoModelForCausalLM
+
     source = str(path or cfg.name_or_path)
     check_local_path(source, "model.name_or_path")
     try:
@@ -140,6 +185,8 @@ def load_model(cfg: ModelConfig, device: torch.device, path: str | Path | None =
 
 
 def pick_device(name: str) -> torch.device:
+    import torch
+
     if name == "cuda" and not torch.cuda.is_available():
         raise SftpipeError("train.device is cuda but no CUDA GPU is visible; use device: auto or cpu")
     if name == "auto":
