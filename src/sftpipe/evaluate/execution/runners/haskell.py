@@ -71,13 +71,22 @@ sftpipeRun = do
 """
 
 
-@lru_cache(maxsize=None)
-def ghc_version(ghc: str) -> str:
-    """`ghc --numeric-version`, or SftpipeError naming how to install GHC."""
+def find_ghc(ghc: str) -> str:
+    """The path of `ghc` (a name looked up on PATH, or a path), or SftpipeError naming how to install GHC.
+
+    Looked up at every call, not cached: PATH may change within a process (and a cached answer by name would
+    keep a compiler that is no longer there).
+    """
     path = shutil.which(ghc)
     if path is None:
         raise SftpipeError(f"eval.code.ghc: {ghc!r} not found on PATH; install GHC (Debian/Ubuntu: "
                            "apt-get install ghc) or set eval.code.ghc to its path")
+    return path
+
+
+@lru_cache(maxsize=None)
+def ghc_version(path: str) -> str:
+    """`ghc --numeric-version` of the GHC at `path`."""
     out = subprocess.run([path, "--numeric-version"], capture_output=True, text=True, timeout=60, check=False)
     if out.returncode != 0:
         raise SftpipeError(f"eval.code.ghc: `{path} --numeric-version` failed: {out.stderr.strip()[:200]}")
@@ -170,8 +179,8 @@ class HaskellRunner(Runner):
     """Builds and runs batches of Haskell samples (call `run_batch` from several threads in parallel)."""
 
     def __init__(self, ghc: str, flags: list[str], limits: ExecLimits, sandbox: Sandbox, *, max_batch: int):
-        self.ghc = shutil.which(ghc) or ghc
-        self.version = ghc_version(ghc)
+        self.ghc = find_ghc(ghc)
+        self.version = ghc_version(self.ghc)
         self.flags = list(flags) + (["-dynamic"] if ghc_links_dynamically(self.ghc) else [])
         self.limits = limits
         self.sandbox = sandbox
