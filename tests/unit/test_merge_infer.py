@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from sftpipe.cli import main
+from sftpipe.contracts.checkpoint import COMPLETE, verify_checkpoint
 from sftpipe.data import prepare
 from sftpipe.errors import SftpipeError
 from sftpipe.export import merge
@@ -15,7 +16,6 @@ from sftpipe.export.merge import sample_batch
 from sftpipe.infer.generate import GenerationSettings, generate
 from sftpipe.models.loading import load_trained
 from sftpipe.train import loop
-from sftpipe.train.checkpoint import COMPLETE, verify_checkpoint
 from tests.conftest import make_config
 
 

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from sftpipe.config import load_config
+from sftpipe.contracts.data_dir import DataDir
 from sftpipe.data import prepare
-from sftpipe.data.writer import load_split
 from sftpipe.errors import SftpipeError
 from sftpipe.models.adapters import build_trainable_model
 from sftpipe.tiny import init_tiny
@@ -42,7 +42,7 @@ def _train_steps(cfg, model, rows, steps=3):
 def test_trained_params_change_and_frozen_ones_do_not(tmp_path, tiny_dir, chat_sources, method):
     cfg = make_config(tmp_path, tiny_dir, chat_sources, train={"method": method})
     prepare.run(cfg)
-    rows = list(load_split(tmp_path / "data", "train").select(range(4)))
+    rows = list(DataDir(tmp_path / "data").load_split("train").select(range(4)))
     model = build_trainable_model(cfg, torch.device("cpu"))
     before = _snapshot(model)
     _train_steps(cfg, model, rows)
@@ -100,7 +100,7 @@ def test_gradient_is_token_weighted_over_the_whole_step(tmp_path, tiny_dir, chat
     """8x1, 4x2 and 1x8 give the same gradient although micro-batches hold very different label counts."""
     cfg = make_config(tmp_path, tiny_dir, chat_sources, train={"method": "full"})
     prepare.run(cfg)
-    ds = load_split(tmp_path / "data", "train")
+    ds = DataDir(tmp_path / "data").load_split("train")
     order = sorted(range(len(ds)), key=lambda i: sum(x != -100 for x in ds[i]["labels"]))
     rows = [ds[i] for i in order[:4] + order[-4:]]  # four short answers, four long ones
     counts = [sum(x != -100 for x in r["labels"]) for r in rows]

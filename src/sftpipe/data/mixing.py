@@ -11,28 +11,12 @@ example, written out as repeated rows, so any later packing or sampling sees the
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from sftpipe.config.data_sections import MixConfig
+from sftpipe.contracts.data_dir import SourceMix
 from sftpipe.errors import SftpipeError
-
-
-@dataclass
-class SourceMix:
-    source: str
-    weight: float
-    available: int  # in `unit`, kept train examples before mixing
-    available_examples: int
-    target: float
-    achieved: int
-    examples: int  # rows in the mixed train split
-    target_share: float
-    achieved_share: float
-
-    def as_json(self) -> dict:
-        return asdict(self)
 
 
 def plan_mix(names: list[str], weights: list[float], source: np.ndarray, amount: np.ndarray, cfg: MixConfig
@@ -67,8 +51,10 @@ def plan_mix(names: list[str], weights: list[float], source: np.ndarray, amount:
     achieved = np.bincount(source, weights=amount * counts, minlength=len(names)).astype(np.int64)
     grand = max(int(achieved.sum()), 1)
     mixes = [
-        SourceMix(name, float(weights[s]), int(available[s]), int((source == s).sum()), float(targets[s]),
-                  int(achieved[s]), int(counts[source == s].sum()), float(shares[s]), float(achieved[s] / grand))
+        SourceMix(source=name, weight=float(weights[s]), available=int(available[s]),
+                  available_examples=int((source == s).sum()), target=float(targets[s]), achieved=int(achieved[s]),
+                  examples=int(counts[source == s].sum()), target_share=float(shares[s]),
+                  achieved_share=float(achieved[s] / grand))
         for s, name in enumerate(names)
     ]
     return counts, mixes

@@ -17,7 +17,6 @@ of figures per example and the dedup indexes, which hold only duplicate candidat
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections import Counter
@@ -28,30 +27,21 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sftpipe.config.schema import Config
+from sftpipe.contracts.data_dir import DataDir, SourceMix, SplitStats
 from sftpipe.data.assemble import write_splits
 from sftpipe.data.card import data_card, length_figures, write_histogram_svg
 from sftpipe.data.decontam import KEPT, find_duplicates, find_ngram_overlaps
 from sftpipe.data.dedup import SignatureStore
 from sftpipe.data.ledger import Ledger
-from sftpipe.data.mixing import SourceMix, plan_mix
+from sftpipe.data.mixing import plan_mix
 from sftpipe.data.scan import LocationStore, read_chunks, run_chunks
 from sftpipe.data.shards import metadata_template
 from sftpipe.data.split import SPLIT_NAMES, TRAIN, assign_splits
 from sftpipe.data.syntax import require_checker
 from sftpipe.data.templates import check_template, resolve_template
-from sftpipe.data.writer import MANIFEST, build_manifest
+from sftpipe.data.writer import build_manifest
 from sftpipe.errors import SftpipeError
 from sftpipe.models.loading import load_tokenizer
-
-
-@dataclass
-class SplitStats:
-    examples: int = 0
-    tokens: int = 0
-    trained_tokens: int = 0
-    truncated: int = 0
-    max_tokens: int = 0
-    shards: int = 0
 
 
 @dataclass
@@ -196,7 +186,7 @@ def _prepare(cfg: Config, tokenizer, template: str, out: Path, tmp: Path) -> Pre
                            removed_by_stage={stage: dict(c) for stage, c in ledger.by_stage.items()}, mixing=mixes)
     figures = length_figures(lengths, data.max_length)
     manifest = build_manifest(cfg, tokenizer, template, result, figures, ledger)
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+    DataDir(tmp).write_manifest(manifest)
     write_histogram_svg(tmp / "length_histogram.svg", figures)
     (tmp / "DATA_CARD.md").write_text(data_card(manifest), encoding="utf-8")
     return result
