@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, get_scheduler
 
-from sftpipe.train import checkpoint
-from sftpipe.train.checkpoint import TrainerState, dir_bytes, human_bytes, restore_checkpoint, save_checkpoint
+from sftpipe.contracts.checkpoint import TrainerState, latest_complete, verify_checkpoint
+from sftpipe.train.checkpoint import dir_bytes, human_bytes, restore_checkpoint, save_checkpoint
 
 
 def build(hidden: int, layers: int):
@@ -69,9 +69,9 @@ def main() -> None:
             without.append(timed(lambda: save(digests=False), 1))  # train.checkpoint_digests: false
         with_digests, without = statistics.median(with_digests), statistics.median(without)
         save()
-        ckpt = checkpoint.latest_complete(root)
+        ckpt = latest_complete(root)
         size = dir_bytes(ckpt)
-        verify = timed(lambda: checkpoint.verify_checkpoint(ckpt), args.repeats)
+        verify = timed(lambda: verify_checkpoint(ckpt), args.repeats)
         restore = timed(lambda: restore_checkpoint(ckpt, model, optimizer, scheduler), args.repeats)
     finally:
         shutil.rmtree(root)

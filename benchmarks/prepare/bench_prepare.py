@@ -49,8 +49,8 @@ SFTPIPE_CHILD = textwrap.dedent("""
     from sftpipe.cli import quiet_libraries
     quiet_libraries()
     from sftpipe.config import load_config
+    from sftpipe.contracts.data_dir import DataDir
     from sftpipe.data import prepare
-    from sftpipe.data.writer import load_split
     config, sample_out = sys.argv[1], sys.argv[2]
     def cpu():
         return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
@@ -62,7 +62,7 @@ SFTPIPE_CHILD = textwrap.dedent("""
     result = prepare.run(cfg)
     seconds, cpu_seconds = time.perf_counter() - t0, cpu() - c0
     sample = {}
-    train = load_split(result.output_dir, "train")
+    train = DataDir(result.output_dir).load_split("train")
     for row in train.select(range(min(300, len(train)))):
         messages = json.loads(row["messages"])
         sample[messages[0]["content"] + "\\x1f" + messages[1]["content"]] = [row["input_ids"], row["labels"]]

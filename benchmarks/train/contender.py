@@ -55,6 +55,7 @@ def window(marks: list[tuple], warmup: int) -> dict:
 def run_sftpipe(spec: dict, c: dict) -> dict:
     from sftpipe import stages
     from sftpipe.config import load_config
+    from sftpipe.contracts.run_dir import RunDir
     from sftpipe.train.tracking import MetricsLogger, read_metrics
 
     stamps: dict[int, tuple] = {}
@@ -72,14 +73,14 @@ def run_sftpipe(spec: dict, c: dict) -> dict:
                  f"train.max_steps={spec['warmup'] + spec['steps']}", *c.get("set", [])]
     cfg = load_config(spec["config"], overrides=overrides)
     result = stages.train(cfg, resume="never")
-    steps = [m for m in read_metrics(out / "logs" / "metrics.jsonl") if "loss" in m]
+    steps = [m for m in read_metrics(RunDir(out).metrics) if "loss" in m]
     marks, real, sup, slots = [((0.0, 0.0, 0.0), 0, 0, 0)], 0, 0, 0
     for m in steps:
         step_real = m["tokens"] - real
         real, sup = m["tokens"], m["trained_tokens"]
         slots += step_real / m["packing_efficiency"]
         marks.append((stamps[m["step"]], real, sup, int(round(slots))))
-    speed = next(m["speed"] for m in read_metrics(out / "logs" / "metrics.jsonl") if "speed" in m)
+    speed = next(m["speed"] for m in read_metrics(RunDir(out).metrics) if "speed" in m)
     return {**window(marks, spec["warmup"]), "detail": speed, "final_loss": result.train_loss}
 
 
@@ -97,9 +98,9 @@ def run_bare(spec: dict, c: dict) -> dict:
     from transformers import AutoModelForCausalLM
 
     from sftpipe.config import load_config
+    from sftpipe.contracts.data_dir import DataDir
     from sftpipe.data.batches.collate import TokenStore, collate_flat, collate_packed
     from sftpipe.data.batches.plan import build_plan
-    from sftpipe.data.writer import load_split
     from sftpipe.models.varlen_attention import use_sdpa_varlen
     from sftpipe.train.causal_lm import CausalLMLoss
 
@@ -107,7 +108,7 @@ def run_bare(spec: dict, c: dict) -> dict:
     cfg = load_config(spec["config"], overrides=c.get("set", []))
     tc = cfg.train
     torch.manual_seed(tc.seed)
-    store = TokenStore(load_split(Path(cfg.data.output_dir), "train"))
+    store = TokenStore(DataDir(Path(cfg.data.output_dir)).load_split("train"))
     plan, _ = build_plan(tc, store.lengths, cfg.data.max_length, 1, 0, flat=same_kernels)
     collate = collate_flat if same_kernels else collate_packed
     total = spec["warmup"] + spec["steps"]

@@ -108,14 +108,14 @@ def build_workdir(workdir: Path, conversations: int, seed: int) -> Path:
 
 
 def data_figures(workdir: Path) -> dict:
-    manifest = json.loads((workdir / "data" / "manifest.json").read_text())
-    split = manifest["splits"]["train"]
-    import datasets
+    from sftpipe.contracts.data_dir import DataDir
 
-    lengths = [len(x) for x in datasets.load_from_disk(str(workdir / "data" / "train"))["input_ids"]]
-    return {"examples": split["examples"], "tokens": split["tokens"], "trained_tokens": split["trained_tokens"],
-            "mean_length": round(split["tokens"] / split["examples"], 1), "min_length": min(lengths),
-            "max_length": max(lengths), "rejected": manifest["rejected"]}
+    data = DataDir(workdir / "data")
+    split = data.manifest.splits["train"]
+    lengths = [len(x) for x in data.load_split("train")["input_ids"]]
+    return {"examples": split.examples, "tokens": split.tokens, "trained_tokens": split.trained_tokens,
+            "mean_length": round(split.tokens / split.examples, 1), "min_length": min(lengths),
+            "max_length": max(lengths), "rejected": data.manifest.rejected}
 
 
 def contenders(suite: str, trl_default_accum: int, trl_packed_batch: int) -> list[dict]:

@@ -13,7 +13,7 @@ import torch
 from accelerate import Accelerator
 
 from sftpipe.config.schema import Config
-from sftpipe.data.writer import load_split
+from sftpipe.contracts.data_dir import DataDir
 from sftpipe.evaluate.in_training import TrainingEval
 from sftpipe.evaluate.metrics import evaluate_loss
 from sftpipe.models.loss import LossMetrics
@@ -34,7 +34,7 @@ def train(cfg: Config, resume: str = "auto", resume_force: bool = False) -> loop
 def training_evaluators(cfg: Config, tokenizer: Any, accelerator: Accelerator) -> Evaluators:
     """Loss on the data dir's val split (none when it is empty) and the in-training eval (`eval.during_training`)."""
     generation = TrainingEval.create(cfg, tokenizer, accelerator)  # None unless on, and on the main process
-    val = load_split(Path(cfg.data.output_dir), "val")
+    val = DataDir(Path(cfg.data.output_dir)).load_split("val")
     if len(val) == 0:
         return Evaluators(generation=generation)
 

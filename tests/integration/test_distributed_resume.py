@@ -17,9 +17,9 @@ import torch
 
 from sftpipe import stages
 from sftpipe.config import load_config
+from sftpipe.contracts.checkpoint import COMPLETE, RNG, file_digests, load_trainer_state
 from sftpipe.data import prepare
 from sftpipe.train import loop
-from sftpipe.train.checkpoint import COMPLETE, RNG, file_digests, load_trainer_state
 from tests.conftest import free_port, make_config, pc_records, spawn_and_wait, write_jsonl
 from tests.run_compare import run_differences
 

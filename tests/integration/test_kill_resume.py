@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pytest
 
+from sftpipe.contracts.checkpoint import COMPLETE, STATE, complete_checkpoints, file_digests, verify_checkpoint
 from sftpipe.data import prepare
-from sftpipe.train.checkpoint import COMPLETE, STATE, complete_checkpoints, file_digests, verify_checkpoint
+from sftpipe.contracts.checkpoint import COMPLETE, STATE, complete_checkpoints, file_digests, verify_checkpoint
 from sftpipe.train.faults import ENV, POINTS
 from tests.cli_forkserver import start_cli
 from tests.conftest import make_config, pc_records, write_jsonl

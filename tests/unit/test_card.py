@@ -3,10 +3,10 @@
 import json
 import xml.etree.ElementTree as ET
 
+from sftpipe.contracts.data_dir import tokenizer_sha256
 from sftpipe.data import prepare
 from sftpipe.data.prepare.card import HISTOGRAM_BINS
 from sftpipe.data.templates import CHATML
-from sftpipe.models.loading import tokenizer_sha256
 from tests.conftest import distinct_records, make_config, write_jsonl
 
 

@@ -6,7 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sftpipe.train.checkpoint import COMPLETE, apply_retention, capture_rng, complete_checkpoints, latest_complete
+from sftpipe.contracts.checkpoint import COMPLETE, apply_retention, complete_checkpoints, latest_complete
+from sftpipe.train.checkpoint import capture_rng
 
 
 def _fake(root, step, complete=True):
@@ -80,7 +81,7 @@ def test_retention_leaves_checkpoints_past_the_current_step_alone(tmp_path_facto
 
 
 def test_deleting_a_checkpoint_unmarks_it_first(tmp_path, monkeypatch):
-    from sftpipe.train import checkpoint
+    from sftpipe.contracts import checkpoint
 
     path = _fake(tmp_path, 5)
     (path / "adapter_model.safetensors").write_bytes(b"x")
@@ -95,7 +96,7 @@ def test_deleting_a_checkpoint_unmarks_it_first(tmp_path, monkeypatch):
 
 
 def test_leftovers_of_interrupted_saves_are_cleared(tmp_path):
-    from sftpipe.train.checkpoint import remove_incomplete
+    from sftpipe.contracts.checkpoint import remove_incomplete
 
     keep = _fake(tmp_path, 2)
     unmarked = _fake(tmp_path, 4, complete=False)

@@ -8,10 +8,10 @@ import datasets
 import numpy as np
 import pytest
 
+from sftpipe.contracts.data_dir import DataDir, Overlap, SourceCounts
 from sftpipe.data import prepare
 from sftpipe.data.prepare.fingerprint import NgramIndex, Signer, compared_turns, content_hash
 from sftpipe.data.records import Conversation
-from sftpipe.data.writer import read_manifest
 from tests.conftest import distinct_records, write_jsonl
 from tests.conftest import make_config as _make_config
 
@@ -85,8 +85,8 @@ def test_exact_duplicates_after_normalisation_are_removed_within_and_across_sour
     removed = _rejected(tmp_path / "data")
     assert sorted((r["source"], r["duplicate_of"].rsplit("/", 1)[1]) for r in removed) == [
         ("a.jsonl", "a.jsonl:6"), ("b.jsonl", "a.jsonl:4"), ("b.jsonl", "a.jsonl:8")]
-    manifest = read_manifest(tmp_path / "data")
-    assert manifest["sources"]["b.jsonl"] == {"read": 7, "kept": 5, "rejected": 2}
+    manifest = DataDir(tmp_path / "data").manifest
+    assert manifest.sources["b.jsonl"] == SourceCounts(read=7, kept=5, rejected=2)
 
 
 def test_records_below_the_threshold_are_kept(tmp_path, tiny_dir):
@@ -152,8 +152,8 @@ def test_train_records_overlapping_an_eval_set_are_removed(tmp_path, tiny_dir):
     assert [r["location"].rsplit(":", 1)[1] for r in removed] == ["10", "5"]
     assert [r["against"] for r in removed] == ["eval:bench", "eval:bench"]
     assert removed[0]["duplicate_of"].endswith("bench.jsonl:2") and removed[1]["duplicate_of"].endswith("bench.jsonl:1")
-    manifest = read_manifest(tmp_path / "data")
-    assert manifest["overlaps"] == [{"reason": "contamination_ngram", "against": "eval:bench", "count": 2}]
+    manifest = DataDir(tmp_path / "data").manifest
+    assert manifest.overlaps == [Overlap(reason="contamination_ngram", against="eval:bench", count=2)]
     assert "| contamination_ngram | eval:bench | 2 |" in (tmp_path / "data" / "DATA_CARD.md").read_text()
 
 
@@ -199,10 +199,10 @@ def test_every_removal_is_counted_once(tmp_path, tiny_dir):
         "invalid_json": 1, "missing_field": 1, "repeated_lines": 1, "too_long": 1}
     rejected = _rejected(out)
     assert len(rejected) == total and len({r["location"] for r in rejected}) == total  # each once
-    manifest = read_manifest(out)
-    assert manifest["rejected"] == dict(sorted(result.rejected.items()))
-    assert sum(sum(v.values()) for v in manifest["removed_by_stage"].values()) == total
-    assert manifest["sources"]["in.jsonl"] == {"read": len(lines), "kept": kept, "rejected": total}
+    manifest = DataDir(out).manifest
+    assert manifest.rejected == dict(sorted(result.rejected.items()))
+    assert sum(sum(v.values()) for v in manifest.removed_by_stage.values()) == total
+    assert manifest.sources["in.jsonl"] == SourceCounts(read=len(lines), kept=kept, rejected=total)
     locations = {loc for s in ("train", "val", "test") for loc in datasets.load_from_disk(f"{out}/{s}")["location"]}
     assert not locations & {r["location"] for r in rejected} and len(locations) == kept
 

@@ -8,11 +8,11 @@ from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
+from sftpipe.contracts.data_dir import DataDir
 from sftpipe.data import prepare
 from sftpipe.data.batches.collate import TokenStore, collate_packed
 from sftpipe.data.batches.plan import TokenBudgetPlan
 from sftpipe.data.tokenize import IGNORE_INDEX
-from sftpipe.data.writer import load_split
 from sftpipe.train import loop
 from sftpipe.train.causal_lm import CausalLMLoss
 from tests.conftest import free_port, make_config, spawn_and_wait
@@ -53,7 +53,7 @@ def worker(rank: int, world: int, port: int, data_dir: str, model_dir: str, out_
                       MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     accelerator = Accelerator(cpu=True)
-    store = TokenStore(load_split(Path(data_dir), "train"))
+    store = TokenStore(DataDir(Path(data_dir)).load_split("train"))
     plan = TokenBudgetPlan(plan_units(store), 1, seed=0, world_size=world, rank=rank, shuffle=False)
     batches = []
     for g in range(plan.micro_batches_per_epoch):
@@ -72,7 +72,7 @@ def test_two_processes_make_the_same_update_as_one(tmp_path, tiny_dir, chat_sour
     cfg = make_config(tmp_path, tiny_dir, chat_sources, train={"method": "full"})
     prepare.run(cfg)
     data_dir = tmp_path / "data"
-    store = TokenStore(load_split(data_dir, "train"))
+    store = TokenStore(DataDir(data_dir).load_split("train"))
     plan = TokenBudgetPlan(plan_units(store), 1, seed=0, shuffle=False)
     assert plan.micro_batches_per_epoch == 5
     batches = [collate_packed(store, plan.rows(g)[0], PAD).inputs for g in range(5)]

@@ -10,10 +10,11 @@ import shutil
 import pytest
 
 from sftpipe import stages
+from sftpipe.contracts.checkpoint import COMPLETE, complete_checkpoints, file_digests, verify_checkpoint
 from sftpipe.data import prepare
 from sftpipe.errors import SftpipeError
 from sftpipe.train import checkpoint
-from sftpipe.train.checkpoint import COMPLETE, complete_checkpoints, dir_bytes, file_digests, verify_checkpoint
+from sftpipe.train.checkpoint import dir_bytes
 from tests.conftest import make_config, pc_records, write_jsonl
 from tests.run_compare import final_weights, run_differences
 
@@ -238,10 +239,10 @@ def test_data_fingerprint_follows_content_not_place_or_time(reference, tiny_dir)
     prepare.run(_config(root, "fingerprint-moved", tiny_dir, root / "data-moved",
                         data={"sources": [{"path": str(moved)}]}))
     assert data_fingerprint(root / "data-moved") == data_fingerprint(root / "data")
-    from sftpipe.data.writer import load_split
+    from sftpipe.contracts.data_dir import DataDir
 
     records = pc_records()
-    line = int(load_split(root / "data", "train")[0]["location"].rsplit(":", 1)[1])
+    line = int(DataDir(root / "data").load_split("train")[0]["location"].rsplit(":", 1)[1])
     records[line - 1]["completion"] += " Changed."  # one trained answer changes: the fingerprint must see it
     changed = write_jsonl(root / "changed" / "pc.jsonl", records)
     prepare.run(_config(root, "fingerprint-changed", tiny_dir, root / "data-changed",

@@ -9,13 +9,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from sftpipe import stages
 from sftpipe.cli import main
+from sftpipe.contracts.checkpoint import COMPLETE, verify_checkpoint
 from sftpipe.data import prepare
 from sftpipe.errors import SftpipeError
 from sftpipe.evaluate.generation import DecodingSettings, generate_samples
 from sftpipe.export import merge
 from sftpipe.export.merge import sample_batch
 from sftpipe.models.loading import load_trained
-from sftpipe.train.checkpoint import COMPLETE, verify_checkpoint
+from sftpipe.contracts.checkpoint import COMPLETE, verify_checkpoint
 from tests.conftest import make_config
 
 

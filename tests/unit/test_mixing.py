@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from sftpipe.config.data_sections import MixConfig
+from sftpipe.contracts.data_dir import DataDir
 from sftpipe.data import prepare
 from sftpipe.data.prepare.mix import plan_mix
-from sftpipe.data.writer import read_manifest
 from sftpipe.errors import SftpipeError
 from tests.conftest import distinct_records, make_config, write_jsonl
 
@@ -78,10 +78,10 @@ def test_prepare_meets_mixing_weights_within_one_percent(tmp_path, tiny_dir, uni
         amount[row["source"]] += size(row["input_ids"], row["labels"])
     total = sum(amount.values())
     assert abs(amount["small.jsonl"] / total - 0.75) <= 0.01 and abs(amount["big.jsonl"] / total - 0.25) <= 0.01
-    manifest = read_manifest(tmp_path / "data")
-    report = {m["source"]: m for m in manifest["mixing"]["sources"]}
-    assert report["small.jsonl"]["achieved"] == amount["small.jsonl"] and report["small.jsonl"]["target_share"] == 0.75
-    assert report["small.jsonl"]["examples"] > report["small.jsonl"]["available_examples"]  # up-sampled
+    manifest = DataDir(tmp_path / "data").manifest
+    report = {m.source: m for m in manifest.mixing.sources}
+    assert report["small.jsonl"].achieved == amount["small.jsonl"] and report["small.jsonl"].target_share == 0.75
+    assert report["small.jsonl"].examples > report["small.jsonl"].available_examples  # up-sampled
     assert result.splits["train"].examples == len(train) == sum(m.examples for m in result.mixing)
     # val and test are not mixed: each record at most once
     for split in ("val", "test"):

@@ -11,11 +11,11 @@ from accelerate import Accelerator
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import AutoModelForCausalLM
 
+from sftpipe.contracts.data_dir import DataDir
 from sftpipe.data import prepare
 from sftpipe.data.batches.collate import TokenStore, collate_flat, collate_packed, collate_padded
 from sftpipe.data.batches.plan import pack_best_fit
 from sftpipe.data.tokenize import IGNORE_INDEX
-from sftpipe.data.writer import load_split
 from sftpipe.errors import SftpipeError
 from sftpipe.models.adapters import build_trainable_model
 from sftpipe.models.loading import resolve_attn
@@ -32,7 +32,7 @@ def prepared(tmp_path_factory, tiny_dir, chat_sources):
     tmp = tmp_path_factory.mktemp("packed_eq")
     cfg = make_config(tmp, tiny_dir, chat_sources, train={"method": "full"})
     prepare.run(cfg)
-    return cfg, TokenStore(load_split(tmp / "data", "train"))
+    return cfg, TokenStore(DataDir(tmp / "data").load_split("train"))
 
 
 def mixed_examples(store: TokenStore, k: int = 4) -> list[int]:

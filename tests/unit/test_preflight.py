@@ -11,12 +11,12 @@ import torch
 
 from sftpipe import stages
 from sftpipe.cli import main
+from sftpipe.contracts.checkpoint import weight_files
 from sftpipe.data import prepare
 from sftpipe.data.tokenize import IGNORE_INDEX
 from sftpipe.models.adapters import build_trainable_model, count_parameters
 from sftpipe.models.tiny import init_tiny
 from sftpipe.preflight import doctor, validate
-from sftpipe.train.checkpoint import weight_files
 from tests.conftest import EXAMPLES, make_config
 
 SOURCES = [{"path": str(EXAMPLES / "prompt_completion" / "pc_sample.jsonl")}]

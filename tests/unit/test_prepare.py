@@ -3,10 +3,9 @@ import json
 import datasets
 import pytest
 
+from sftpipe.contracts.data_dir import DataDir, SourceCounts, tokenizer_sha256
 from sftpipe.data import prepare
-from sftpipe.data.writer import read_manifest
 from sftpipe.errors import SftpipeError
-from sftpipe.models.loading import tokenizer_sha256
 from tests.conftest import make_config, write_jsonl
 
 GOOD = [{"prompt": f"Question {i}?", "completion": f"Answer number {i}."} for i in range(40)]
@@ -31,10 +30,10 @@ def test_every_record_is_accounted_for(tmp_path, tiny_dir, tokenizer):
     out = cfg.data.output_dir
     rejected = [json.loads(x) for x in (tmp_path / "data" / "rejected.jsonl").read_text().splitlines()]
     assert sorted(r["location"].rsplit(":", 1)[1] for r in rejected) == ["21", "22", "23", "24", "25"]
-    manifest = read_manifest(tmp_path / "data")
-    assert manifest["tokenizer"]["sha256"] == tokenizer_sha256(tokenizer)
-    assert manifest["rejected"] == dict(sorted(result.rejected.items()))
-    assert manifest["sources"]["in.jsonl"] == {"read": 45, "kept": 40, "rejected": 5}
+    manifest = DataDir(tmp_path / "data").manifest
+    assert manifest.tokenizer.sha256 == tokenizer_sha256(tokenizer)
+    assert manifest.rejected == dict(sorted(result.rejected.items()))
+    assert manifest.sources["in.jsonl"] == SourceCounts(read=45, kept=40, rejected=5)
     card = (tmp_path / "data" / "DATA_CARD.md").read_text()
     assert "| too_long | 1 |" in card and tokenizer_sha256(tokenizer) in card
     splits = {s: datasets.load_from_disk(f"{out}/{s}") for s in ("train", "val", "test")}
@@ -82,7 +81,7 @@ def test_empty_train_split_is_an_error_naming_what_happened(tmp_path, tiny_dir):
         prepare.run(cfg)
     assert "data.split.val" in str(info.value) and str(tmp_path / "data.failed" / "rejected.jsonl") in str(info.value)
     assert not (tmp_path / "data").exists()
-    assert read_manifest(tmp_path / "data.failed")["splits"]["val"]["examples"] == 1
+    assert DataDir(tmp_path / "data.failed").manifest.splits["val"].examples == 1
     # a later run that succeeds removes the report of the failed one
     write_jsonl(path, GOOD)
     prepare.run(cfg)
@@ -145,7 +144,7 @@ def test_huge_record_is_dropped_as_too_long_without_tokenizing_it(tmp_path, tiny
     assert all("tokens" in e["detail"] and "> data.max_length 256 (data.overlong: drop)" in e["detail"]
                for e in (just_over, huge_entry))
     assert len(huge_entry["excerpt"]) == 500
-    assert read_manifest(tmp_path / "data")["sources"]["in.jsonl"] == {"read": 12, "kept": 10, "rejected": 2}
+    assert DataDir(tmp_path / "data").manifest.sources["in.jsonl"] == SourceCounts(read=12, kept=10, rejected=2)
 
 
 def test_all_shipped_samples_prepare_without_rejections(tmp_path, tiny_dir):

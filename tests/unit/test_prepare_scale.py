@@ -11,9 +11,9 @@ import textwrap
 import datasets
 import pytest
 
+from sftpipe.contracts.data_dir import DataDir
 from sftpipe.data import prepare
 from sftpipe.data.prepare import scan
-from sftpipe.data.writer import load_split
 from sftpipe.errors import SftpipeError
 from tests.conftest import REPO, distinct_records, make_config, write_jsonl
 
@@ -34,14 +34,15 @@ def test_sharded_splits_load_with_datasets_and_load_split(tmp_path, tiny_dir):
     for split in ("train", "val", "test"):
         rows = _rows(many.data.output_dir, split)
         assert rows == _rows(one.data.output_dir, split) and len(rows) == result.splits[split].examples
-        assert load_split(tmp_path / "many" / "data", split).to_list() == rows
+        assert DataDir(tmp_path / "many" / "data").load_split(split).to_list() == rows
 
 
 def test_empty_split_is_still_a_loadable_dataset(tmp_path, tiny_dir):
     path = write_jsonl(tmp_path / "in.jsonl", distinct_records(10, seed=21))
     cfg = make_config(tmp_path, tiny_dir, [{"path": str(path)}], data={"split": {"train": 1.0, "val": 0, "test": 0}})
     prepare.run(cfg)
-    assert len(load_split(tmp_path / "data", "val")) == 0 and len(load_split(tmp_path / "data", "train")) == 10
+    data = DataDir(tmp_path / "data")
+    assert len(data.load_split("val")) == 0 and len(data.load_split("train")) == 10
 
 
 def test_output_is_the_same_for_one_or_two_worker_processes(tmp_path, tiny_dir, monkeypatch):

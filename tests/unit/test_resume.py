@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 import pytest
 
 from sftpipe import stages
+from sftpipe.contracts.checkpoint import complete_checkpoints, load_trainer_state
 from sftpipe.data import prepare
 from sftpipe.train import checkpoint
-from sftpipe.train.checkpoint import complete_checkpoints, load_trainer_state
 from tests.conftest import make_config, pc_records, write_jsonl
 from tests.run_compare import run_differences
 

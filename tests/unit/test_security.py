@@ -18,10 +18,11 @@ import torch
 from sftpipe import stages
 from sftpipe.config import Config, ModelConfig
 from sftpipe.config.loader import _describe, dump_config
+from sftpipe.contracts.checkpoint import COMPLETE, file_digests
 from sftpipe.errors import SftpipeError
 from sftpipe.models.loading import load_model, load_trained
 from sftpipe.redact import REDACTED, is_secret_key, redact
-from sftpipe.train.checkpoint import COMPLETE, file_digests
+from sftpipe.contracts.checkpoint import COMPLETE, file_digests
 from tests.conftest import REPO
 
 SRC = REPO / "src" / "sftpipe"

@@ -11,9 +11,10 @@ from transformers import AutoModelForCausalLM
 
 from sftpipe import stages
 from sftpipe.config import load_config
+from sftpipe.contracts.data_dir import DataDir
 from sftpipe.data import prepare
+from sftpipe.contracts.data_dir import DataDir
 from sftpipe.data.batches.collate import TokenStore, collate_padded
-from sftpipe.data.writer import load_split
 from sftpipe.errors import SftpipeError
 from sftpipe.models.adapters import build_trainable_model
 from sftpipe.models.loss import token_loss_sum
@@ -43,7 +44,7 @@ def _train_steps(cfg, model, store, steps=3):
 def test_trained_params_change_and_frozen_ones_do_not(tmp_path, tiny_dir, chat_sources, method):
     cfg = make_config(tmp_path, tiny_dir, chat_sources, train={"method": method})
     prepare.run(cfg)
-    store = TokenStore(load_split(tmp_path / "data", "train").select(range(4)))
+    store = TokenStore(DataDir(tmp_path / "data").load_split("train").select(range(4)))
     model = build_trainable_model(cfg, torch.device("cpu"))
     before = _snapshot(model)
     _train_steps(cfg, model, store)
@@ -101,7 +102,7 @@ def test_gradient_is_token_weighted_over_the_whole_step(tmp_path, tiny_dir, chat
     """8x1, 4x2 and 1x8 give the same gradient although micro-batches hold very different label counts."""
     cfg = make_config(tmp_path, tiny_dir, chat_sources, train={"method": "full"})
     prepare.run(cfg)
-    ds = load_split(tmp_path / "data", "train")
+    ds = DataDir(tmp_path / "data").load_split("train")
     order = sorted(range(len(ds)), key=lambda i: sum(x != -100 for x in ds[i]["labels"]))
     rows = [ds[i] for i in order[:4] + order[-4:]]  # four short answers, four long ones
     store = TokenStore(ds.select(order[:4] + order[-4:]))  # example i is rows[i]

@@ -3,9 +3,9 @@
 import torch
 
 from sftpipe import stages
+from sftpipe.contracts.data_dir import DataDir
 from sftpipe.data import prepare
 from sftpipe.data.batches.collate import TokenStore
-from sftpipe.data.writer import load_split
 from sftpipe.train.tracking import read_metrics
 from tests.conftest import make_config
 from tests.run_compare import resume_after_simulated_crash
@@ -18,7 +18,7 @@ PACKED = {"packing": True, "pack_length": 256, "tokens_per_batch": 1536, "max_st
 
 def test_packed_resume_after_crash_matches_uninterrupted_run(tmp_path, tiny_dir, chat_sources):
     result_a, _, metrics_a = resume_after_simulated_crash(tmp_path, tiny_dir, chat_sources, PACKED)
-    store = TokenStore(load_split(tmp_path / "a" / "data", "train"))
+    store = TokenStore(DataDir(tmp_path / "a" / "data").load_split("train"))
     # the run says how it batched, and how full its rows were
     speed = next(m["speed"] for m in metrics_a if "speed" in m)
     assert speed["batching"] == "packed" and speed["rows_per_batch"] == 6 and speed["cross_entropy"] == "chunked"
@@ -36,7 +36,7 @@ def test_length_grouped_run_trains_with_little_padding(tmp_path, tiny_dir, chat_
     cfg = make_config(tmp_path, tiny_dir, chat_sources, train={"tokens_per_batch": 600, "max_steps": 2},
                       data={"split": {"train": 1.0, "val": 0.0, "test": 0.0}})
     prepare.run(cfg)
-    assert len(load_split(tmp_path / "data", "val")) == 0
+    assert len(DataDir(tmp_path / "data").load_split("val")) == 0
     result = stages.train(cfg, resume="never")
     assert result.val is None
     metrics = read_metrics(tmp_path / "run" / "logs" / "metrics.jsonl")

@@ -117,9 +117,9 @@ def run(out: Path, quick: bool = False) -> None:
     timings["merge"] = time.perf_counter() - t
 
     t = _stage("infer (merged model, held-out instruction)")
-    from sftpipe.data.writer import load_split
+    from sftpipe.contracts.data_dir import DataDir
 
-    held_out = json.loads(load_split(Path(cfg.data.output_dir), "test")[0]["messages"])
+    held_out = json.loads(DataDir(Path(cfg.data.output_dir)).load_split("test")[0]["messages"])
     prompt = [m for m in held_out if m["role"] != "assistant"]
     completion = infer(cfg, str(merged.output_dir), [prompt])[0][0].text
     print(f"prompt: {prompt[-1]['content']}\ncompletion: {completion!r}")

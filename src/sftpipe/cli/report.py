@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sftpipe.contracts.run_dir import RunDir
+
 if TYPE_CHECKING:
     from sftpipe.data.prepare import PrepareResult
     from sftpipe.evaluate.run import CompareResult, EvalResult
@@ -45,7 +47,7 @@ def print_train(result: TrainResult) -> None:
         print(f"  val loss after  {result.val.loss:.4f} (ppl {result.val.perplexity:.2f}, "
               f"token acc {result.val.token_accuracy:.3f})")
     print(f"  final model: {result.final_dir}")
-    print(f"  logs: {result.run_dir / 'logs' / 'metrics.jsonl'}")
+    print(f"  logs: {RunDir(result.run_dir).metrics}")
 
 
 def print_eval(result: EvalResult, show_skip: bool = True) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from transformers import PreTrainedTokenizerBase
 
 from sftpipe.config.schema import Config
-from sftpipe.data.writer import read_manifest
+from sftpipe.contracts.data_dir import DataDir
 from sftpipe.errors import SftpipeError
 from sftpipe.evaluate.execution.executor import Executor
 from sftpipe.evaluate.generation import DecodingSettings
@@ -51,7 +51,7 @@ class TrainingEval:
         executor, skipped = make_executor(cfg.eval.code, items)
         # Prompt with the template the data was rendered with (the base tokenizer may carry another one).
         tokenizer = copy.deepcopy(tokenizer)
-        tokenizer.chat_template = read_manifest(Path(cfg.data.output_dir))["template"]["text"]
+        tokenizer.chat_template = DataDir(Path(cfg.data.output_dir)).manifest.template.text
         return cls(cfg, tokenizer, items, executor, skipped)
 
     def due(self, step: int) -> bool:

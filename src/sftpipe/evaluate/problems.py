@@ -47,10 +47,10 @@ def items_from_split(data_dir: Path, split: str, language: str) -> tuple[list[Ev
     Returns:
         (items, rows skipped because they have no user turn before the answer, e.g. plain-text records).
     """
-    from sftpipe.data.writer import load_split
+    from sftpipe.contracts.data_dir import DataDir
 
     items, skipped = [], 0
-    for index, row in enumerate(load_split(data_dir, split)):
+    for index, row in enumerate(DataDir(data_dir).load_split(split)):
         messages = json.loads(row["messages"])
         meta = json.loads(row["meta"]) if row["meta"] else {}
         last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)

@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from sftpipe.config.schema import Config
-from sftpipe.data.writer import load_split, read_manifest
+from sftpipe.contracts.data_dir import DataDir
+from sftpipe.contracts.run_dir import RunDir
 from sftpipe.errors import SftpipeError
 from sftpipe.evaluate.execution.executor import Executor
 from sftpipe.evaluate.generation import decoding_settings
@@ -21,9 +22,7 @@ from sftpipe.evaluate.metrics import evaluate_loss
 from sftpipe.evaluate.problems import EvalItem, items_from_split, load_items, unique_ids
 from sftpipe.evaluate.result import CompareResult, EvalResult
 from sftpipe.evaluate.suite import make_executor, run_suite
-from sftpipe.models.loading import load_trained, pick_device, resolve_model_dir, tokenizer_sha256
-
-
+from sftpipe.models.loading import load_trained, pick_device
 
 
 def load_eval_items(cfg: Config) -> tuple[list[EvalItem], dict[str, int]]:
@@ -45,10 +44,9 @@ def load_eval_items(cfg: Config) -> tuple[list[EvalItem], dict[str, int]]:
 
 
 def default_output_dir(cfg: Config, model_path: str) -> Path:
-    source = resolve_model_dir(model_path)
-    if isinstance(source, Path) and source.name == "final":
-        return source.parent / "eval"
-    return Path(cfg.train.output_dir) / "eval"
+    """eval/ of the run whose final model `model_path` is, else eval/ of the configured run dir."""
+    run = RunDir.of_model(model_path) or RunDir(Path(cfg.train.output_dir))
+    return run.eval
 
 
 def run(cfg: Config, model_path: str, output_dir: str | None = None) -> EvalResult:
@@ -65,7 +63,7 @@ def run(cfg: Config, model_path: str, output_dir: str | None = None) -> EvalResu
 
 def compare(cfg: Config, base_path: str, run_path: str, output_dir: str | None = None) -> CompareResult:
     """Evaluate two models on the same items with the same settings (and seed); a side-by-side report."""
-    out = Path(output_dir) if output_dir else Path(cfg.train.output_dir) / "eval_compare"
+    out = Path(output_dir) if output_dir else RunDir(Path(cfg.train.output_dir)).eval_compare
     items, counts = load_eval_items(cfg)
     executor, skipped = make_executor(cfg.eval.code, items)
     base = evaluate_model(cfg, base_path, out / "base", items, executor, skipped, counts)
@@ -105,15 +103,14 @@ def evaluate_model(cfg: Config, model_path: str, out: Path, items: list[EvalItem
     device = pick_device(cfg.train.device)
     model, tokenizer = load_trained(model_path, device, trust_remote_code=cfg.model.trust_remote_code)
     metrics = None
-    data_dir = Path(cfg.data.output_dir)
+    data_dir = DataDir(Path(cfg.data.output_dir))
     if cfg.eval.loss:
-        manifest = read_manifest(data_dir)
-        if tokenizer_sha256(tokenizer) != manifest["tokenizer"]["sha256"]:
-            raise SftpipeError(f"{model_path}: its tokenizer differs from the one {data_dir} was prepared with; "
+        if not data_dir.tokenizer_matches(tokenizer):
+            raise SftpipeError(f"{model_path}: its tokenizer differs from the one {data_dir.path} was prepared with; "
                                "evaluate on data prepared for this model (or set eval.loss: false)")
-        dataset = load_split(data_dir, cfg.eval.split)
+        dataset = data_dir.load_split(cfg.eval.split)
         if len(dataset) == 0:
-            raise SftpipeError(f"{data_dir}/{cfg.eval.split} is empty; set eval.split or prepare with a non-zero "
+            raise SftpipeError(f"{data_dir.path}/{cfg.eval.split} is empty; set eval.split or prepare with a non-zero "
                                "ratio")
         metrics = evaluate_loss(model, dataset, cfg.eval.batch_size, tokenizer.pad_token_id, device)
     suite = None
@@ -122,7 +119,7 @@ def evaluate_model(cfg: Config, model_path: str, out: Path, items: list[EvalItem
     del model
     gc.collect()
     g = cfg.eval.generation
-    settings = {"data_dir": str(data_dir), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    settings = {"data_dir": str(data_dir.path), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     if items:
         settings["decoding"] = {"source": g.source, "prompts": len(items), "num_samples": g.num_samples,
                                 "temperature": g.temperature, "top_p": g.top_p,

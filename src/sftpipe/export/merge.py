@@ -6,7 +6,6 @@ The merged model is only written when its logits match the adapter model's on a 
 
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +15,10 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from sftpipe.config.schema import Config
+from sftpipe.contracts.model_dir import MergedInfo, read_final_info, write_info
 from sftpipe.data.tokenize import encode_prompt
 from sftpipe.errors import SftpipeError
 from sftpipe.models.loading import load_trained, resolve_model_dir, torch_dtype
-from sftpipe.train.saving import INFO
 
 SAMPLE_CONVERSATIONS = [
     [{"role": "user", "content": "Write a Haskell function that reverses a list."}],
@@ -73,9 +72,8 @@ def run(cfg: Config, adapter_path: str, output_dir: str | None = None) -> MergeR
     merged.to(torch_dtype(cfg.export.dtype)).save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     source = Path(resolve_model_dir(adapter_path))
-    info = json.loads((source / INFO).read_text(encoding="utf-8")) if (source / INFO).is_file() else {}
-    info.update({"merged_from": str(source), "max_abs_logit_diff": diff, "dtype": cfg.export.dtype})
-    (tmp / INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    write_info(tmp, MergedInfo.of(read_final_info(source), merged_from=str(source), max_abs_logit_diff=diff,
+                                  dtype=cfg.export.dtype))
     if (source / "generation_config.json").is_file():
         shutil.copy(source / "generation_config.json", tmp / "generation_config.json")
     if out.exists():

@@ -1,8 +1,7 @@
-"""Load tokenizers and models the same way in every stage; fingerprint tokenizers for the data manifest."""
+"""Load tokenizers and models the same way in every stage."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import logging
@@ -10,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sftpipe.config.schema import ModelConfig
+from sftpipe.contracts.run_dir import RunDir
 from sftpipe.errors import SftpipeError
 
 if TYPE_CHECKING:  # torch and transformers load in seconds: imported where used, so `prepare` starts fast
@@ -115,18 +115,6 @@ def declares_generic_tokenizer(source: str) -> bool:
             and declared.get("tokenizer_class") in GENERIC_TOKENIZER_CLASSES and generic_model)
 
 
-def tokenizer_sha256(tokenizer: PreTrainedTokenizerBase) -> str:
-    """Hash of everything that decides token ids: vocab, merges, normalizer, pre-tokenizer, special tokens."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        raise SftpipeError(f"tokenizer {tokenizer.name_or_path!r} is a slow tokenizer; sftpipe needs a fast one")
-    payload = {
-        "backend": json.loads(backend.to_str()),
-        "special": {k: str(v) for k, v in sorted(tokenizer.special_tokens_map.items())},
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
-
-
 def torch_dtype(name: str) -> torch.dtype:
     """The torch dtype of a config dtype name (float32, bfloat16, float16)."""
     import torch
@@ -197,8 +185,8 @@ def pick_device(name: str) -> torch.device:
 def resolve_model_dir(path: str | Path) -> Path | str:
     """A run dir means its final/ model; anything else (model dir, adapter dir, hub id) is used as given."""
     p = Path(path)
-    if (p / "final").is_dir() and (p / "run_manifest.json").is_file():
-        return p / "final"
+    if RunDir.is_run_dir(p):
+        return RunDir(p).final
     return p if p.exists() else str(path)
 
 

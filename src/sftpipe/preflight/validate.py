@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from sftpipe.config.schema import Config, TrainConfig
+from sftpipe.contracts.data_dir import DataDir, tokenizer_sha256
 from sftpipe.data.batches.collate import TokenStore
 from sftpipe.data.batches.plan import build_plan, rows_stats
 from sftpipe.data.formats import detect_format, to_conversation
@@ -25,7 +26,6 @@ from sftpipe.data.readers import read_source
 from sftpipe.data.records import Conversation, RecordError
 from sftpipe.data.templates import check_template, resolve_template
 from sftpipe.data.tokenize import IGNORE_INDEX, ConversationTokenizer
-from sftpipe.data.writer import load_split
 from sftpipe.errors import SftpipeError
 from sftpipe.preflight import Check
 from sftpipe.redact import redact
@@ -73,7 +73,7 @@ def run(cfg: Config) -> ValidateResult:
 
 
 def _check_tokenizer(cfg: Config, checks: list[Check]):
-    from sftpipe.models.loading import load_tokenizer, tokenizer_sha256
+    from sftpipe.models.loading import load_tokenizer
 
     try:
         tokenizer = load_tokenizer(cfg.model)
@@ -234,33 +234,31 @@ def _check_model(cfg: Config, checks: list[Check]) -> ModelPlan | None:
 
 def _check_data_dir(cfg: Config, tokenizer, checks: list[Check]) -> int | None:
     """Tokenizer and data settings of an existing data dir; returns the planned optimizer steps."""
-    from sftpipe.data.writer import read_manifest
-    from sftpipe.models.loading import tokenizer_sha256
-
-    data_dir = Path(cfg.data.output_dir)
-    if not (data_dir / "manifest.json").is_file():
+    data = DataDir(Path(cfg.data.output_dir))
+    data_dir = data.path
+    if not data.is_prepared():
         checks.append(Check("data dir", "warn", f"{data_dir}: not prepared yet; run `sftpipe prepare` with this "
                                                 "config before `train`"))
         return None
-    manifest = read_manifest(data_dir)
-    if tokenizer is not None and manifest["tokenizer"]["sha256"] != tokenizer_sha256(tokenizer):
+    manifest = data.manifest
+    if tokenizer is not None and not data.tokenizer_matches(tokenizer):
         checks.append(Check("data dir", "fail", f"{data_dir}: tokenized with another tokenizer "
-                                                f"({manifest['tokenizer']['name_or_path']}); re-run `sftpipe prepare`"))
-    saved, now = manifest.get("data_config", {}), redact(cfg.data.model_dump(mode="json"))
+                                                f"({manifest.tokenizer.name_or_path}); re-run `sftpipe prepare`"))
+    saved, now = manifest.data_config, redact(cfg.data.model_dump(mode="json"))
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if changed:
         fields = ", ".join(f"data.{k}" for k in changed)
         checks.append(Check("data dir", "warn", f"{data_dir}: prepared with other data settings ({fields}); "
                                                 "re-run `sftpipe prepare`"))
-    examples = manifest["splits"]["train"]["examples"]
-    head = f"{data_dir}: {examples} train examples, {manifest['splits']['val']['examples']} val"
+    examples = manifest.splits["train"].examples
+    head = f"{data_dir}: {examples} train examples, {manifest.splits['val'].examples} val"
     if examples == 0:
         checks.append(Check("data dir", "fail", f"{head}: nothing to train on"))
         return None
     tc = cfg.train
-    lengths = TokenStore(load_split(data_dir, "train")).lengths
+    lengths = TokenStore(data.load_split("train")).lengths
     try:  # the batches train would make (one process): token budgets and packing change the steps per epoch
-        per_epoch, efficiency = planned_batches(tc, lengths, manifest["max_length"])
+        per_epoch, efficiency = planned_batches(tc, lengths, manifest.max_length)
     except SftpipeError as exc:
         checks.append(Check("data dir", "fail", f"{head}: {exc}"))
         return None
@@ -271,7 +269,7 @@ def _check_data_dir(cfg: Config, tokenizer, checks: list[Check]) -> int | None:
     status = "ok"
     if not tc.packing and efficiency < 0.9:
         packed = planned_batches(tc.model_copy(update={"packing": True, "pack_length": 0}), lengths,
-                                 manifest["max_length"])[1]
+                                 manifest.max_length)[1]
         detail += (f": train.packing: true would fill {packed:.1%} of them in padded rows, all of them with "
                    "varlen attention (the default where the model supports it; README: Training speed)")
         status = "warn"
@@ -295,8 +293,7 @@ def planned_batches(tc: TrainConfig, lengths: np.ndarray, max_length: int) -> tu
 
 def _check_run_dir(cfg: Config, tokenizer, checks: list[Check]) -> None:
     """What `train --resume auto` would do with the run dir as it is."""
-    from sftpipe.train.checkpoint import FINGERPRINT, complete_checkpoints, verify_checkpoint
-    from sftpipe.train.optim_state import read_json
+    from sftpipe.contracts.checkpoint import complete_checkpoints, read_fingerprint, verify_checkpoint
     from sftpipe.train.resume import fingerprint_differences, run_fingerprint
 
     run_dir = Path(cfg.train.output_dir)
@@ -311,14 +308,12 @@ def _check_run_dir(cfg: Config, tokenizer, checks: list[Check]) -> None:
         checks.append(Check("run dir", "warn", f"{newest} is unusable ({exc}); train would fall back to an "
                                                "older checkpoint"))
         return
-    data_dir = Path(cfg.data.output_dir)
-    if tokenizer is None or not (data_dir / "manifest.json").is_file():
+    data = DataDir(Path(cfg.data.output_dir))
+    if tokenizer is None or not data.is_prepared():
         checks.append(Check("run dir", "ok", f"train would resume from {newest}"))
         return
-    from sftpipe.models.loading import tokenizer_sha256
-
-    current = run_fingerprint(cfg, data_dir, tokenizer_sha256(tokenizer), world_size=1)
-    diffs = fingerprint_differences(read_json(newest / FINGERPRINT), current)
+    current = run_fingerprint(cfg, data.path, tokenizer_sha256(tokenizer), world_size=1)
+    diffs = fingerprint_differences(read_fingerprint(newest), current)
     if diffs:
         checks.append(Check("run dir", "warn", f"train would refuse to resume from {newest}: " + "; ".join(diffs)
                                                + " (use --resume-force, or --resume never to start over)"))

@@ -1,9 +1,9 @@
-"""Atomic checkpoints: write to a temporary dir, fsync, rename, then mark complete with checksums.
+"""Save and restore the live training state: weights, optimizer, scheduler, RNG states and the trainer state.
 
-A checkpoint dir without its COMPLETE marker is never resumed from, so a crash mid-save costs at most the
-checkpoint being written. The marker lists every file with its size and SHA-256, so a file truncated or
-damaged after the fact is caught before it is loaded. Nothing in a checkpoint is a pickle: weights and
-optimizer tensors are safetensors, everything else is JSON (see `optim_state`).
+What a checkpoint dir holds, how it is sealed (temporary dir, fsync, rename, COMPLETE marker with sizes and
+digests) and verified, and which checkpoints count is the checkpoint contract (`sftpipe.contracts.checkpoint`);
+this module captures the state into it and restores the state from it. Weights and optimizer tensors are
+safetensors, everything else is JSON (see `optim_state`): nothing in a checkpoint is a pickle.
 
 Saves happen only after an optimizer step, so a checkpoint never falls inside gradient accumulation and
 the data position is one number: the global index of the next micro-batch.
@@ -12,25 +12,31 @@ the data position is one number: the global index of the next micro-batch.
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
-import os
 import random
-import re
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from sftpipe.contracts.checkpoint import (
+    OPTIMIZER_JSON,
+    RNG,
+    SCHEDULER_JSON,
+    CheckpointWriter,
+    TrainerState,
+    apply_retention,
+    complete_checkpoints,
+    load_trainer_state,
+    read_rng_states,
+    weight_files,
+)
+from sftpipe.contracts.run_dir import RunDir
 from sftpipe.errors import SftpipeError
 from sftpipe.train.faults import failpoint
 from sftpipe.train.optim_state import (
-    OPTIMIZER_TENSORS,
-    read_json,
     read_optimizer,
     read_scheduler,
     read_tensors,
@@ -38,26 +44,7 @@ from sftpipe.train.optim_state import (
     save_scheduler,
 )
 
-COMPLETE = "COMPLETE"
-STATE = "trainer_state.json"
-RNG = "rng.json"
-FINGERPRINT = "fingerprint.json"
-CONFIG = "config.yaml"
-_NAME = re.compile(r"^checkpoint-(\d+)$")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-@dataclass
-class TrainerState:
-    """Everything besides tensors that a resumed run needs to continue exactly."""
-
-    step: int = 0  # optimizer steps done
-    micro_batch: int = 0  # global micro-batch index of the next micro-batch: the data position
-    tokens_seen: int = 0
-    trained_tokens_seen: int = 0
-    best_val_loss: float | None = None
-    best_step: int | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def save_checkpoint(
@@ -92,13 +79,10 @@ def save_checkpoint(
         SftpipeError: the disk is full or the write failed; the temporary dir is removed and every
             earlier checkpoint is left as it was.
     """
-    root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    remove_incomplete(root)
-    final = root / f"checkpoint-{state.step}"
-    tmp = root / f".tmp-checkpoint-{state.step}"
+    root = RunDir(run_dir).checkpoints
+    writer = CheckpointWriter.begin(root, state.step, hook=failpoint)
     try:
-        tmp.mkdir()
+        tmp = writer.make_tmp()
         failpoint("checkpoint.begin")
         model.save_pretrained(tmp, safe_serialization=True)
         if inference_files is not None:
@@ -107,30 +91,19 @@ def save_checkpoint(
         save_optimizer(optimizer, tmp)
         save_scheduler(scheduler, tmp)
         failpoint("checkpoint.optimizer")
-        (tmp / RNG).write_text(json.dumps({"processes": rng_states or [capture_rng()]}), encoding="utf-8")
-        (tmp / STATE).write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")
-        (tmp / FINGERPRINT).write_text(json.dumps(fingerprint or {}, indent=1), encoding="utf-8")
-        (tmp / CONFIG).write_text(config_text, encoding="utf-8")
+        writer.write_state(state, rng_states=rng_states or [capture_rng()], fingerprint=fingerprint or {},
+                           config_text=config_text)
         failpoint("checkpoint.state")
-        _fsync_tree(tmp)
-        marker = json.dumps({"step": state.step, "files": file_digests(tmp, digests)}, indent=1)
-        failpoint("checkpoint.fsynced")
-        if final.exists():  # same step written before (resumed from an older checkpoint): replace it
-            remove_checkpoint(final)
-        tmp.rename(final)
-        _fsync_dir(root)
-        failpoint("checkpoint.renamed")
-        _write_durably(final / COMPLETE, marker)
-        _fsync_dir(final)
+        final = writer.seal(digests)  # fires checkpoint.fsynced and checkpoint.renamed
     except OSError as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
+        writer.discard()
         if exc.errno in _DISK_FULL:
             raise SftpipeError(disk_full_message(root, state.step, exc, estimate_checkpoint_bytes(model, optimizer),
                                                  save_limit)) from None
-        raise SftpipeError(f"{tmp}: cannot write checkpoint-{state.step} ({exc}); earlier checkpoints are intact"
-                           ) from None
+        raise SftpipeError(f"{writer.tmp}: cannot write checkpoint-{state.step} ({exc}); earlier checkpoints are "
+                           "intact") from None
     failpoint("checkpoint.complete")
-    apply_retention(root, save_limit, state.best_step, state.step)
+    apply_retention(root, save_limit, state.best_step, state.step, hook=failpoint)
     return final
 
 
@@ -162,92 +135,6 @@ def estimate_checkpoint_bytes(model: torch.nn.Module, optimizer: torch.optim.Opt
     return total
 
 
-def complete_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoints that carry a COMPLETE marker, oldest first (by step, numerically)."""
-    root = run_dir / "checkpoints"
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and (p / COMPLETE).is_file()]
-    return [p for _, p in sorted(found)]
-
-
-def latest_complete(run_dir: Path) -> Path | None:
-    """The newest checkpoint with a COMPLETE marker (not yet verified), or None."""
-    done = complete_checkpoints(run_dir)
-    return done[-1] if done else None
-
-
-def apply_retention(root: Path, limit: int, best_step: int | None, current_step: int | None = None) -> list[Path]:
-    """Delete old complete checkpoints beyond `limit`; the newest and the best are always kept.
-
-    Checkpoints past `current_step` (left by a branch of the run that a resume went back from, e.g. after a
-    corrupt newest checkpoint) are neither counted nor deleted here; the run replaces each when it gets there.
-    """
-    done = [p for p in complete_checkpoints(root.parent)
-            if current_step is None or int(p.name.split("-")[1]) <= current_step]
-    if not done:
-        return []
-    keep = set(done[-limit:])
-    keep.add(done[-1])
-    if best_step is not None:
-        keep.update(p for p in done if p.name == f"checkpoint-{best_step}")
-    removed = [p for p in done if p not in keep]
-    for path in removed:
-        remove_checkpoint(path)
-    return removed
-
-
-def remove_checkpoint(path: Path) -> None:
-    """Unmark first, then delete: a deletion cut short leaves an incomplete dir, never a 'complete' husk."""
-    marker = path / COMPLETE
-    if marker.exists():
-        marker.unlink()
-        _fsync_dir(path)
-    failpoint("checkpoint.retention")
-    shutil.rmtree(path)
-
-
-def remove_incomplete(root: Path) -> list[Path]:
-    """Delete what interrupted saves left: .tmp-checkpoint-* dirs and checkpoint dirs without a marker."""
-    stale = [p for p in root.iterdir() if p.is_dir() and (p.name.startswith(".tmp-checkpoint-")
-                                                         or (_NAME.match(p.name) and not (p / COMPLETE).exists()))]
-    for path in stale:
-        shutil.rmtree(path, ignore_errors=True)
-    return stale
-
-
-def file_digests(ckpt: Path, sha256: bool = True) -> dict[str, dict[str, Any]]:
-    """Size (and SHA-256 unless `sha256` is False) of every file under `ckpt`, the marker excluded."""
-    return {str(p.relative_to(ckpt)): {"bytes": p.stat().st_size, **({"sha256": _sha256(p)} if sha256 else {})}
-            for p in sorted(ckpt.rglob("*")) if p.is_file() and p.name != COMPLETE}
-
-
-def verify_checkpoint(ckpt: Path) -> None:
-    """Check every file against the sizes (and digests, if recorded) in the COMPLETE marker.
-
-    Raises:
-        SftpipeError: naming the first file that is missing, truncated or changed.
-    """
-    marker = read_json(ckpt / COMPLETE)
-    if not isinstance(marker, dict) or not isinstance(marker.get("files"), dict):
-        raise SftpipeError(f"{ckpt / COMPLETE}: not a checkpoint marker written by sftpipe")
-    for name, expected in marker["files"].items():
-        path = ckpt / name
-        if not path.is_file():
-            raise SftpipeError(f"{path}: missing (listed in {COMPLETE})")
-        size = path.stat().st_size
-        if size != expected["bytes"]:
-            raise SftpipeError(f"{path}: {size} bytes on disk but {expected['bytes']} were written (truncated or "
-                               "overwritten)")
-        if "sha256" in expected and _sha256(path) != expected["sha256"]:
-            raise SftpipeError(f"{path}: content differs from what was written (SHA-256 mismatch: corrupt)")
-
-
-def weight_files(ckpt: Path) -> list[Path]:
-    """The model or adapter weight files of a checkpoint (its other safetensors file is optimizer state)."""
-    return sorted(p for p in ckpt.glob("*.safetensors") if p.name != OPTIMIZER_TENSORS)
-
-
 def restore_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
                        process_index: int = 0) -> TrainerState:
     """Load weights, optimizer, scheduler and RNG states of `ckpt` into the live objects.
@@ -258,32 +145,22 @@ def restore_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.opti
     Raises:
         SftpipeError: naming the file that is missing, corrupt or does not fit the model.
     """
-    state_values = read_json(ckpt / STATE)
-    try:
-        state = TrainerState(**state_values)
-    except TypeError as exc:
-        raise SftpipeError(f"{ckpt / STATE}: not a trainer state ({exc})") from None
-    rng = read_json(ckpt / RNG)
+    state = load_trainer_state(ckpt)
+    rng_states = read_rng_states(ckpt)
     load_weights(ckpt, model)
     try:
         optimizer.load_state_dict(read_optimizer(ckpt, optimizer))
     except (KeyError, ValueError, RuntimeError) as exc:
-        raise SftpipeError(f"{ckpt / 'optimizer.json'}: does not fit this optimizer ({exc})") from None
+        raise SftpipeError(f"{ckpt / OPTIMIZER_JSON}: does not fit this optimizer ({exc})") from None
     try:
         scheduler.load_state_dict(read_scheduler(ckpt))
     except (KeyError, TypeError, AttributeError) as exc:
-        raise SftpipeError(f"{ckpt / 'scheduler.json'}: does not fit this scheduler ({exc})") from None
+        raise SftpipeError(f"{ckpt / SCHEDULER_JSON}: does not fit this scheduler ({exc})") from None
     try:
-        states = rng["processes"]
-        restore_rng(states[process_index % len(states)])  # fewer saved than now only under --resume-force
+        restore_rng(rng_states[process_index % len(rng_states)])  # fewer saved than now only under --resume-force
     except (KeyError, TypeError, ValueError, RuntimeError, ZeroDivisionError) as exc:
         raise SftpipeError(f"{ckpt / RNG}: not an RNG state ({exc})") from None
     return state
-
-
-def load_trainer_state(ckpt: Path) -> TrainerState:
-    """The trainer state (step, data position, best validation loss, token counts) of a checkpoint."""
-    return TrainerState(**read_json(ckpt / STATE))
 
 
 def capture_rng() -> dict[str, Any]:
@@ -341,35 +218,3 @@ def human_bytes(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     raise AssertionError("unreachable")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _write_durably(path: Path, text: str) -> None:
-    path.write_text(text, encoding="utf-8")
-    _fsync_file(path)
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    _fsync_file(path)
-
-
-def _fsync_tree(path: Path) -> None:
-    for sub in path.rglob("*"):
-        if sub.is_file():
-            _fsync_file(sub)
-    _fsync_dir(path)

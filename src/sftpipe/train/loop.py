@@ -25,17 +25,19 @@ from transformers import get_scheduler
 
 from sftpipe.config.loader import dump_config, save_config
 from sftpipe.config.schema import Config, TrainConfig
+from sftpipe.contracts.checkpoint import TrainerState
+from sftpipe.contracts.data_dir import DataDir, DataManifest
+from sftpipe.contracts.run_dir import RunDir
 from sftpipe.data.batches.collate import TokenStore
 from sftpipe.data.batches.loader import MicroBatchSource, micro_batch_loader
 from sftpipe.data.batches.plan import build_plan
-from sftpipe.data.writer import load_split, read_manifest
 from sftpipe.errors import SftpipeError
 from sftpipe.models.adapters import build_trainable_model, count_parameters
-from sftpipe.models.loading import load_tokenizer, pick_device, resolve_attn, tokenizer_sha256
+from sftpipe.models.loading import load_tokenizer, pick_device, resolve_attn
 from sftpipe.models.loss import LossMetrics
 from sftpipe.models.varlen_attention import VARLEN_ATTENTION, packed_attention
 from sftpipe.train.causal_lm import CausalLMLoss
-from sftpipe.train.checkpoint import TrainerState, capture_rng, save_checkpoint
+from sftpipe.train.checkpoint import capture_rng, save_checkpoint
 from sftpipe.train.evaluators import BuildEvaluators, Evaluators
 from sftpipe.train.faults import failpoint
 from sftpipe.train.resume import resume_from_latest_complete, run_fingerprint, trim_metrics
@@ -63,27 +65,14 @@ class TrainResult:
     main_process: bool = True  # False on the other processes of a multi-process launch (they print nothing)
 
 
-def check_tokenizer_matches(manifest: dict, tokenizer, cfg: Config, data_dir: Path) -> None:
-    """Refuse data tokenized with a different tokenizer: its ids would mean other tokens."""
-    expected = manifest["tokenizer"]["sha256"]
-    actual = tokenizer_sha256(tokenizer)
-    if expected != actual:
-        raise SftpipeError(
-            f"{data_dir}/manifest.json: the data was tokenized with {manifest['tokenizer']['name_or_path']!r} "
-            f"(tokenizer SHA-256 {expected[:12]}…) but model {cfg.model.tokenizer or cfg.model.name_or_path!r} "
-            f"has tokenizer SHA-256 {actual[:12]}…. Re-run `sftpipe prepare` with this model's config, or set "
-            "model.name_or_path to the model the data was prepared for."
-        )
-
-
 @dataclass
 class Session:
     """What one training run holds, built by `setup`; a resumed run builds the same from its checkpoint."""
 
     cfg: Config
     accelerator: Accelerator
-    run_dir: Path
-    manifest: dict
+    run_dir: RunDir
+    manifest: DataManifest
     tokenizer: Any
     model: torch.nn.Module  # the bare model (plain or peft): validation and saving
     loss_model: torch.nn.Module  # the model plus its loss, as prepared by accelerate: training
@@ -209,7 +198,7 @@ def run(cfg: Config, evaluators: BuildEvaluators, resume: str = "auto", resume_f
     if val_before is not None:
         s.logger.log(0, val_before.as_dict("val_"))
     step_loss, last_val, throughput = train_steps(s, evaluation)
-    final_dir = s.run_dir / "final"
+    final_dir = s.run_dir.final
     if s.accelerator.is_main_process:
         save_final(final_dir, s.accelerator.unwrap_model(s.model), s.tokenizer, s.manifest, cfg)
     # The DDP wrapper's reducer must be gone before end_training destroys the process group: freed after it,
@@ -218,7 +207,7 @@ def run(cfg: Config, evaluators: BuildEvaluators, resume: str = "auto", resume_f
     s.accelerator.free_memory()
     s.accelerator.end_training()
     wall = time.perf_counter() - t0
-    return TrainResult(s.run_dir, s.state.step, final_dir, step_loss, last_val, val_before, s.trainable, s.total,
+    return TrainResult(s.run_dir.path, s.state.step, final_dir, step_loss, last_val, val_before, s.trainable, s.total,
                        throughput.run_tokens_per_s, wall, s.resumed_from, throughput.run_efficiency,
                        s.accelerator.is_main_process)
 
@@ -228,23 +217,24 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
     tc = cfg.train
     check_launch_environment(os.environ)
     device = pick_device(tc.device)
+    run_dir = RunDir(Path(tc.output_dir))
     accelerator = Accelerator(
         cpu=device.type == "cpu",
         mixed_precision="bf16" if tc.precision == "bf16" else "no",
         log_with="tensorboard",
-        project_dir=str(Path(tc.output_dir) / "logs"),
+        project_dir=str(run_dir.logs),
     )
     check_distribution(accelerator.distributed_type.value)
     device = accelerator.device
     set_seed(tc.seed)
-    run_dir = Path(tc.output_dir)
-    data_dir = Path(cfg.data.output_dir)
-    manifest = read_manifest(data_dir)
+    data_dir = DataDir(Path(cfg.data.output_dir))
+    manifest = data_dir.manifest
     tokenizer = load_tokenizer(cfg.model)
-    check_tokenizer_matches(manifest, tokenizer, cfg, data_dir)
-    train_ds = load_split(data_dir, "train")
+    data_dir.check_tokenizer(tokenizer, cfg.model.tokenizer or cfg.model.name_or_path)
+    train_ds = data_dir.load_split("train")
     if len(train_ds) == 0:
-        raise SftpipeError(f"{data_dir}/train is empty: every record was rejected or split away (see DATA_CARD.md)")
+        raise SftpipeError(f"{data_dir.path}/train is empty: every record was rejected or split away (see "
+                           "DATA_CARD.md)")
 
     model = build_trainable_model(cfg, device)
     trainable, total = count_parameters(model)
@@ -262,27 +252,27 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
     speed = {"cross_entropy": loss_model.cross_entropy, "attention": attention, "compile": tc.compile}
     if device.type == "cpu":
         speed["cpu_threads"] = set_cpu_threads(tc.cpu_threads)
-    plan, layout = build_plan(tc, store.lengths, manifest["max_length"], accelerator.num_processes,
+    plan, layout = build_plan(tc, store.lengths, manifest.max_length, accelerator.num_processes,
                               accelerator.process_index, flat=attention in VARLEN_ATTENTION)
     total_micro = tc.max_steps * tc.grad_accum if tc.max_steps else math.ceil(tc.epochs * plan.micro_batches_per_epoch)
     total_steps = math.ceil(total_micro / tc.grad_accum)
     scheduler = build_scheduler(tc, optimizer, total_steps)
     loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
 
-    fingerprint = run_fingerprint(cfg, data_dir, manifest["tokenizer"]["sha256"], accelerator.num_processes)
+    fingerprint = run_fingerprint(cfg, data_dir.path, manifest.tokenizer.sha256, accelerator.num_processes)
     state, resumed_from = resume_from_latest_complete(
-        run_dir, resume, fingerprint, resume_force, accelerator.unwrap_model(model), optimizer, scheduler,
+        run_dir.path, resume, fingerprint, resume_force, accelerator.unwrap_model(model), optimizer, scheduler,
         warn=lambda msg: accelerator.print(f"warning: {msg}", file=sys.stderr),
         process_index=accelerator.process_index)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.path.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
         # what a killed run logged after its last checkpoint is logged again from here on
-        trim_metrics(run_dir / "logs" / "metrics.jsonl", state.step if resumed_from else -1)
-        save_config(cfg, run_dir / "config.yaml")
+        trim_metrics(run_dir.metrics, state.step if resumed_from else -1)
+        save_config(cfg, run_dir.config)
         write_run_manifest(run_dir, cfg, manifest, accelerator.num_processes, str(device))
     accelerator.init_trackers("tensorboard")
-    logger = MetricsLogger(run_dir / "logs" / "metrics.jsonl", accelerator, enabled=accelerator.is_main_process)
+    logger = MetricsLogger(run_dir.metrics, accelerator, enabled=accelerator.is_main_process)
     if state.step == 0:  # once per run: a resumed run must not log it again (resumed logs equal uninterrupted)
         logger.log(0, {"speed": {**layout.describe(), **speed}})
     return Session(cfg, accelerator, run_dir, manifest, tokenizer, model, loss_model, optimizer, scheduler,
@@ -373,7 +363,7 @@ def checkpoint(s: Session) -> None:
         def inference_files(out: Path) -> None:  # so eval, infer and merge can use the checkpoint as final/
             save_inference_files(out, model, s.tokenizer, s.manifest, s.cfg)
 
-        save_checkpoint(s.run_dir, s.state, model, s.optimizer, s.scheduler, tc.save_total_limit, s.fingerprint,
+        save_checkpoint(s.run_dir.path, s.state, model, s.optimizer, s.scheduler, tc.save_total_limit, s.fingerprint,
                         dump_config(s.cfg), rng_states, digests=tc.checkpoint_digests, inference_files=inference_files)
     acc.wait_for_everyone()
 

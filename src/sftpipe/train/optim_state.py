@@ -16,11 +16,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from sftpipe.contracts.checkpoint import OPTIMIZER_JSON, OPTIMIZER_TENSORS, SCHEDULER_JSON
+from sftpipe.contracts.files import read_json
 from sftpipe.errors import SftpipeError
-
-OPTIMIZER_TENSORS = "optimizer.safetensors"
-OPTIMIZER_JSON = "optimizer.json"
-SCHEDULER_JSON = "scheduler.json"
 
 
 def save_optimizer(optimizer: torch.optim.Optimizer, out: Path) -> None:
@@ -75,16 +73,6 @@ def save_scheduler(scheduler: Any, out: Path) -> None:
 def read_scheduler(ckpt: Path) -> dict[str, Any]:
     """The scheduler state dict written by `save_scheduler`."""
     return read_json(ckpt / SCHEDULER_JSON)
-
-
-def read_json(path: Path) -> Any:
-    """Parse a JSON file of a checkpoint; any failure is an `SftpipeError` naming the file."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise SftpipeError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise SftpipeError(f"{path}: unreadable or corrupt ({type(exc).__name__}: {exc})") from None
 
 
 def read_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -17,17 +17,18 @@ from typing import Any
 import torch
 
 from sftpipe.config.schema import Config, LoraConfig, ModelConfig, TrainConfig
-from sftpipe.errors import SftpipeError
-from sftpipe.redact import redact
-from sftpipe.train.checkpoint import (
+from sftpipe.contracts.checkpoint import (
     COMPLETE,
-    FINGERPRINT,
     TrainerState,
     complete_checkpoints,
-    restore_checkpoint,
+    is_complete,
+    read_fingerprint,
     verify_checkpoint,
 )
-from sftpipe.train.optim_state import read_json
+from sftpipe.contracts.data_dir import DataDir
+from sftpipe.errors import SftpipeError
+from sftpipe.redact import redact
+from sftpipe.train.checkpoint import restore_checkpoint
 
 # Fields that may change between a run and its resumption: they decide where output goes and how often
 # it is written, not what the weights become. Every other model/lora/train field is part of the fingerprint,
@@ -64,9 +65,7 @@ def data_fingerprint(data_dir: Path) -> str:
     """
     import pyarrow as pa
 
-    from sftpipe.data.writer import load_split
-
-    table = load_split(data_dir, "train").data.table.select(["input_ids", "labels"]).combine_chunks()
+    table = DataDir(data_dir).load_split("train").data.table.select(["input_ids", "labels"]).combine_chunks()
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
@@ -184,14 +183,14 @@ def resume_from_latest_complete(
         candidates = list(reversed(complete_checkpoints(run_dir)))
     else:
         path = Path(resume)
-        if not (path / COMPLETE).is_file():
+        if not is_complete(path):
             raise SftpipeError(f"--resume {resume}: not a complete checkpoint dir (no {COMPLETE} marker)")
         candidates = [path]
     problems = []
     for ckpt in candidates:
         try:
             verify_checkpoint(ckpt)
-            check_compatible(ckpt, read_json(ckpt / FINGERPRINT), fingerprint, force, warn)
+            check_compatible(ckpt, read_fingerprint(ckpt), fingerprint, force, warn)
             return restore_checkpoint(ckpt, model, optimizer, scheduler, process_index), ckpt
         except SftpipeError as exc:
             if resume != "auto" or isinstance(exc, ResumeRefused):

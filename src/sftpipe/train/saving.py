@@ -10,7 +10,6 @@ checkpoint dir as they take final/.
 from __future__ import annotations
 
 import copy
-import json
 import shutil
 from pathlib import Path
 
@@ -20,13 +19,13 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from sftpipe import __version__
 from sftpipe.config.schema import Config
+from sftpipe.contracts.data_dir import DataManifest
+from sftpipe.contracts.model_dir import FinalInfo, write_info
 from sftpipe.data.templates import stop_token_ids
 from sftpipe.train.faults import failpoint
 
-INFO = "sftpipe.json"
 
-
-def save_final(final: Path, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, manifest: dict,
+def save_final(final: Path, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, manifest: DataManifest,
                cfg: Config) -> None:
     """Write final/ under a temporary name and rename it into place, so final/ is whole or absent."""
     out = final.with_name(f".tmp-{final.name}")
@@ -40,7 +39,7 @@ def save_final(final: Path, model: torch.nn.Module, tokenizer: PreTrainedTokeniz
     out.rename(final)
 
 
-def save_inference_files(out: Path, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, manifest: dict,
+def save_inference_files(out: Path, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, manifest: DataManifest,
                          cfg: Config) -> None:
     """Write what, besides the weights, makes `out` loadable on its own: the tokenizer with the training
     template, the generation config (every end-of-turn token a stop token) and sftpipe.json.
@@ -49,17 +48,11 @@ def save_inference_files(out: Path, model: torch.nn.Module, tokenizer: PreTraine
         out: the directory `model.save_pretrained` wrote (final/ or a checkpoint being written).
         manifest: the data dir's manifest (template text and name, tokenizer hash).
     """
-    save_tokenizer_with_template(tokenizer, manifest["template"]["text"], out)
+    save_tokenizer_with_template(tokenizer, manifest.template.text, out)
     base = model.get_base_model() if isinstance(model, peft.PeftModel) else model
     generation_config(base.generation_config, tokenizer).save_pretrained(out)
-    info = {
-        "sftpipe_version": __version__,
-        "method": cfg.train.method,
-        "base_model": cfg.model.name_or_path,
-        "template": manifest["template"]["name"],
-        "tokenizer_sha256": manifest["tokenizer"]["sha256"],
-    }
-    (out / INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")
+    write_info(out, FinalInfo(sftpipe_version=__version__, method=cfg.train.method, base_model=cfg.model.name_or_path,
+                              template=manifest.template.name, tokenizer_sha256=manifest.tokenizer.sha256))
 
 
 def save_tokenizer_with_template(tokenizer: PreTrainedTokenizerBase, template: str, out: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import subprocess
@@ -13,6 +12,8 @@ from typing import Any
 
 from sftpipe import __version__
 from sftpipe.config.schema import Config
+from sftpipe.contracts.data_dir import DataManifest
+from sftpipe.contracts.run_dir import RunDir, RunManifest
 
 PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "tokenizers", "safetensors", "pydantic")
 
@@ -63,21 +64,20 @@ def versions() -> dict[str, str]:
     return found
 
 
-def write_run_manifest(run_dir: Path, cfg: Config, data_manifest: dict, world_size: int, device: str) -> None:
-    manifest = {
-        "kind": "sftpipe-run",
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "versions": versions(),
-        "git_sha": git_sha(),
-        "seed": cfg.train.seed,
-        "method": cfg.train.method,
-        "base_model": cfg.model.name_or_path,
-        "tokenizer_sha256": data_manifest["tokenizer"]["sha256"],
-        "template_sha256": data_manifest["template"]["sha256"],
-        "data_dir": cfg.data.output_dir,
-        "data_manifest_sha256": hashlib.sha256(json.dumps(data_manifest, sort_keys=True).encode()).hexdigest(),
-        "world_size": world_size,
-        "device": device,
-        "host": platform.node(),
-    }
-    (run_dir / "run_manifest.json").write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+def write_run_manifest(run_dir: RunDir, cfg: Config, data_manifest: DataManifest, world_size: int, device: str
+                       ) -> None:
+    run_dir.write_manifest(RunManifest(
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        versions=versions(),
+        git_sha=git_sha(),
+        seed=cfg.train.seed,
+        method=cfg.train.method,
+        base_model=cfg.model.name_or_path,
+        tokenizer_sha256=data_manifest.tokenizer.sha256,
+        template_sha256=data_manifest.template.sha256,
+        data_dir=cfg.data.output_dir,
+        data_manifest_sha256=data_manifest.sha256,
+        world_size=world_size,
+        device=device,
+        host=platform.node(),
+    ))

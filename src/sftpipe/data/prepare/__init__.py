@@ -9,8 +9,9 @@
    a test example is removed from train, never kept on both sides.
 4. decontam (`decontam.py`): n-gram overlap of train with eval sets (and, if asked, with val/test).
 5. mix (`mix.py`): weighted up/down-sampling of sources in train, if weights are set.
-6. write (`write.py`, with `shards.py` for the split dirs and `card.py` for DATA_CARD.md): sharded split dirs,
-   manifest.json, DATA_CARD.md, rejected.jsonl.
+6. write (`write.py`, with `shards.py` for the split dirs, `manifest.py` for the typed manifest of
+   `contracts.data_dir` and `card.py` for DATA_CARD.md): sharded split dirs, manifest.json, DATA_CARD.md,
+   rejected.jsonl.
 
 Alongside them: `ledger.py` counts and writes every rejection, `spill.py` keeps per-example side data on disk,
 and `results.py` holds the figures the stages hand on and `run` returns (it imports none of the stages).

@@ -7,6 +7,8 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
+from sftpipe.contracts.data_dir import DataManifest, LengthFigures, SplitLengths
+
 HISTOGRAM_BINS = 20
 COLORS = {"train": "#4c72b0", "val": "#dd8452", "test": "#55a868"}
 STAGE_TITLES = {
@@ -18,29 +20,30 @@ STAGE_TITLES = {
 }
 
 
-def length_figures(lengths: dict[str, np.ndarray], max_length: int) -> dict:
+def length_figures(lengths: dict[str, np.ndarray], max_length: int) -> LengthFigures:
     """Token-length statistics and a shared-bin histogram of each split's examples."""
     edges = np.linspace(0, max_length, HISTOGRAM_BINS + 1).round().astype(int)
-    out: dict = {"bin_edges": edges.tolist(), "splits": {}}
+    splits = {}
     for name, values in lengths.items():
-        stats: dict = {"examples": int(len(values))}
+        histogram = np.histogram(values, bins=edges)[0].tolist()
         if len(values):
             p50, p90, p99 = np.percentile(values, [50, 90, 99])
-            stats.update(min=int(values.min()), mean=round(float(values.mean()), 1), p50=float(p50), p90=float(p90),
-                         p99=float(p99), max=int(values.max()))
-        stats["histogram"] = np.histogram(values, bins=edges)[0].tolist()
-        out["splits"][name] = stats
-    return out
+            splits[name] = SplitLengths(examples=len(values), min=int(values.min()),
+                                        mean=round(float(values.mean()), 1), p50=float(p50), p90=float(p90),
+                                        p99=float(p99), max=int(values.max()), histogram=histogram)
+        else:
+            splits[name] = SplitLengths(examples=0, histogram=histogram)
+    return LengthFigures(bin_edges=edges.tolist(), splits=splits)
 
 
-def write_histogram_svg(path: Path, figures: dict, width: int = 720, height: int = 280) -> None:
+def write_histogram_svg(path: Path, figures: LengthFigures, width: int = 720, height: int = 280) -> None:
     """Grouped bars: per length bin, the share of each split's examples that fall in it."""
-    edges = figures["bin_edges"]
-    splits = {k: v for k, v in figures["splits"].items() if v["examples"]}
+    edges = figures.bin_edges
+    splits = {k: v for k, v in figures.splits.items() if v.examples}
     left, right, top, bottom = 56, 16, 28, 44
     plot_w, plot_h = width - left - right, height - top - bottom
     bins = len(edges) - 1
-    shares = {k: np.array(v["histogram"], dtype=float) / v["examples"] for k, v in splits.items()}
+    shares = {k: np.array(v.histogram, dtype=float) / v.examples for k, v in splits.items()}
     peak = max((float(s.max()) for s in shares.values()), default=1.0) or 1.0
     slot = plot_w / bins
     bar = slot * 0.8 / max(len(shares), 1)
@@ -70,69 +73,69 @@ def write_histogram_svg(path: Path, figures: dict, width: int = 720, height: int
     path.write_text("\n".join(parts) + "\n", encoding="utf-8")
 
 
-def data_card(manifest: dict) -> str:
+def data_card(manifest: DataManifest) -> str:
     """DATA_CARD.md: sources, splits, mix, lengths, every removal by stage and reason, template, tokenizer."""
     m = manifest
     lines = [
         "# Data card",
         "",
-        f"Made by sftpipe {m['sftpipe_version']} on {m['created']}.",
-        f"Tokenizer `{m['tokenizer']['name_or_path']}`, SHA-256 `{m['tokenizer']['sha256']}`.",
-        f"Template `{m['template']['name']}` (SHA-256 `{m['template']['sha256']}`), "
-        f"max_length {m['max_length']}, over-long policy `{m['overlong']}`.",
+        f"Made by sftpipe {m.sftpipe_version} on {m.created}.",
+        f"Tokenizer `{m.tokenizer.name_or_path}`, SHA-256 `{m.tokenizer.sha256}`.",
+        f"Template `{m.template.name}` (SHA-256 `{m.template.sha256}`), "
+        f"max_length {m.max_length}, over-long policy `{m.overlong}`.",
         "",
         "## Sources",
         "",
         "| source | read | kept | rejected | filtered | errors | duplicates | contaminated |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    stage_of = {reason: stage for stage, reasons in m["removed_by_stage"].items() for reason in reasons}
-    for name, c in m["sources"].items():
+    stage_of = {reason: stage for stage, reasons in m.removed_by_stage.items() for reason in reasons}
+    for name, c in m.sources.items():
         by_stage = {"filter": 0, "errors": 0, "dedup": 0, "decontam": 0}
-        for reason, n in m["rejected_by_source"].get(name, {}).items():
+        for reason, n in m.rejected_by_source.get(name, {}).items():
             stage = stage_of.get(reason, "read")
             by_stage["errors" if stage in ("read", "tokenize") else stage] += n
-        lines.append(f"| {name} | {c['read']} | {c['kept']} | {c['rejected']} | {by_stage['filter']} | "
+        lines.append(f"| {name} | {c.read} | {c.kept} | {c.rejected} | {by_stage['filter']} | "
                      f"{by_stage['errors']} | {by_stage['dedup']} | {by_stage['decontam']} |")
     lines += ["", "`kept` counts distinct records in any split, before mixing.", "", "## Splits", "",
               "| split | examples | tokens | trained tokens | truncated | longest | shards |",
               "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, s in m["splits"].items():
-        lines.append(f"| {name} | {s['examples']} | {s['tokens']} | {s['trained_tokens']} | {s['truncated']} "
-                     f"| {s['max_tokens']} | {s['shards']} |")
-    if m["mixing"]:
-        mix = m["mixing"]
+    for name, s in m.splits.items():
+        lines.append(f"| {name} | {s.examples} | {s.tokens} | {s.trained_tokens} | {s.truncated} "
+                     f"| {s.max_tokens} | {s.shards} |")
+    if m.mixing:
+        mix = m.mixing
         lines += ["", "## Mixing (train split)", "",
-                  f"Unit: {mix['unit']}; total achieved {mix['total']}.", "",
+                  f"Unit: {mix.unit}; total achieved {mix.total}.", "",
                   "| source | weight | target share | achieved share | target | achieved | examples kept | "
                   "examples after mixing |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-        for s in mix["sources"]:
-            lines.append(f"| {s['source']} | {s['weight']:g} | {s['target_share']:.2%} | {s['achieved_share']:.2%} "
-                         f"| {s['target']:.0f} | {s['achieved']} | {s['available_examples']} | {s['examples']} |")
+        for src in mix.sources:
+            lines.append(f"| {src.source} | {src.weight:g} | {src.target_share:.2%} | {src.achieved_share:.2%} "
+                         f"| {src.target:.0f} | {src.achieved} | {src.available_examples} | {src.examples} |")
     lines += ["", "## Token lengths", "", "| split | examples | min | mean | p50 | p90 | p99 | max |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, s in m["lengths"]["splits"].items():
-        if s["examples"]:
-            lines.append(f"| {name} | {s['examples']} | {s['min']} | {s['mean']} | {s['p50']:g} | {s['p90']:g} "
-                         f"| {s['p99']:g} | {s['max']} |")
+    for name, figures in m.lengths.splits.items():
+        if figures.examples:
+            lines.append(f"| {name} | {figures.examples} | {figures.min} | {figures.mean} | {figures.p50:g} "
+                         f"| {figures.p90:g} | {figures.p99:g} | {figures.max} |")
         else:
             lines.append(f"| {name} | 0 | | | | | | |")
     lines += ["", "![Token length histogram](length_histogram.svg)", "", "## Removed records", ""]
-    if not m["rejected"]:
+    if not m.rejected:
         lines.append("None.")
     for stage, title in STAGE_TITLES.items():
-        reasons = m["removed_by_stage"].get(stage)
+        reasons = m.removed_by_stage.get(stage)
         if not reasons:
             continue
         lines += [f"### {title}", "", "| reason | count |", "|---|---:|"]
         lines += [f"| {reason} | {count} |" for reason, count in reasons.items()]
         lines.append("")
-    if m["overlaps"]:
+    if m.overlaps:
         lines += ["Duplicates and overlaps by what they collide with:", "", "| reason | against | count |",
                   "|---|---|---:|"]
-        lines += [f"| {o['reason']} | {o['against']} | {o['count']} |" for o in m["overlaps"]]
+        lines += [f"| {o.reason} | {o.against} | {o.count} |" for o in m.overlaps]
         lines.append("")
-    if m["rejected"]:
+    if m.rejected:
         lines.append("Each one is listed with its file, line, reason (and what it duplicates) in `rejected.jsonl`.")
-    lines += ["", "## Template", "", "```jinja", m["template"]["text"], "```"]
+    lines += ["", "## Template", "", "```jinja", m.template.text, "```"]
     return "\n".join(lines) + "\n"

@@ -16,7 +16,7 @@ import hashlib
 import numpy as np
 
 from sftpipe.config.data_sections import MixConfig
-from sftpipe.data.prepare.results import SourceMix
+from sftpipe.contracts.data_dir import SourceMix
 from sftpipe.errors import SftpipeError
 
 
@@ -52,8 +52,10 @@ def plan_mix(names: list[str], weights: list[float], source: np.ndarray, amount:
     achieved = np.bincount(source, weights=amount * counts, minlength=len(names)).astype(np.int64)
     grand = max(int(achieved.sum()), 1)
     mixes = [
-        SourceMix(name, float(weights[s]), int(available[s]), int((source == s).sum()), float(targets[s]),
-                  int(achieved[s]), int(counts[source == s].sum()), float(shares[s]), float(achieved[s] / grand))
+        SourceMix(source=name, weight=float(weights[s]), available=int(available[s]),
+                  available_examples=int((source == s).sum()), target=float(targets[s]), achieved=int(achieved[s]),
+                  examples=int(counts[source == s].sum()), target_share=float(shares[s]),
+                  achieved_share=float(achieved[s] / grand))
         for s, name in enumerate(names)
     ]
     return counts, mixes

@@ -8,7 +8,6 @@ its reports are kept in `<output_dir>.failed/` for the user to read.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections import Counter
@@ -18,6 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from sftpipe.config.schema import Config
+from sftpipe.contracts.data_dir import DataDir
 from sftpipe.data.prepare.card import data_card, length_figures, write_histogram_svg
 from sftpipe.data.prepare.decontam import find_ngram_overlaps
 from sftpipe.data.prepare.dedup import KEPT, find_duplicates
@@ -31,7 +31,7 @@ from sftpipe.data.prepare.split import SPLIT_NAMES, TRAIN, assign_splits
 from sftpipe.data.prepare.write import write_splits
 from sftpipe.data.syntax import require_checker
 from sftpipe.data.templates import check_template, resolve_template
-from sftpipe.data.writer import MANIFEST, build_manifest
+from sftpipe.data.prepare.manifest import build_manifest
 from sftpipe.errors import SftpipeError
 from sftpipe.models.loading import load_tokenizer
 
@@ -149,7 +149,7 @@ def _prepare(cfg: Config, tokenizer, template: str, out: Path, tmp: Path) -> Pre
                            removed_by_stage={stage: dict(c) for stage, c in ledger.by_stage.items()}, mixing=mixes)
     figures = length_figures(lengths, data.max_length)
     manifest = build_manifest(cfg, tokenizer, template, result, figures, ledger)
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+    DataDir(tmp).write_manifest(manifest)
     write_histogram_svg(tmp / "length_histogram.svg", figures)
     (tmp / "DATA_CARD.md").write_text(data_card(manifest), encoding="utf-8")
     return result

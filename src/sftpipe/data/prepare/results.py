@@ -1,14 +1,17 @@
 """What the prepare stages hand on and what `run` returns: plain records of figures, below the code that
 fills them (this module imports nothing from the pipeline, so every stage, and the data dir's manifest
-writer, can name these types without an import circle)."""
+writer, can name these types without an import circle). The split and mixing figures are the data dir's
+manifest types."""
 
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from sftpipe.contracts.data_dir import SourceMix, SplitStats
 
 
 @dataclass
@@ -25,32 +28,6 @@ class ScanTable:
 
     def __len__(self) -> int:
         return len(self.source)
-
-
-@dataclass
-class SourceMix:
-    source: str
-    weight: float
-    available: int  # in `unit`, kept train examples before mixing
-    available_examples: int
-    target: float
-    achieved: int
-    examples: int  # rows in the mixed train split
-    target_share: float
-    achieved_share: float
-
-    def as_json(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class SplitStats:
-    examples: int = 0
-    tokens: int = 0
-    trained_tokens: int = 0
-    truncated: int = 0
-    max_tokens: int = 0
-    shards: int = 0
 
 
 @dataclass

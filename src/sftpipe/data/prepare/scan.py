@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 from sftpipe.config.schema import Config, SourceConfig
+from sftpipe.contracts.data_dir import FEATURES
 from sftpipe.data.prepare.fingerprint import Signer, compared_turns, content_hash, split_key, words_of
 from sftpipe.data.filters import check_quality, check_token_lengths
 from sftpipe.data.formats import detect_format, to_conversation
@@ -35,7 +36,6 @@ from sftpipe.data.records import Conversation, RecordError
 from sftpipe.data.prepare.spill import SpillFile
 from sftpipe.data.syntax import check_syntax
 from sftpipe.data.tokenize import ConversationTokenizer, TokenizedExample
-from sftpipe.data.writer import FEATURES
 from sftpipe.errors import SftpipeError
 
 CHUNK_RECORDS = 512

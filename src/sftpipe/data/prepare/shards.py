@@ -3,7 +3,7 @@
 Rows arrive in batches; every `shard_size` rows a new `data-XXXXX-of-NNNNN.arrow` file (Arrow stream,
 written by datasets' own `ArrowWriter`) is started. `state.json` and `dataset_info.json` are taken from
 what `save_to_disk` writes for an empty dataset with the same features, with the shard list filled in,
-so `datasets.load_from_disk(split_dir)` (and `sftpipe.data.writer.load_split`) reads the result, while
+so `datasets.load_from_disk(split_dir)` (and `DataDir.load_split`) reads the result, while
 no example is held in memory or copied twice.
 """
 
@@ -18,7 +18,7 @@ import datasets
 import pyarrow as pa
 from datasets.arrow_writer import ArrowWriter
 
-from sftpipe.data.writer import FEATURES
+from sftpipe.contracts.data_dir import FEATURES
 
 
 class ShardWriter:

@@ -1,0 +1,114 @@
+"""The run dir `train` writes: the resolved config, run_manifest.json, checkpoints/, final/, logs/, eval/.
+
+A finished run dir (run_manifest.json and final/) stands for its final model wherever a model is asked for:
+`eval`, `merge` and `infer` take the run dir as they take final/ itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from sftpipe.contracts.files import FORMAT_VERSION, Record, read_record, write_record
+
+RUN_MANIFEST = "run_manifest.json"
+FINAL = "final"
+
+
+class RunManifest(Record):
+    """run_manifest.json: what made the run (versions, git SHA, seed) and from what (model, data, tokenizer)."""
+
+    format_version: int = FORMAT_VERSION
+    kind: Literal["sftpipe-run"] = "sftpipe-run"
+    created: str  # ISO 8601, UTC
+    versions: dict[str, str]  # sftpipe, python and the libraries that decide the result
+    git_sha: str | None  # of the sftpipe checkout, when it runs from one
+    seed: int
+    method: str
+    base_model: str
+    tokenizer_sha256: str
+    template_sha256: str
+    data_dir: str
+    data_manifest_sha256: str  # `DataManifest.sha256` of the data dir's manifest
+    world_size: int
+    device: str
+    host: str
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Where everything of one training run lives, under `path` (train.output_dir)."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))  # a str from the config works too
+
+    @property
+    def config(self) -> Path:
+        """The resolved config (secrets redacted)."""
+        return self.path / "config.yaml"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.path / RUN_MANIFEST
+
+    @property
+    def checkpoints(self) -> Path:
+        """The dir of checkpoint-<step>/ dirs (see `contracts.checkpoint`)."""
+        return self.path / "checkpoints"
+
+    @property
+    def final(self) -> Path:
+        """The trained model (adapter or full) with its tokenizer, generation config and sftpipe.json."""
+        return self.path / FINAL
+
+    @property
+    def logs(self) -> Path:
+        """metrics.jsonl and the TensorBoard events."""
+        return self.path / "logs"
+
+    @property
+    def metrics(self) -> Path:
+        """One JSON object per logged step."""
+        return self.logs / "metrics.jsonl"
+
+    @property
+    def eval(self) -> Path:
+        """Where `eval` writes by default for this run's model."""
+        return self.path / "eval"
+
+    @property
+    def eval_compare(self) -> Path:
+        """Where `eval --compare` writes by default."""
+        return self.path / "eval_compare"
+
+    @staticmethod
+    def is_run_dir(path: Path) -> bool:
+        """Whether `path` is a finished run dir: its manifest and its final model are there."""
+        run = RunDir(path)
+        return run.final.is_dir() and run.manifest_path.is_file()
+
+    @classmethod
+    def of_model(cls, path: str | Path) -> RunDir | None:
+        """The run dir whose final model `path` names (the run dir itself or a final/ dir), else None."""
+        p = Path(path)
+        if cls.is_run_dir(p):
+            return cls(p)
+        if p.name == FINAL and p.is_dir():
+            return cls(p.parent)
+        return None
+
+    @property
+    def manifest(self) -> RunManifest:
+        """The run manifest.
+
+        Raises:
+            SftpipeError: it is missing, unreadable or of a newer format_version.
+        """
+        return read_record(self.manifest_path, RunManifest, "a run manifest", "train the run again")
+
+    def write_manifest(self, manifest: RunManifest) -> None:
+        write_record(self.manifest_path, manifest)
+
