@@ -13,7 +13,8 @@ from transformers import AutoTokenizer
 
 import sftpipe
 from sftpipe.config import ModelConfig
-from sftpipe.models.loading import declares_generic_tokenizer, load_tokenizer, tokenizer_sha256
+from sftpipe.contracts.data_dir import tokenizer_sha256
+from sftpipe.models.loading import declares_generic_tokenizer, load_tokenizer
 from tests.conftest import EXAMPLES
 
 HEAVY = {"torch", "transformers", "datasets"}
