@@ -48,7 +48,7 @@ from sftpipe.train.tracking import MetricsLogger, write_run_manifest
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainResult:
     run_dir: Path
     steps: int
@@ -65,7 +65,7 @@ class TrainResult:
     main_process: bool = True  # False on the other processes of a multi-process launch (they print nothing)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Session:
     """What one training run holds, built by `setup`; a resumed run builds the same from its checkpoint."""
 
@@ -207,9 +207,10 @@ def run(cfg: Config, evaluators: BuildEvaluators, resume: str = "auto", resume_f
     s.accelerator.free_memory()
     s.accelerator.end_training()
     wall = time.perf_counter() - t0
-    return TrainResult(s.run_dir.path, s.state.step, final_dir, step_loss, last_val, val_before, s.trainable, s.total,
-                       throughput.run_tokens_per_s, wall, s.resumed_from, throughput.run_efficiency,
-                       s.accelerator.is_main_process)
+    return TrainResult(run_dir=s.run_dir.path, steps=s.state.step, final_dir=final_dir, train_loss=step_loss,
+                       val=last_val, val_before=val_before, trainable_params=s.trainable, total_params=s.total,
+                       tokens_per_s=throughput.run_tokens_per_s, wall_s=wall, resumed_from=s.resumed_from,
+                       packing_efficiency=throughput.run_efficiency, main_process=s.accelerator.is_main_process)
 
 
 def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
@@ -275,8 +276,11 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
     logger = MetricsLogger(run_dir.metrics, accelerator, enabled=accelerator.is_main_process)
     if state.step == 0:  # once per run: a resumed run must not log it again (resumed logs equal uninterrupted)
         logger.log(0, {"speed": {**layout.describe(), **speed}})
-    return Session(cfg, accelerator, run_dir, manifest, tokenizer, model, loss_model, optimizer, scheduler,
-                   MicroBatchSource(plan, layout, store, tokenizer.pad_token_id), total_micro, total_steps, fingerprint, state, resumed_from, logger, trainable, total)
+    return Session(cfg=cfg, accelerator=accelerator, run_dir=run_dir, manifest=manifest, tokenizer=tokenizer,
+                   model=model, loss_model=loss_model, optimizer=optimizer, scheduler=scheduler,
+                   source=MicroBatchSource(plan, layout, store, tokenizer.pad_token_id), total_micro=total_micro,
+                   total_steps=total_steps, fingerprint=fingerprint, state=state, resumed_from=resumed_from,
+                   logger=logger, trainable=trainable, total=total)
 
 
 # transformers' "constant" schedule ignores num_warmup_steps; "constant_with_warmup" with 0 steps is constant.
