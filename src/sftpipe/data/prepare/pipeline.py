@@ -124,7 +124,8 @@ def _prepare(cfg: Config, tokenizer, template: str, out: Path, tmp: Path) -> Pre
     locations = LocationStore(work / "locations.txt")
     try:
         counts: dict[str, dict[str, int]] = {}
-        table = _scan(cfg, tokenizer, template, work, ledger, signatures, locations, counts)
+        table = _scan(cfg, tokenizer, template, work, ledger=ledger, signatures=signatures, locations=locations,
+                      counts=counts)
         split = assign_splits(table.key, data.split)
         if signatures is not None:
             signatures.finish_writing()
@@ -133,7 +134,8 @@ def _prepare(cfg: Config, tokenizer, template: str, out: Path, tmp: Path) -> Pre
         find_ngram_overlaps(removals, split, table.chunks, data.decontam)
         repeat = (removals.status == KEPT).astype(np.int64)
         mixes = _mix(cfg, table, split, repeat)
-        shards = write_splits(tmp, table, split, removals, repeat, ledger, locations, data, metadata_template())
+        shards = write_splits(tmp, table, split=split, removals=removals, repeat=repeat, ledger=ledger,
+                              locations=locations, data=data, template=metadata_template())
     finally:
         ledger.close()
         locations.close()
@@ -173,7 +175,7 @@ def _split_stats(table: ScanTable, split: np.ndarray, kept: np.ndarray, repeat: 
     return stats, lengths
 
 
-def _scan(cfg: Config, tokenizer, template: str, work: Path, ledger: Ledger, signatures: SignatureStore | None,
+def _scan(cfg: Config, tokenizer, template: str, work: Path, *, ledger: Ledger, signatures: SignatureStore | None,
           locations: LocationStore, counts: dict[str, dict[str, int]]) -> ScanTable:
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("source", "digest", "key", "tokens", "trained", "truncated")}
     chunks: list[tuple[int, str]] = []

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from sftpipe.data.prepare.results import ScanTable
 
 
-def write_splits(out: Path, table: ScanTable, split: np.ndarray, removals: Removals, repeat: np.ndarray,
+def write_splits(out: Path, table: ScanTable, *, split: np.ndarray, removals: Removals, repeat: np.ndarray,
                  ledger: Ledger, locations: LocationStore, data: DataConfig, template: dict[str, dict]
                  ) -> dict[str, int]:
     """Write `out/<split>/` for every split; returns the number of shards of each."""
