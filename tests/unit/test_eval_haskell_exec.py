@@ -138,3 +138,41 @@ def test_missing_ghc_is_skipped_with_a_reason_or_an_error_when_required():
         make_executor(CodeEvalConfig(ghc="ghc-not-installed-here", enabled=True), items)
     executor, why = make_executor(CodeEvalConfig(), items)  # control: the real ghc is found
     assert executor is not None and why is None
+
+
+HEADER_BROKEN = "import Data.List (sort\n" + ROW["solution"]  # stops GHC before it compiles any module
+GOOD = [ROW["solution"], "-- a comment\n" + ROW["solution"], SIG + "sumEvens = sum . filter even\n"]
+
+
+@pytest.mark.parametrize("broken_at", range(4))
+def test_a_header_error_in_one_sample_does_not_fail_the_others_of_its_batch(broken_at):
+    codes = GOOD[:broken_at] + [HEADER_BROKEN] + GOOD[broken_at:]
+    cfg = CodeEvalConfig(cache_dir=None, workers=1, haskell_batch_size=4)
+    results = Executor(cfg).run([(PROBLEM, code) for code in codes])
+    verdicts = [r.verdict for r in results]
+    expected = ["pass"] * 4
+    expected[broken_at] = "compile_error"
+    assert verdicts == expected, [(r.verdict, r.detail, r.excerpt) for r in results]
+    assert "parse error" in results[broken_at].detail + results[broken_at].excerpt
+
+
+def test_a_failure_that_names_no_sample_is_bisected_until_each_verdict_is_the_samples_own(monkeypatch):
+    from sftpipe.evaluate.execution.runners.haskell import HaskellRunner
+
+    real = HaskellRunner._ghc
+    calls = []
+
+    def counted(self, root, prefix, indices, exe, timeout):
+        calls.append(len(indices))
+        return real(self, root, prefix, indices, exe, timeout)
+
+    monkeypatch.setattr(HaskellRunner, "_ghc", counted)
+    # Compiles, then fails to link: the linker's message names no source file of any sample.
+    unlinkable = ("{-# LANGUAGE ForeignFunctionInterface #-}\n" + SIG +
+                  'foreign import ccall "sftpipe_no_such_symbol" noSuch :: Int -> Int\nsumEvens = noSuch . sum\n')
+    codes = [GOOD[0], GOOD[1], unlinkable, GOOD[2]]
+    results = Executor(CodeEvalConfig(cache_dir=None, workers=1)).run([(PROBLEM, code) for code in codes])
+    assert [r.verdict for r in results] == ["pass", "pass", "compile_error", "pass"], \
+        [(r.verdict, r.detail, r.excerpt) for r in results]
+    assert "sftpipe_no_such_symbol" in results[2].excerpt
+    assert calls[0] == 4 and len(calls) > 1
