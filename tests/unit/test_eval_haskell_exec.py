@@ -176,3 +176,42 @@ def test_a_failure_that_names_no_sample_is_bisected_until_each_verdict_is_the_sa
         [(r.verdict, r.detail, r.excerpt) for r in results]
     assert "sftpipe_no_such_symbol" in results[2].excerpt
     assert calls[0] == 4 and len(calls) > 1
+
+
+def multiple_e_problem(entry: str, *conditions: str) -> CodeProblem:
+    lines = "".join(f'  if {c} then pure () else error "assertion failed"\n' for c in conditions)
+    return CodeProblem(f"p_{entry}", "haskell", f"\nmain :: IO ()\nmain = do\n  let candidate = {entry}\n{lines}  pure ()\n",
+                       "multipl-e", entry)
+
+
+COUNTS = "counts :: [Int] -> M.Map Int Int\ncounts = M.fromListWith (+) . map (\\x -> (x, 1))\n"
+# name -> (problem, an answer that compiles and passes as a single-file program answer + tests)
+VALID_AS_ONE_FILE = {
+    "hides a Prelude name it defines (MultiPL-E)": (
+        multiple_e_problem("maximum", "candidate [1, 3, 2] == 3"),
+        "import Prelude hiding (maximum)\n\nmaximum :: [Int] -> Int\nmaximum = foldr1 max\n"),
+    "hides a Prelude name it defines (shipped problem)": (
+        PROBLEM, "import Prelude hiding (sum)\n\nsum :: [Int] -> Int\nsum = foldr (+) 0\n\n" + SIG +
+        "sumEvens = sum . filter even\n"),
+    "ImportQualifiedPost import the tests use": (
+        multiple_e_problem("counts", "candidate [1, 1] == M.fromList [(1, 2)]"),
+        "{-# LANGUAGE ImportQualifiedPost #-}\nimport Data.Map.Strict qualified as M\n\n" + COUNTS),
+    "qualified import the tests use": (
+        multiple_e_problem("counts", "candidate [1, 1] == M.fromList [(1, 2)]"),
+        "import qualified Data.Map.Strict as M\n\n" + COUNTS),
+    "BlockArguments": (
+        multiple_e_problem("incAll", "candidate [1, 2] == [2, 3]"),
+        "{-# LANGUAGE BlockArguments #-}\nincAll :: [Int] -> [Int]\nincAll = map \\x -> x + 1\n"),
+}
+
+
+@pytest.fixture(scope="module")
+def one_file_results():
+    cfg = CodeEvalConfig(cache_dir=None, workers=1)
+    return dict(zip(VALID_AS_ONE_FILE, Executor(cfg).run(list(VALID_AS_ONE_FILE.values()))))
+
+
+@pytest.mark.parametrize("name", list(VALID_AS_ONE_FILE))
+def test_an_answer_valid_as_one_file_with_its_tests_passes(one_file_results, name):
+    result = one_file_results[name]
+    assert result.verdict == "pass", (result.detail, result.excerpt)

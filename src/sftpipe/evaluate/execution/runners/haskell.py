@@ -152,9 +152,15 @@ def multiple_checks(tests: str) -> str | None:
     return f"checks :: [(String, Bool)]\nchecks =\n  [ {rows}\n  ]{where}\n"
 
 
-def harness_module(problem: CodeProblem, prefix: str) -> tuple[str, bool]:
+def harness_module(problem: CodeProblem, prefix: str, answer: HaskellSource) -> tuple[str, bool]:
     """The `<prefix>.Harness` module for `problem`, exporting `sftpipeRun`; and whether it judges named
-    checks one by one (True) or runs the tests' own main (False)."""
+    checks one by one (True) or runs the tests' own main (False).
+
+    The tests see what they would see in the single-file program answer + tests (MultiPL-E's, and what
+    a user compiles): the answer's LANGUAGE pragmas and imports are repeated in the harness. So a Prelude
+    name the answer hides and redefines (`import Prelude hiding (maximum)`) is hidden here too, and a
+    module the answer imports (`import qualified Data.Map as M`) is in scope for the tests.
+    """
     solution_import = f"import {prefix}.Solution"
     if problem.style == "multipl-e":
         checks = multiple_checks(problem.tests)
@@ -170,11 +176,21 @@ def harness_module(problem: CodeProblem, prefix: str) -> tuple[str, bool]:
     else:
         tests.body = re.sub(r"^main\b", "sftpipeTestsMain", tests.body, flags=re.M)
         runner, judged = GENERIC_RUNNER, False
-    # A qualified Prelude import turns the implicit one off: restore it unless the tests import Prelude.
-    implicit = [] if any(re.match(r"import\s+Prelude\b", i) for i in tests.imports) else ["import Prelude"]
-    tests.imports = [*implicit, *RUNNER_IMPORTS.strip().splitlines(), *tests.imports]
-    module = HaskellSource(tests.pragmas, tests.imports, tests.body + "\n" + runner)
+    pragmas = _unique([*answer.pragmas, *tests.pragmas])
+    imports = _unique([*answer.imports, *tests.imports])
+    # Any Prelude import turns the implicit one off (as in a single file): restore it unless one is there.
+    implicit = [] if any(re.match(r"import\s+(qualified\s+)?Prelude\b", i) for i in imports) else ["import Prelude"]
+    imports = [*implicit, *RUNNER_IMPORTS.strip().splitlines(), *imports]
+    module = HaskellSource(pragmas, imports, tests.body + "\n" + runner)
     return module.module(f"{prefix}.Harness", " (sftpipeRun)"), judged
+
+
+def _unique(lines: list[str]) -> list[str]:
+    """`lines` without repeats (by text, ignoring surrounding whitespace), in order."""
+    first: dict[str, str] = {}
+    for line in lines:
+        first.setdefault(line.strip(), line)
+    return list(first.values())
 
 
 class HaskellRunner(Runner):
@@ -228,7 +244,7 @@ class HaskellRunner(Runner):
         folder = root / "src" / name
         folder.mkdir(parents=True)
         (folder / "Solution.hs").write_text(source.module(f"{name}.Solution"), encoding="utf-8")
-        harness, judged[i] = harness_module(job.problem, name)
+        harness, judged[i] = harness_module(job.problem, name, source)
         (folder / "Harness.hs").write_text(harness, encoding="utf-8")
         return None
 
