@@ -243,6 +243,7 @@ def render_report(results: list[tuple[str, EvalResult]], cfg: Config) -> str:
     has_code = any(s is not None and s.code is not None and s.code.problems for s in suites)
     notes = [f"{label}: execution skipped: {r.suite.code.skipped} ({r.suite.code.not_run} samples without a "
              "verdict)" for label, r in results if r.suite and r.suite.code and r.suite.code.skipped]
+    notes += [_completions_note(p["completions"]) for p in payloads if "completions" in p]
     passk = []
     if has_code:
         ks = sorted({k for s in suites if s and s.code for k in s.code.pass_at_k}, key=lambda k: int(k.split("@")[1]))
@@ -269,6 +270,19 @@ def render_report(results: list[tuple[str, EvalResult]], cfg: Config) -> str:
 def write_report(path: Path, results: list[tuple[str, EvalResult]], cfg: Config) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_report(results, cfg), encoding="utf-8")
+
+
+def _completions_note(c: dict) -> str:
+    """What a scored completions file held, including what could not be scored."""
+    parts = [f"completions from {c['file']}: {c['records']} records, {c['samples']} samples scored"]
+    if c["empty"]:
+        parts.append(f"{c['empty']} empty (judged, they fail)")
+    if c["unknown_ids"]:
+        parts.append(f"{len(c['unknown_ids'])} records name no problem of the source (e.g. {c['unknown_ids'][0]!r})")
+    if c["problems_without_completions"]:
+        parts.append(f"{len(c['problems_without_completions'])} problems have no completions (e.g. "
+                     f"{c['problems_without_completions'][0]!r})")
+    return "; ".join(parts)
 
 
 def _decoding_text(d: dict) -> str:
