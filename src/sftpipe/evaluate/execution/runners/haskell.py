@@ -20,12 +20,14 @@ that line: an answer that calls `exitSuccess` or prints a summary of its own can
 
 from __future__ import annotations
 
+import itertools
 import re
 import secrets
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -255,11 +257,11 @@ class HaskellRunner(Runner):
         Returns the executable of each sample that built, and the builds' wall time.
         """
         start = time.perf_counter()
-        exes = self._build_isolated(root, prefix, pending, results, [0])
+        exes = self._build_isolated(root, prefix, pending, results, itertools.count())
         return exes, time.perf_counter() - start
 
     def _build_isolated(self, root: Path, prefix: str, indices: list[int], results: list[ExecResult | None],
-                        calls: list[int]) -> dict[int, Path]:
+                        builds: Iterator[int]) -> dict[int, Path]:
         """Build `indices` with one compiler call; a failure GHC does not pin on a sample is narrowed down.
 
         A sample is judged `compile_error` only from GHC's error blocks about its own files, or from a
@@ -270,8 +272,7 @@ class HaskellRunner(Runner):
         """
         if not indices:
             return {}
-        calls[0] += 1
-        exe = root / f"prog{calls[0]}"
+        exe = root / f"prog{next(builds)}"
         timeout = _batch_timeout(self.limits.compile_timeout_s, len(indices))
         done = self._ghc(root, prefix, indices, exe, timeout)
         if done.timed_out or done.returncode not in (0, 1):
@@ -287,13 +288,13 @@ class HaskellRunner(Runner):
                                     excerpt(_strip_prefix(errors[i], prefix)), stage="compile")
         rest = [i for i in indices if i not in own_errors]
         if own_errors:
-            return self._build_isolated(root, prefix, rest, results, calls)
+            return self._build_isolated(root, prefix, rest, results, builds)
         if len(indices) == 1:  # the failure is this sample's alone
             results[indices[0]] = _compile_failure(done, timeout, prefix)
             return {}
         half = len(indices) // 2
-        return {**self._build_isolated(root, prefix, indices[:half], results, calls),
-                **self._build_isolated(root, prefix, indices[half:], results, calls)}
+        return {**self._build_isolated(root, prefix, indices[:half], results, builds),
+                **self._build_isolated(root, prefix, indices[half:], results, builds)}
 
     def _build_one_by_one(self, root: Path, prefix: str, pending: list[int], results: list[ExecResult | None]
                           ) -> dict[int, Path]:
