@@ -1,6 +1,10 @@
 """Haskell execution throughput: sftpipe's batched builds vs one compiler call per sample, side by side.
 
 Usage:  python benchmarks/exec/bench_haskell_exec.py [--samples 158] [--baseline-samples 8] [--workers 2]
+                                                    [--broken 0.1] [--no-baselines]
+
+--broken F replaces every (1/F)-th sample by a header-broken one (`import Data.List (sort` unclosed: GHC
+stops before it compiles any module of the batch), expected `compile_error`.
 
 Samples are the shipped problems' reference solutions and mutants (so every verdict is known: the run
 also checks that each reference passes and each mutant fails). Alternatives measured in the same run:
@@ -33,15 +37,21 @@ from sftpipe.evaluate.execution.problem import CodeProblem
 REPO = Path(__file__).resolve().parents[2]
 
 
-def load_samples(n: int) -> list[tuple[CodeProblem, str, str]]:
-    """(problem, code, expected verdict) — references then mutants, interleaved, first n."""
+def load_samples(n: int, broken: float = 0.0) -> list[tuple[CodeProblem, str, str]]:
+    """(problem, code, expected verdict) — references then mutants, interleaved, first n; a share `broken`
+    of them (spread evenly) with an unclosed import list in front."""
     rows = [json.loads(x) for x in (REPO / "examples/haskell/problems.jsonl").read_text().splitlines() if x.strip()]
     samples = []
     for row in rows:
         problem = CodeProblem(row["id"], "haskell", row["tests"], "sftpipe", row["entry_point"])
         samples.append((problem, row["solution"], "pass"))
         samples.append((problem, row["mutant"], "wrong_answer"))
-    return samples[:n]
+    samples = samples[:n]
+    if broken > 0:
+        step = round(1 / broken)
+        samples = [(p, "import Data.List (sort\n" + code, "compile_error") if j % step == step // 2 else (p, code, v)
+                   for j, (p, code, v) in enumerate(samples)]
+    return samples
 
 
 def baseline(kind: str, samples, workers: int) -> float:
@@ -86,22 +96,25 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=158, help="samples for sftpipe (max 158)")
     parser.add_argument("--baseline-samples", type=int, default=8, help="samples for each per-sample baseline")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--broken", type=float, default=0.0, help="share of header-broken samples (e.g. 0.1)")
+    parser.add_argument("--no-baselines", action="store_true", help="measure sftpipe only")
     args = parser.parse_args()
 
     print(f"{os.cpu_count()} CPU cores, {args.workers} workers, load average {os.getloadavg()[0]:.2f} at start")
     figures: dict[str, float] = {}
     small = load_samples(args.baseline_samples)
-    for kind in ("ghc-static", "ghc-dynamic", "runghc"):
+    for kind in () if args.no_baselines else ("ghc-static", "ghc-dynamic", "runghc"):
         figures[kind] = baseline(kind, small, args.workers)
         print(f"{kind:<22} {figures[kind]:6.2f} samples/s  ({len(small)} samples, no sandbox)", flush=True)
-    big = load_samples(args.samples)
+    big = load_samples(args.samples, args.broken)
     for sandbox in ("auto", "none"):
         rate, mode = sftpipe_rate(big, args.workers, sandbox)
         figures[f"sftpipe ({mode})"] = rate
         print(f"{'sftpipe (' + mode + ')':<22} {rate:6.2f} samples/s  ({len(big)} samples, every verdict as expected)",
               flush=True)
-    base = figures["ghc-static"]
-    print("\nratio to ghc-static: " + ", ".join(f"{k} {v / base:.1f}x" for k, v in figures.items()))
+    base = figures.get("ghc-static")
+    if base:
+        print("\nratio to ghc-static: " + ", ".join(f"{k} {v / base:.1f}x" for k, v in figures.items()))
     print(f"load average {os.getloadavg()[0]:.2f} at end")
 
 

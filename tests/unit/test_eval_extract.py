@@ -119,10 +119,10 @@ def test_multiple_haskell_tests_become_named_checks():
 def test_harness_wraps_shipped_checks_and_renames_a_foreign_main():
     shipped = CodeProblem("p", "haskell", "module Main where\n\nimport Solution\n\nchecks :: [(String, Bool)]\n"
                           "checks = [(\"a\", f == 1)]\n\nmain :: IO ()\nmain = print 1\n")
-    text, judged = harness_module(shipped, "S0_1")
+    text, judged = harness_module(shipped, "S0_1", split_haskell("f = 1\n"))
     assert judged and "import S0_1.Solution" in text and "sftpipeRun" in text and "main = print" not in text
     custom = CodeProblem("q", "haskell", "module Main where\nimport Solution\nmain :: IO ()\nmain = print f\n")
-    text, judged = harness_module(custom, "S0_2")
+    text, judged = harness_module(custom, "S0_2", split_haskell("f = 1\n"))
     assert not judged and "sftpipeTestsMain = print f" in text and "sftpipeTestsMain :: IO ()" in text
 
 

@@ -138,3 +138,80 @@ def test_missing_ghc_is_skipped_with_a_reason_or_an_error_when_required():
         make_executor(CodeEvalConfig(ghc="ghc-not-installed-here", enabled=True), items)
     executor, why = make_executor(CodeEvalConfig(), items)  # control: the real ghc is found
     assert executor is not None and why is None
+
+
+HEADER_BROKEN = "import Data.List (sort\n" + ROW["solution"]  # stops GHC before it compiles any module
+GOOD = [ROW["solution"], "-- a comment\n" + ROW["solution"], SIG + "sumEvens = sum . filter even\n"]
+
+
+@pytest.mark.parametrize("broken_at", range(4))
+def test_a_header_error_in_one_sample_does_not_fail_the_others_of_its_batch(broken_at):
+    codes = GOOD[:broken_at] + [HEADER_BROKEN] + GOOD[broken_at:]
+    cfg = CodeEvalConfig(cache_dir=None, workers=1, haskell_batch_size=4)
+    results = Executor(cfg).run([(PROBLEM, code) for code in codes])
+    verdicts = [r.verdict for r in results]
+    expected = ["pass"] * 4
+    expected[broken_at] = "compile_error"
+    assert verdicts == expected, [(r.verdict, r.detail, r.excerpt) for r in results]
+    assert "parse error" in results[broken_at].detail + results[broken_at].excerpt
+
+
+def test_a_failure_that_names_no_sample_is_bisected_until_each_verdict_is_the_samples_own(monkeypatch):
+    from sftpipe.evaluate.execution.runners.haskell import HaskellRunner
+
+    real = HaskellRunner._ghc
+    calls = []
+
+    def counted(self, root, prefix, indices, exe, timeout):
+        calls.append(len(indices))
+        return real(self, root, prefix, indices, exe, timeout)
+
+    monkeypatch.setattr(HaskellRunner, "_ghc", counted)
+    # Compiles, then fails to link: the linker's message names no source file of any sample.
+    unlinkable = ("{-# LANGUAGE ForeignFunctionInterface #-}\n" + SIG +
+                  'foreign import ccall "sftpipe_no_such_symbol" noSuch :: Int -> Int\nsumEvens = noSuch . sum\n')
+    codes = [GOOD[0], GOOD[1], unlinkable, GOOD[2]]
+    results = Executor(CodeEvalConfig(cache_dir=None, workers=1)).run([(PROBLEM, code) for code in codes])
+    assert [r.verdict for r in results] == ["pass", "pass", "compile_error", "pass"], \
+        [(r.verdict, r.detail, r.excerpt) for r in results]
+    assert "sftpipe_no_such_symbol" in results[2].excerpt
+    assert calls[0] == 4 and len(calls) > 1
+
+
+def multiple_e_problem(entry: str, *conditions: str) -> CodeProblem:
+    lines = "".join(f'  if {c} then pure () else error "assertion failed"\n' for c in conditions)
+    return CodeProblem(f"p_{entry}", "haskell", f"\nmain :: IO ()\nmain = do\n  let candidate = {entry}\n{lines}  pure ()\n",
+                       "multipl-e", entry)
+
+
+COUNTS = "counts :: [Int] -> M.Map Int Int\ncounts = M.fromListWith (+) . map (\\x -> (x, 1))\n"
+# name -> (problem, an answer that compiles and passes as a single-file program answer + tests)
+VALID_AS_ONE_FILE = {
+    "hides a Prelude name it defines (MultiPL-E)": (
+        multiple_e_problem("maximum", "candidate [1, 3, 2] == 3"),
+        "import Prelude hiding (maximum)\n\nmaximum :: [Int] -> Int\nmaximum = foldr1 max\n"),
+    "hides a Prelude name it defines (shipped problem)": (
+        PROBLEM, "import Prelude hiding (sum)\n\nsum :: [Int] -> Int\nsum = foldr (+) 0\n\n" + SIG +
+        "sumEvens = sum . filter even\n"),
+    "ImportQualifiedPost import the tests use": (
+        multiple_e_problem("counts", "candidate [1, 1] == M.fromList [(1, 2)]"),
+        "{-# LANGUAGE ImportQualifiedPost #-}\nimport Data.Map.Strict qualified as M\n\n" + COUNTS),
+    "qualified import the tests use": (
+        multiple_e_problem("counts", "candidate [1, 1] == M.fromList [(1, 2)]"),
+        "import qualified Data.Map.Strict as M\n\n" + COUNTS),
+    "BlockArguments": (
+        multiple_e_problem("incAll", "candidate [1, 2] == [2, 3]"),
+        "{-# LANGUAGE BlockArguments #-}\nincAll :: [Int] -> [Int]\nincAll = map \\x -> x + 1\n"),
+}
+
+
+@pytest.fixture(scope="module")
+def one_file_results():
+    cfg = CodeEvalConfig(cache_dir=None, workers=1)
+    return dict(zip(VALID_AS_ONE_FILE, Executor(cfg).run(list(VALID_AS_ONE_FILE.values()))))
+
+
+@pytest.mark.parametrize("name", list(VALID_AS_ONE_FILE))
+def test_an_answer_valid_as_one_file_with_its_tests_passes(one_file_results, name):
+    result = one_file_results[name]
+    assert result.verdict == "pass", (result.detail, result.excerpt)

@@ -110,3 +110,6 @@ def test_skipped_execution_is_said_in_the_report(tmp_path):
     suite = SuiteResult(records, generation_stats(["a"], [5], [True]), code, 0.1)
     page = render_report([("model", result("m", suite, 1.0))], Config())
     assert "execution skipped: ghc not found" in page and records[0].verdict is None
+    assert records[0].not_run == "execution skipped: ghc not found"  # the record in generations.jsonl says so
+    assert code.not_run == 1 and "1 samples without a verdict" in page
+    assert "not run</span>" in page  # and so does the example in the report

@@ -43,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--model", help="run dir, adapter dir or model dir (default: train.output_dir)")
     which.add_argument("--compare", nargs=2, metavar=("BASE", "RUN"),
                        help="evaluate two models side by side on the same prompts (e.g. the base model and a run)")
-    p.add_argument("--out", help="output dir (default: <run dir>/eval; with --compare: <train.output_dir>/eval_compare)")
+    which.add_argument("--completions", metavar="FILE",
+                       help="score existing completions (JSONL: {name|task_id, completion} or {name, completions: "
+                       "[...]}) against the problems of eval.generation.source, no model")
+    p.add_argument("--out", help="output dir (default: <run dir>/eval; with --compare: <train.output_dir>/eval_compare; "
+                   "with --completions: FILE without its suffix + .eval)")
     p = sub.add_parser("merge", help="merge a LoRA adapter into its base model (checked by logits)")
     _config_args(p)
     p.add_argument("--adapter", help="run dir or adapter dir (default: train.output_dir)")
@@ -151,7 +155,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from sftpipe.cli.report import print_compare, print_eval
 
     cfg = _load(args)
-    if args.compare:
+    if args.completions:
+        from sftpipe.evaluate import completions
+
+        print_eval(completions.run(cfg, args.completions, args.out))
+    elif args.compare:
         print_compare(compare(cfg, args.compare[0], args.compare[1], args.out))
     else:
         print_eval(run(cfg, args.model or cfg.train.output_dir, args.out))

@@ -73,6 +73,11 @@ def print_eval(result: EvalResult, show_skip: bool = True) -> None:
                   f"{c.executed} run + {c.cached} cached, {c.exec_wall_s:.1f}s): {passk}; {verdicts}")
         if c.skipped and show_skip:
             print(f"  execution skipped: {c.skipped}")
+    scored = result.settings.get("completions")
+    if scored:
+        print(f"  completions: {scored['records']} records, {scored['samples']} samples scored, {scored['empty']} empty, "
+              f"{len(scored['unknown_ids'])} naming no problem, {len(scored['problems_without_completions'])} problems "
+              "without completions")
     print(f"  metrics: {result.output_dir / 'metrics.json'}")
     if (result.output_dir / "report.html").is_file():
         print(f"  report: {result.output_dir / 'report.html'}")

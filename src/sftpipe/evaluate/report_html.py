@@ -108,6 +108,9 @@ Unbiased pass@k = mean over problems of 1 − C(n−c, k)/C(n, k).</p>
 {% if col.verdict %}
  <span class="badge" style="background:{{ col.color }}">{{ col.verdict }}</span>
  <span class="muted">{{ col.detail }}</span>
+{% elif col.not_run %}
+ <span class="badge" style="background:#999">not run</span>
+ <span class="muted">{{ col.not_run }}</span>
 {% endif %}
 <pre>{{ col.generation }}</pre>
 <span class="muted">{{ col.num_tokens }} tokens,
@@ -238,8 +241,9 @@ def render_report(results: list[tuple[str, EvalResult]], cfg: Config) -> str:
     payloads = [r.as_dict() for _, r in results]
     suites = [r.suite for _, r in results]
     has_code = any(s is not None and s.code is not None and s.code.problems for s in suites)
-    notes = [f"{label}: execution skipped: {r.suite.code.skipped}" for label, r in results
-             if r.suite and r.suite.code and r.suite.code.skipped]
+    notes = [f"{label}: execution skipped: {r.suite.code.skipped} ({r.suite.code.not_run} samples without a "
+             "verdict)" for label, r in results if r.suite and r.suite.code and r.suite.code.skipped]
+    notes += [_completions_note(p["completions"]) for p in payloads if "completions" in p]
     passk = []
     if has_code:
         ks = sorted({k for s in suites if s and s.code for k in s.code.pass_at_k}, key=lambda k: int(k.split("@")[1]))
@@ -266,6 +270,19 @@ def render_report(results: list[tuple[str, EvalResult]], cfg: Config) -> str:
 def write_report(path: Path, results: list[tuple[str, EvalResult]], cfg: Config) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_report(results, cfg), encoding="utf-8")
+
+
+def _completions_note(c: dict) -> str:
+    """What a scored completions file held, including what could not be scored."""
+    parts = [f"completions from {c['file']}: {c['records']} records, {c['samples']} samples scored"]
+    if c["empty"]:
+        parts.append(f"{c['empty']} empty (judged, they fail)")
+    if c["unknown_ids"]:
+        parts.append(f"{len(c['unknown_ids'])} records name no problem of the source (e.g. {c['unknown_ids'][0]!r})")
+    if c["problems_without_completions"]:
+        parts.append(f"{len(c['problems_without_completions'])} problems have no completions (e.g. "
+                     f"{c['problems_without_completions'][0]!r})")
+    return "; ".join(parts)
 
 
 def _decoding_text(d: dict) -> str:
@@ -310,7 +327,8 @@ def _examples(results: list[tuple[str, EvalResult]], limit: int) -> list[dict]:
             prompt, reference = rec.prompt, rec.reference
             columns.append({"label": label, "generation": rec.generation, "verdict": rec.verdict,
                             "color": COLORS.get(rec.verdict or "", "#999"), "detail": rec.detail or "",
-                            "excerpt": rec.error_excerpt, "num_tokens": rec.num_tokens, "ended": rec.ended_with_eos})
+                            "excerpt": rec.error_excerpt, "num_tokens": rec.num_tokens, "ended": rec.ended_with_eos,
+                            "not_run": rec.not_run})
         examples.append({"id": item_id, "prompt": prompt, "reference": reference, "columns": columns})
     return examples
 

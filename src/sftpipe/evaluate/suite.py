@@ -39,6 +39,7 @@ class SampleRecord:
     error_excerpt: str | None = None
     stage: str | None = None
     cached: bool | None = None
+    not_run: str | None = None  # why a sample of a problem with tests has no verdict (execution skipped)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -60,6 +61,7 @@ class CodeSummary:
     exec_wall_s: float = 0.0
     samples_per_s: float = 0.0
     skipped: str | None = None
+    not_run: int = 0  # samples of problems with tests left without a verdict (their records say why)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -120,8 +122,17 @@ def judge(items: list[EvalItem], records: list[SampleRecord], cfg: CodeEvalConfi
     if not with_tests:
         return None
     if executor is None:
-        return CodeSummary(skipped=skipped or "execution is off")
-    runnable = [r for r in with_tests if executor.missing_toolchain(by_id[r.id].problem.language) is None]
+        reason = skipped or "execution is off"
+        for record in with_tests:
+            record.not_run = f"execution skipped: {reason}"
+        return CodeSummary(skipped=reason, not_run=len(with_tests))
+    runnable = []
+    for record in with_tests:
+        missing = executor.missing_toolchain(by_id[record.id].problem.language)
+        if missing is None:
+            runnable.append(record)
+        else:
+            record.not_run = f"execution skipped: {missing}"
     jobs = []
     for record in runnable:
         problem = by_id[record.id].problem
@@ -146,4 +157,5 @@ def judge(items: list[EvalItem], records: list[SampleRecord], cfg: CodeEvalConfi
         languages=sorted({by_id[r.id].problem.language for r in runnable}), sandbox=executor.sandbox.mode,
         executed=executed, cached=len(runnable) - executed, exec_wall_s=wall,
         samples_per_s=executed / wall if wall > 0 and executed else 0.0, skipped=skipped,
+        not_run=len(with_tests) - len(runnable),
     )

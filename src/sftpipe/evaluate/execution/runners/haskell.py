@@ -5,8 +5,10 @@ main of ours), where `<S>` is a per-batch random prefix plus the sample's index,
 another's. One `ghc --make -fkeep-going` call builds all samples of a batch plus a dispatcher `Main`
 (`prog <index>` runs that sample's harness): GHC's start-up (~0.7 s) and the link (~1 s) are paid once
 per batch instead of once per sample, which is what makes ≥ 5 samples/s possible on 2 cores (see
-benchmarks/exec/). Samples that fail to compile are reported from GHC's errors for their files and left
-out of a second dispatcher. Every sample then RUNS in its own process, in its own empty directory, under
+benchmarks/exec/). A sample that fails to compile is judged from GHC's errors about its own files, or
+from a build of its own: samples GHC did not blame are rebuilt without the culprits, and a failure that
+names no sample (a header error that stops GHC early, a link error) is bisected, so no verdict carries
+another sample's messages. Every sample then RUNS in its own process, in its own empty directory, under
 its own limits: isolation is per sample at run time; at compile time the batch shares one compiler
 process (Template Haskell, CPP, plugins and OPTIONS pragmas are refused, so no answer code runs then),
 and a batch that exhausts its compile budget is rebuilt one sample at a time.
@@ -18,12 +20,14 @@ that line: an answer that calls `exitSuccess` or prints a summary of its own can
 
 from __future__ import annotations
 
+import itertools
 import re
 import secrets
 import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -150,9 +154,15 @@ def multiple_checks(tests: str) -> str | None:
     return f"checks :: [(String, Bool)]\nchecks =\n  [ {rows}\n  ]{where}\n"
 
 
-def harness_module(problem: CodeProblem, prefix: str) -> tuple[str, bool]:
+def harness_module(problem: CodeProblem, prefix: str, answer: HaskellSource) -> tuple[str, bool]:
     """The `<prefix>.Harness` module for `problem`, exporting `sftpipeRun`; and whether it judges named
-    checks one by one (True) or runs the tests' own main (False)."""
+    checks one by one (True) or runs the tests' own main (False).
+
+    The tests see what they would see in the single-file program answer + tests (MultiPL-E's, and what
+    a user compiles): the answer's LANGUAGE pragmas and imports are repeated in the harness. So a Prelude
+    name the answer hides and redefines (`import Prelude hiding (maximum)`) is hidden here too, and a
+    module the answer imports (`import qualified Data.Map as M`) is in scope for the tests.
+    """
     solution_import = f"import {prefix}.Solution"
     if problem.style == "multipl-e":
         checks = multiple_checks(problem.tests)
@@ -168,11 +178,21 @@ def harness_module(problem: CodeProblem, prefix: str) -> tuple[str, bool]:
     else:
         tests.body = re.sub(r"^main\b", "sftpipeTestsMain", tests.body, flags=re.M)
         runner, judged = GENERIC_RUNNER, False
-    # A qualified Prelude import turns the implicit one off: restore it unless the tests import Prelude.
-    implicit = [] if any(re.match(r"import\s+Prelude\b", i) for i in tests.imports) else ["import Prelude"]
-    tests.imports = [*implicit, *RUNNER_IMPORTS.strip().splitlines(), *tests.imports]
-    module = HaskellSource(tests.pragmas, tests.imports, tests.body + "\n" + runner)
+    pragmas = _unique([*answer.pragmas, *tests.pragmas])
+    imports = _unique([*answer.imports, *tests.imports])
+    # Any Prelude import turns the implicit one off (as in a single file): restore it unless one is there.
+    implicit = [] if any(re.match(r"import\s+(qualified\s+)?Prelude\b", i) for i in imports) else ["import Prelude"]
+    imports = [*implicit, *RUNNER_IMPORTS.strip().splitlines(), *imports]
+    module = HaskellSource(pragmas, imports, tests.body + "\n" + runner)
     return module.module(f"{prefix}.Harness", " (sftpipeRun)"), judged
+
+
+def _unique(lines: list[str]) -> list[str]:
+    """`lines` without repeats (by text, ignoring surrounding whitespace), in order."""
+    first: dict[str, str] = {}
+    for line in lines:
+        first.setdefault(line.strip(), line)
+    return list(first.values())
 
 
 class HaskellRunner(Runner):
@@ -226,37 +246,55 @@ class HaskellRunner(Runner):
         folder = root / "src" / name
         folder.mkdir(parents=True)
         (folder / "Solution.hs").write_text(source.module(f"{name}.Solution"), encoding="utf-8")
-        harness, judged[i] = harness_module(job.problem, name)
+        harness, judged[i] = harness_module(job.problem, name, source)
         (folder / "Harness.hs").write_text(harness, encoding="utf-8")
         return None
 
     def _build(self, root: Path, prefix: str, pending: list[int], results: list[ExecResult | None]
                ) -> tuple[dict[int, Path], float]:
-        """Compile `pending` samples into one dispatcher executable; record compile failures in `results`.
+        """Compile `pending` samples into dispatcher executables; record compile failures in `results`.
 
-        Returns the executable of each sample that built, and the build's wall time.
+        Returns the executable of each sample that built, and the builds' wall time.
         """
         start = time.perf_counter()
-        exe = root / "prog"
-        if not pending:
-            return {}, 0.0
-        timeout = _batch_timeout(self.limits.compile_timeout_s, len(pending))
-        done = self._ghc(root, prefix, pending, exe, timeout)
+        exes = self._build_isolated(root, prefix, pending, results, itertools.count())
+        return exes, time.perf_counter() - start
+
+    def _build_isolated(self, root: Path, prefix: str, indices: list[int], results: list[ExecResult | None],
+                        builds: Iterator[int]) -> dict[int, Path]:
+        """Build `indices` with one compiler call; a failure GHC does not pin on a sample is narrowed down.
+
+        A sample is judged `compile_error` only from GHC's error blocks about its own files, or from a
+        build of that sample alone: a header-level error (an unclosed import list, an unknown pragma) stops
+        GHC before it compiles any module, and a link error names no source file, so the samples without an
+        error block of their own are rebuilt without the culprits found, and halved (bisected) while the
+        failure names no sample. Modules that compiled are not compiled again (same -outputdir).
+        """
+        if not indices:
+            return {}
+        exe = root / f"prog{next(builds)}"
+        timeout = _batch_timeout(self.limits.compile_timeout_s, len(indices))
+        done = self._ghc(root, prefix, indices, exe, timeout)
         if done.timed_out or done.returncode not in (0, 1):
             # The compiler itself died (time, memory): find the culprit by building one sample per call.
-            return self._build_one_by_one(root, prefix, pending, results), time.perf_counter() - start
-        built = [i for i in pending if (root / "build" / f"{prefix}_{i}" / "Harness.o").is_file()]
+            return self._build_one_by_one(root, prefix, indices, results)
+        if done.returncode == 0 and exe.is_file():
+            return {i: exe for i in indices}
+        built = {i for i in indices if (root / "build" / f"{prefix}_{i}" / "Harness.o").is_file()}
         errors = _errors_by_sample(done.stderr, prefix)
-        for i in sorted(set(pending) - set(built)):
-            text = errors.get(i) or done.stderr
-            results[i] = ExecResult("compile_error", _first_error_line(text), excerpt(_strip_prefix(text, prefix)),
-                                    stage="compile")
-        if built and (done.returncode != 0 or not exe.is_file()):
-            # Link the samples that compiled (their objects are reused, only the dispatcher is new).
-            relink = self._ghc(root, prefix, built, exe, timeout)
-            if relink.returncode != 0 or not exe.is_file():
-                return self._build_one_by_one(root, prefix, built, results), time.perf_counter() - start
-        return {i: exe for i in built}, time.perf_counter() - start
+        own_errors = [i for i in indices if i not in built and i in errors]
+        for i in own_errors:
+            results[i] = ExecResult("compile_error", _first_error_line(errors[i]),
+                                    excerpt(_strip_prefix(errors[i], prefix)), stage="compile")
+        rest = [i for i in indices if i not in own_errors]
+        if own_errors:
+            return self._build_isolated(root, prefix, rest, results, builds)
+        if len(indices) == 1:  # the failure is this sample's alone
+            results[indices[0]] = _compile_failure(done, timeout, prefix)
+            return {}
+        half = len(indices) // 2
+        return {**self._build_isolated(root, prefix, indices[:half], results, builds),
+                **self._build_isolated(root, prefix, indices[half:], results, builds)}
 
     def _build_one_by_one(self, root: Path, prefix: str, pending: list[int], results: list[ExecResult | None]
                           ) -> dict[int, Path]:
