@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output dir (default: tiny, the default model.name_or_path)")
     p.add_argument("--size", default="small", choices=["small", "micro"])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--corpus", type=Path, action="append", help="corpus files (.jsonl .json .txt .md .csv .hs) or dirs (default: the shipped examples)")
+    p.add_argument("--corpus", type=Path, action="append",
+                   help="corpus files (.jsonl .json .txt .md .csv .hs) or dirs (default: the shipped examples)")
     p = sub.add_parser("demo", help="init-tiny -> prepare -> train LoRA -> eval -> merge -> infer, on CPU")
     p.add_argument("--out", type=Path, default=Path("demo_out"))
     p.add_argument("--quick", action="store_true", help="one epoch and short generations: checks every stage runs")
