@@ -28,7 +28,9 @@ import pytest
 
 from sftpipe.config.schema import CodeEvalConfig
 from sftpipe.evaluate.execution.executor import Executor
+from sftpipe.evaluate.execution.extract import single_file_haskell
 from sftpipe.evaluate.execution.problem import CodeProblem
+from sftpipe.evaluate.execution.runners.python import single_file_python
 from tests.conftest import EXAMPLES
 
 pytestmark = pytest.mark.ghc
@@ -83,21 +85,6 @@ def haskell_variants(row: dict) -> list[tuple[str, str]]:
     return variants
 
 
-def one_file_haskell(tests: str, answer: str) -> str:
-    """answer + tests as one Main module: pragmas and imports hoisted, `import Solution` and `module` dropped."""
-    pragmas, imports, body = [], [], []
-    for line in (answer + "\n" + tests).split("\n"):
-        if line.startswith("{-# LANGUAGE"):
-            pragmas.append(line)
-        elif re.match(r"import\s+Solution\b", line) or re.match(r"module\s", line):
-            continue
-        elif line.startswith("import "):
-            imports.append(line)
-        else:
-            body.append(line)
-    return "\n".join([*pragmas, "module Main where", *imports, *body]) + "\n"
-
-
 def plain_passes(argv_for, program: str, name: str) -> bool:
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / name).write_text(program)
@@ -130,8 +117,9 @@ def haskell_jobs(step: int) -> list[tuple[CodeProblem, str, str]]:
 def haskell_agreement(step: int):
     jobs = haskell_jobs(step)
     with ThreadPoolExecutor(2) as pool:
-        plain = list(pool.map(lambda j: plain_passes(lambda n: ["runghc", n], one_file_haskell(j[0].tests, j[2]),
-                                                     "Main.hs"), jobs))
+        plain = list(pool.map(lambda j: plain_passes(lambda n: ["runghc", n],
+                                                     single_file_haskell(answer=j[2], tests=j[0].tests), "Main.hs"),
+                              jobs))
     assert any(plain) and not all(plain)  # both outcomes are represented
     for batch_size, seed in ((32, 0), (32, 1), (1, 2)):
         check_agreement(jobs, plain, batch_size, seed)
@@ -167,13 +155,13 @@ PY_ANSWERS = {
 
 
 def test_python_verdicts_agree_with_plain_python():
-    problems = [(CodeProblem("add", "python", PY_TESTS, "sftpipe", "add"), ""),
-                (CodeProblem("he_add", "python", PY_HUMANEVAL, "sftpipe", "add"), "\ncheck(add)\n")]
+    problems = [CodeProblem("add", "python", PY_TESTS, "sftpipe", "add"),
+                CodeProblem("he_add", "python", PY_HUMANEVAL, "sftpipe", "add")]
     jobs, plain = [], []
-    for problem, call in problems:
+    for problem in problems:
         for kind, code in PY_ANSWERS.items():
             jobs.append((problem, kind, code))
-            program = code + "\n\n" + problem.tests + call
+            program = single_file_python(problem, code)
             plain.append(plain_passes(lambda n: [sys.executable, n], program, "prog.py"))
     assert plain.count(True) == 2 * 5 and plain.count(False) == 2 * 5  # a guard on the reference itself
     order = list(range(len(jobs)))

@@ -227,6 +227,12 @@ class CodeEvalConfig(Section):
     language: Literal["haskell", "python"] = Field(
         "haskell", description="Language of problems from the prepared split or sftpipe problem files "
         "(MultiPL-E records carry their own).")
+    profile: Literal["default", "multipl-e"] = Field(
+        "default", description="How answers are run and judged. default: Haskell built with ghc (ghc_flags) in "
+        "batches, limits.run_timeout_s, verdicts pass / wrong_answer / compile_error / runtime_error / timeout. "
+        "multipl-e: as MultiPL-E, each sample is one program (answer + tests) run with `runghc` or `python "
+        "prog.py` under a 15 s wall limit, judged by exit status only: pass (exit 0), runtime_error (any other "
+        "exit, compile errors and failed assertions included) or timeout. Profiles never share cached verdicts.")
     k: list[int] = Field([1, 5, 10], description="k values of pass@k; those above the samples per problem are "
                          "left out.")
     sandbox: Literal["auto", "bwrap", "unshare", "none"] = Field(

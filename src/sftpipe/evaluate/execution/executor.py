@@ -78,9 +78,10 @@ class Executor:
     def runner(self, language: str) -> Runner:
         """The runner for `language` (SftpipeError naming the missing toolchain and how to install it)."""
         if language not in self._runners:
-            runner_class = RUNNERS.get(language)
+            runners = RUNNERS[self.cfg.profile]
+            runner_class = runners.get(language)
             if runner_class is None:
-                raise SftpipeError(f"no executor for language {language!r}; supported: {', '.join(RUNNERS)}")
+                raise SftpipeError(f"no executor for language {language!r}; supported: {', '.join(runners)}")
             self._runners[language] = runner_class.from_config(self.cfg, self.sandbox)
         return self._runners[language]
 
@@ -92,7 +93,9 @@ class Executor:
         return None
 
     def key(self, problem: CodeProblem, code: str) -> str:
-        payload = [self.runner(problem.language).toolchain, self.cfg.limits.model_dump(), problem.language,
+        # The profile is in the key on its own too, so two profiles never share a verdict whatever their
+        # runners' toolchain strings say.
+        payload = [self.cfg.profile, self.runner(problem.language).toolchain, self.cfg.limits.model_dump(), problem.language,
                    problem.style, problem.tests, problem.entry_point, normalise_code(code)]
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()
 

@@ -132,6 +132,26 @@ def forbidden_haskell(source: HaskellSource) -> list[str]:
     return problems
 
 
+def single_file_haskell(*, answer: str, tests: str) -> str:
+    """answer + tests as one Main module, assembled as MultiPL-E does: LANGUAGE pragmas and `import` lines
+    hoisted (in order), `import Solution` and `module` lines dropped, nothing else touched.
+
+    This is the program plain `runghc` judges: the `multipl-e` profile runs it, and the differential test
+    compares the default runner's verdicts with it.
+    """
+    pragmas, imports, body = [], [], []
+    for line in (answer + "\n" + tests).split("\n"):
+        if line.startswith("{-# LANGUAGE"):
+            pragmas.append(line)
+        elif re.match(r"import\s+Solution\b", line) or re.match(r"module\s", line):
+            continue
+        elif line.startswith("import "):
+            imports.append(line)
+        else:
+            body.append(line)
+    return "\n".join([*pragmas, "module Main where", *imports, *body]) + "\n"
+
+
 def normalise_code(code: str) -> str:
     """Whitespace-insensitive-at-line-ends form used for the execution cache key."""
     lines = [line.rstrip() for line in code.replace("\r\n", "\n").split("\n")]

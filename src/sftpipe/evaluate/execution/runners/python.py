@@ -87,6 +87,13 @@ def check_call(problem: CodeProblem) -> str | None:
     return problem.entry_point if defines and not calls and problem.entry_point else None
 
 
+def single_file_python(problem: CodeProblem, code: str) -> str:
+    """answer + tests as one program for plain `python prog.py` (MultiPL-E's and HumanEval's), with the
+    `check(entry_point)` call appended when the tests leave it to the evaluator."""
+    call = check_call(problem)
+    return code + "\n\n" + problem.tests + (f"\ncheck({call})\n" if call else "")
+
+
 class PythonRunner(Runner):
     """Runs Python samples, one sandboxed interpreter each (call `run` from several threads in parallel)."""
 
