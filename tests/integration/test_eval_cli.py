@@ -44,6 +44,7 @@ def test_eval_generates_executes_and_reports(haskell_cfg, tiny_dir, capsys):
     assert metrics["code"]["verdicts"] == {v: Counter(r["verdict"] for r in records).get(v, 0)
                                            for v in metrics["code"]["verdicts"]}
     assert metrics["code"]["pass_at_k"]["pass@1"] == sum(r["verdict"] == "pass" for r in records) / 8
+    assert metrics["code"]["profile"] == "default"  # how the verdicts were reached
     assert metrics["generation"]["ended_with_eos"] == sum(r["ended_with_eos"] for r in records) / 8
     instructions = {r["id"]: r["instruction"] for r in lines(EXAMPLES / "haskell" / "problems.jsonl")}
     assert all(r["verdict"] and r["prompt"] == instructions[r["id"]] for r in records)

@@ -69,7 +69,7 @@ def print_eval(result: EvalResult, show_skip: bool = True) -> None:
         if c.problems:
             passk = ", ".join(f"{k} {v:.3f}" for k, v in c.pass_at_k.items())
             verdicts = ", ".join(f"{k} {v}" for k, v in c.verdicts.items() if v)
-            print(f"  execution: {c.problems} problems, {c.samples} samples ({c.sandbox} sandbox, "
+            print(f"  execution: {c.problems} problems, {c.samples} samples ({c.profile} profile, {c.sandbox} sandbox, "
                   f"{c.executed} run + {c.cached} cached, {c.exec_wall_s:.1f}s): {passk}; {verdicts}")
         if c.skipped and show_skip:
             print(f"  execution skipped: {c.skipped}")

@@ -302,8 +302,8 @@ def _code_notes(results: list[tuple[str, EvalResult]]) -> list[str]:
         c = r.suite.code if r.suite else None
         if c is not None and c.problems:
             notes.append(f"{label}: {c.problems} problems, {c.samples} samples ({c.samples_per_problem} per "
-                         f"problem), {', '.join(c.languages)}, sandbox {c.sandbox}, {c.executed} executed + "
-                         f"{c.cached} from cache in {c.exec_wall_s:.1f} s.")
+                         f"problem), {', '.join(c.languages)}, profile {c.profile}, sandbox {c.sandbox}, "
+                         f"{c.executed} executed + {c.cached} from cache in {c.exec_wall_s:.1f} s.")
     return notes
 
 

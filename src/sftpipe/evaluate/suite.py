@@ -62,6 +62,7 @@ class CodeSummary:
     samples_per_s: float = 0.0
     skipped: str | None = None
     not_run: int = 0  # samples of problems with tests left without a verdict (their records say why)
+    profile: str = "default"  # eval.code.profile: how answers were run and judged (default or multipl-e)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -125,7 +126,7 @@ def judge(items: list[EvalItem], records: list[SampleRecord], cfg: CodeEvalConfi
         reason = skipped or "execution is off"
         for record in with_tests:
             record.not_run = f"execution skipped: {reason}"
-        return CodeSummary(skipped=reason, not_run=len(with_tests))
+        return CodeSummary(skipped=reason, not_run=len(with_tests), profile=cfg.profile)
     runnable = []
     for record in with_tests:
         missing = executor.missing_toolchain(by_id[record.id].problem.language)
@@ -157,5 +158,5 @@ def judge(items: list[EvalItem], records: list[SampleRecord], cfg: CodeEvalConfi
         languages=sorted({by_id[r.id].problem.language for r in runnable}), sandbox=executor.sandbox.mode,
         executed=executed, cached=len(runnable) - executed, exec_wall_s=wall,
         samples_per_s=executed / wall if wall > 0 and executed else 0.0, skipped=skipped,
-        not_run=len(with_tests) - len(runnable),
+        not_run=len(with_tests) - len(runnable), profile=cfg.profile,
     )
