@@ -166,7 +166,12 @@ class TrainConfig(Section):
         0, ge=0, description="torch threads when training on CPU; 0: torch's default (one per core). On a machine "
         "where other jobs take cores, set it to the cores left free: a thread that is descheduled stalls all the "
         "others at every operation (2 threads on 2 cores with one core busy ran 2.3x slower than 1 thread).")
-    progress_bar: bool = Field(True, description="Show a progress bar with loss, tokens/s and ETA.")
+    progress_bar: bool = Field(
+        True, description="Show progress with loss, tokens/s and ETA: a bar on a terminal, a plain line every "
+        "progress_every_s seconds when stderr is not a terminal (logs, CI).")
+    progress_every_s: float = Field(
+        30.0, ge=0, description="Seconds between plain progress lines when stderr is not a terminal (the first and "
+        "last step always get one); 0: a line at every logged step.")
     select_best: Literal["none", "val_loss"] = Field(
         "none", description="What final/ holds. none: the last step's weights. val_loss: the weights of the "
         "checkpoint with the lowest validation loss (needs a val split and a validation at every checkpoint: "

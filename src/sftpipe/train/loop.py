@@ -20,7 +20,6 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from sftpipe.config.loader import dump_config, save_config
@@ -40,6 +39,7 @@ from sftpipe.train.causal_lm import CausalLMLoss
 from sftpipe.train.checkpoint import capture_rng, load_weights, save_checkpoint
 from sftpipe.train.evaluators import BuildEvaluators, Evaluators
 from sftpipe.train.faults import failpoint
+from sftpipe.train.progress import progress
 from sftpipe.train.resume import resume_from_latest_complete, run_fingerprint, trim_metrics
 from sftpipe.train.saving import save_final, save_inference_files
 from sftpipe.train.tracking import MetricsLogger, write_run_manifest
@@ -347,8 +347,8 @@ def train_steps(s: Session, evaluation: Evaluators) -> tuple[float, LossMetrics 
     tc, acc, state = s.cfg.train, s.accelerator, s.state
     gen_eval = evaluation.generation
     s.model.train()
-    bar = tqdm(total=s.total_steps, initial=state.step, disable=not (tc.progress_bar and acc.is_main_process),
-               desc="train", dynamic_ncols=True)
+    bar = progress(total=s.total_steps, initial=state.step, enabled=tc.progress_bar and acc.is_main_process,
+                   every_s=tc.progress_every_s)
     throughput = Throughput()
     step_loss = float("nan")
     last_val = None
