@@ -46,7 +46,12 @@ def print_train(result: TrainResult) -> None:
     if result.val is not None:
         print(f"  val loss after  {result.val.loss:.4f} (ppl {result.val.perplexity:.2f}, "
               f"token acc {result.val.token_accuracy:.3f})")
-    print(f"  final model: {result.final_dir}")
+    final = result.final
+    if final.selected_by == "last":
+        print(f"  final model: {result.final_dir} (the last step's weights, step {final.step})")
+    else:
+        print(f"  final model: {result.final_dir} (the checkpoint with the best {final.selected_by}: step "
+              f"{final.step}, {final.selected_by} {final.value:.4f})")
     print(f"  logs: {RunDir(result.run_dir).metrics}")
 
 

@@ -166,7 +166,16 @@ class TrainConfig(Section):
         0, ge=0, description="torch threads when training on CPU; 0: torch's default (one per core). On a machine "
         "where other jobs take cores, set it to the cores left free: a thread that is descheduled stalls all the "
         "others at every operation (2 threads on 2 cores with one core busy ran 2.3x slower than 1 thread).")
-    progress_bar: bool = Field(True, description="Show a progress bar with loss, tokens/s and ETA.")
+    progress_bar: bool = Field(
+        True, description="Show progress with loss, tokens/s and ETA: a bar on a terminal, a plain line every "
+        "progress_every_s seconds when stderr is not a terminal (logs, CI).")
+    progress_every_s: float = Field(
+        30.0, ge=0, description="Seconds between plain progress lines when stderr is not a terminal (the first and "
+        "last step always get one); 0: a line at every logged step.")
+    select_best: Literal["none", "val_loss"] = Field(
+        "none", description="What final/ holds. none: the last step's weights. val_loss: the weights of the "
+        "checkpoint with the lowest validation loss (needs a val split and a validation at every checkpoint: "
+        "eval_every must divide save_every).")
     # Speed (issue 3). Defaults keep the plain padded batches; `packing: true` is the fast path.
     packing: bool = Field(
         False, description="Pack examples best-fit-decreasing into rows of pack_length tokens; position ids restart "
@@ -200,6 +209,17 @@ class TrainConfig(Section):
         if steps is None and ratio is None:
             raise ValueError("warmup_steps and warmup_ratio are both null; set one of them (0 for no warmup)")
         return {**data, "warmup_ratio": None} if steps is not None else data
+
+    @model_validator(mode="after")
+    def _best_is_validated(self) -> "TrainConfig":
+        """select_best chooses among checkpoints, so every checkpoint must have a validation figure."""
+        if self.select_best != "none" and self.save_every and (
+                not self.eval_every or self.save_every % self.eval_every):
+            raise ValueError(
+                f"select_best: {self.select_best} compares the checkpoints' validation figures, but with eval_every "
+                f"{self.eval_every} and save_every {self.save_every} some checkpoints are not validated; set "
+                f"eval_every to a divisor of save_every (e.g. eval_every: {self.save_every})")
+        return self
 
     def num_warmup_steps(self, total_steps: int) -> int:
         """Optimizer steps of linear warmup in a run of `total_steps`."""

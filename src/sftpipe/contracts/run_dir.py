@@ -16,6 +16,14 @@ RUN_MANIFEST = "run_manifest.json"
 FINAL = "final"
 
 
+class FinalSource(Record):
+    """Which step's weights final/ holds, and why."""
+
+    step: int
+    selected_by: Literal["last", "val_loss"]  # the last step, or the checkpoint with the best such figure
+    value: float | None = None  # that figure at `step`, when selected by one
+
+
 class RunManifest(Record):
     """run_manifest.json: what made the run (versions, git SHA, seed) and from what (model, data, tokenizer)."""
 
@@ -34,6 +42,7 @@ class RunManifest(Record):
     world_size: int
     device: str
     host: str
+    final: FinalSource | None = None  # written when final/ is; absent in manifests of older runs and unfinished ones
 
 
 @dataclass(frozen=True)

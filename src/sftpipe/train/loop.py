@@ -20,14 +20,13 @@ from typing import Any
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, set_seed
-from tqdm.auto import tqdm
 from transformers import get_scheduler
 
 from sftpipe.config.loader import dump_config, save_config
 from sftpipe.config.schema import Config, TrainConfig
-from sftpipe.contracts.checkpoint import TrainerState
+from sftpipe.contracts.checkpoint import TrainerState, checkpoint_step, complete_checkpoints
 from sftpipe.contracts.data_dir import DataDir, DataManifest
-from sftpipe.contracts.run_dir import RunDir
+from sftpipe.contracts.run_dir import FinalSource, RunDir
 from sftpipe.data.batches.collate import TokenStore
 from sftpipe.data.batches.loader import MicroBatchSource, micro_batch_loader
 from sftpipe.data.batches.plan import build_plan
@@ -37,9 +36,10 @@ from sftpipe.models.loading import load_tokenizer, pick_device, resolve_attn
 from sftpipe.models.loss import LossMetrics
 from sftpipe.models.varlen_attention import VARLEN_ATTENTION, packed_attention
 from sftpipe.train.causal_lm import CausalLMLoss
-from sftpipe.train.checkpoint import capture_rng, save_checkpoint
+from sftpipe.train.checkpoint import capture_rng, load_weights, save_checkpoint
 from sftpipe.train.evaluators import BuildEvaluators, Evaluators
 from sftpipe.train.faults import failpoint
+from sftpipe.train.progress import progress
 from sftpipe.train.resume import resume_from_latest_complete, run_fingerprint, trim_metrics
 from sftpipe.train.saving import save_final, save_inference_files
 from sftpipe.train.tracking import MetricsLogger, write_run_manifest
@@ -61,6 +61,7 @@ class TrainResult:
     tokens_per_s: float  # real tokens per second spent in training steps (see Throughput)
     wall_s: float  # the whole run: setup, validation and saving included
     resumed_from: Path | None
+    final: FinalSource  # which step's weights final/ holds
     packing_efficiency: float = float("nan")  # real tokens / token slots of the batches this run trained on
     main_process: bool = True  # False on the other processes of a multi-process launch (they print nothing)
 
@@ -194,13 +195,22 @@ def run(cfg: Config, evaluators: BuildEvaluators, resume: str = "auto", resume_f
     t0 = time.perf_counter()
     s = setup(cfg, resume, resume_force)
     evaluation = evaluators(cfg, s.tokenizer, s.accelerator)
+    if cfg.train.select_best != "none" and evaluation.validate is None:
+        raise SftpipeError(f"train.select_best: {cfg.train.select_best} needs validation figures, but the data dir "
+                           f"{cfg.data.output_dir} has no val split; prepare one (data.split.val > 0) or set "
+                           "train.select_best: none")
     val_before = evaluation.validate(s.model) if evaluation.validate and s.state.step == 0 else None
     if val_before is not None:
         s.logger.log(0, val_before.as_dict("val_"))
     step_loss, last_val, throughput = train_steps(s, evaluation)
     final_dir = s.run_dir.final
+    final = final_source(cfg.train, s.state)
     if s.accelerator.is_main_process:
-        save_final(final_dir, s.accelerator.unwrap_model(s.model), s.tokenizer, s.manifest, cfg)
+        model = s.accelerator.unwrap_model(s.model)
+        if final.step != s.state.step:  # training is over: the model may take the best checkpoint's weights
+            load_weights(checkpoint_at(s.run_dir, final.step), model)
+        save_final(final_dir, model, s.tokenizer, s.manifest, cfg)
+        s.run_dir.write_manifest(s.run_dir.manifest.model_copy(update={"final": final}))
     # The DDP wrapper's reducer must be gone before end_training destroys the process group: freed after it,
     # its gloo group's destructor can deadlock and the process never exits (seen with 2 CPU processes).
     s.loss_model = None
@@ -210,7 +220,42 @@ def run(cfg: Config, evaluators: BuildEvaluators, resume: str = "auto", resume_f
     return TrainResult(run_dir=s.run_dir.path, steps=s.state.step, final_dir=final_dir, train_loss=step_loss,
                        val=last_val, val_before=val_before, trainable_params=s.trainable, total_params=s.total,
                        tokens_per_s=throughput.run_tokens_per_s, wall_s=wall, resumed_from=s.resumed_from,
-                       packing_efficiency=throughput.run_efficiency, main_process=s.accelerator.is_main_process)
+                       final=final, packing_efficiency=throughput.run_efficiency,
+                       main_process=s.accelerator.is_main_process)
+
+
+# The validation figure that ranks checkpoints (retention keeps the best one; train.select_best may put its
+# weights in final/) and whether lower is better. A figure offered by train.select_best needs its line here.
+LOWER_IS_BETTER = {"val_loss": True}
+
+
+def ranking_metric(tc: TrainConfig) -> str:
+    return "val_loss" if tc.select_best == "none" else tc.select_best
+
+
+def note_best(state: TrainerState, figures: Mapping[str, float | int], metric: str) -> None:
+    """Record the current step as the best checkpoint if its `metric` beats the best so far."""
+    value = float(figures[metric])
+    best = state.best_val_loss
+    if best is None or (value < best if LOWER_IS_BETTER[metric] else value > best):
+        state.best_val_loss, state.best_step = value, state.step
+
+
+def final_source(tc: TrainConfig, state: TrainerState) -> FinalSource:
+    """The step whose weights final/ holds: the last one, or the best checkpoint under train.select_best."""
+    if tc.select_best == "none" or state.best_step is None:
+        return FinalSource(step=state.step, selected_by="last")
+    return FinalSource(step=state.best_step, selected_by=tc.select_best, value=state.best_val_loss)
+
+
+def checkpoint_at(run_dir: RunDir, step: int) -> Path:
+    """The complete checkpoint of `step` (retention always keeps the best one)."""
+    for ckpt in complete_checkpoints(run_dir.path):
+        if checkpoint_step(ckpt) == step:
+            return ckpt
+    raise SftpipeError(f"{run_dir.checkpoints}: no complete checkpoint of step {step}, the best one for "
+                       "train.select_best (retention keeps it: was it deleted by hand?); final/ is not written. "
+                       "Restore it, or set train.select_best: none to keep the last step's weights")
 
 
 def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
@@ -302,8 +347,8 @@ def train_steps(s: Session, evaluation: Evaluators) -> tuple[float, LossMetrics 
     tc, acc, state = s.cfg.train, s.accelerator, s.state
     gen_eval = evaluation.generation
     s.model.train()
-    bar = tqdm(total=s.total_steps, initial=state.step, disable=not (tc.progress_bar and acc.is_main_process),
-               desc="train", dynamic_ncols=True)
+    bar = progress(total=s.total_steps, initial=state.step, enabled=tc.progress_bar and acc.is_main_process,
+                   every_s=tc.progress_every_s)
     throughput = Throughput()
     step_loss = float("nan")
     last_val = None
@@ -341,15 +386,16 @@ def train_steps(s: Session, evaluation: Evaluators) -> tuple[float, LossMetrics 
             failpoint("train.logged")
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{figures['tokens_per_s']:.0f}")
         bar.update(1)
+        saves = bool(tc.save_every and state.step % tc.save_every == 0) or is_last
         if (tc.eval_every and state.step % tc.eval_every == 0) or is_last:
             last_val = evaluation.validate(s.model) if evaluation.validate else None
             if last_val is not None:
                 s.logger.log(state.step, last_val.as_dict("val_"))
-                if state.best_val_loss is None or last_val.loss < state.best_val_loss:
-                    state.best_val_loss, state.best_step = last_val.loss, state.step
+                if saves:  # the best is a checkpoint: one that is kept and can become final/
+                    note_best(state, last_val.as_dict("val_"), ranking_metric(tc))
         if gen_eval is not None and gen_eval.due(state.step):
             s.logger.log(state.step, gen_eval(acc.unwrap_model(s.model)))
-        if (tc.save_every and state.step % tc.save_every == 0) or is_last:
+        if saves:
             checkpoint(s)
     bar.close()
     return step_loss, last_val, throughput

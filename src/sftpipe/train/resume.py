@@ -35,7 +35,8 @@ from sftpipe.train.checkpoint import restore_checkpoint
 # so a field added later is protected by default.
 SAFE_TO_CHANGE = frozenset({
     "train.output_dir", "train.save_every", "train.save_total_limit", "train.eval_every", "train.log_every",
-    "train.progress_bar", "train.num_workers", "train.device", "train.checkpoint_digests", "train.cpu_threads",
+    "train.progress_bar", "train.progress_every_s", "train.num_workers", "train.device", "train.checkpoint_digests",
+    "train.cpu_threads", "train.select_best",
     "model.gradient_checkpointing",
 })
 
