@@ -91,3 +91,15 @@ def _plain_generate(model, tokenizer, messages, config) -> list[int]:
     with torch.no_grad():
         out = model.generate(**ids, generation_config=config, max_new_tokens=48, do_sample=False)
     return out[0, ids["input_ids"].shape[1]:].tolist()
+
+
+def test_a_full_fine_tune_card_says_transformers_and_has_no_lora_rows(lora_run, tmp_path):
+    from sftpipe.export.model_card import CardSource, write_model_card
+
+    cfg, _ = lora_run
+    full = cfg.model_copy(update={"train": cfg.train.model_copy(update={"method": "full"})})
+    write_model_card(tmp_path, full, DataDir(cfg.data.output_dir).manifest, CardSource("9.9.9", None, ["<|im_end|>"]))
+    card = huggingface_hub.ModelCard.load(tmp_path / "README.md")
+    assert card.data.library_name == "transformers" and "full" in card.data.tags
+    assert "LoRA" not in card.text and "| method | full |" in card.text
+    assert "sftpipe 9.9.9." in card.text  # no commit when none is known
