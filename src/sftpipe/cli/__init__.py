@@ -68,6 +68,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, help="--set eval.generation.top_p=P (default 1.0)")
     p.add_argument("--batch-size", type=int, help="--set eval.generation.batch_size=N (default 8)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="--set train.device=DEVICE (default auto)")
+    p = sub.add_parser("chat", help="talk with a trained model in the terminal, with its training template",
+                       description="A multi-turn chat that generates as infer does: the model's template and stop "
+                       "tokens, the decoding settings of the config's eval section (built-in defaults without a "
+                       "config); replies are printed as they are generated. Commands: /system TEXT, /reset, "
+                       "/save FILE, /quit.")
+    _config_args(p, required=False)
+    p.add_argument("--model", required=True, help="run dir, checkpoint, adapter dir, merged or base model dir")
+    p.add_argument("--max-new-tokens", type=int, help="--set eval.max_new_tokens=N (default 256)")
+    p.add_argument("--temperature", type=float, help="--set eval.generation.temperature=T (default 0: greedy)")
+    p.add_argument("--top-p", type=float, help="--set eval.generation.top_p=P (default 1.0)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="--set train.device=DEVICE (default auto)")
+    p.set_defaults(batch_size=None)  # one conversation: infer's --batch-size has nothing to batch
     p = sub.add_parser("validate", help="check a config, its files, masks, disk and device without training")
     _config_args(p)
     sub.add_parser("doctor", help="check the environment: torch, CUDA, GPUs, bf16, optional packages")
@@ -178,7 +190,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _infer_shortcuts(args: argparse.Namespace) -> list[str]:
-    """infer's decoding flags as --set overrides; they come after every --set, so a flag wins."""
+    """infer's (and chat's) decoding flags as --set overrides; they come after every --set, so a flag wins."""
     flags = {"eval.max_new_tokens": args.max_new_tokens, "eval.generation.temperature": args.temperature,
              "eval.generation.top_p": args.top_p, "eval.generation.batch_size": args.batch_size,
              "train.device": args.device}
@@ -210,6 +222,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
         for generations in samples:
             for generation in generations:
                 print(generation.text)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from sftpipe.config import load_config
+    from sftpipe.infer.chat import run
+
+    run(load_config(args.config, preset=args.preset, overrides=[*args.overrides, *_infer_shortcuts(args)]), args.model)
     return 0
 
 
@@ -274,6 +294,7 @@ COMMANDS = {
     "eval": cmd_eval,
     "merge": cmd_merge,
     "infer": cmd_infer,
+    "chat": cmd_chat,
     "validate": cmd_validate,
     "doctor": cmd_doctor,
     "show-config": cmd_show_config,

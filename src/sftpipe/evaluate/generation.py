@@ -1,4 +1,4 @@
-"""The one generate loop, used by eval and infer: n samples per prompt, greedy or sampled, stopping at the
+"""The one generate loop, used by eval, infer and chat: n samples per prompt, greedy or sampled, stopping at the
 model's eos and the template's end-of-turn tokens, with per-sample token counts and whether each ended
 with an end token or ran into max_new_tokens."""
 
@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.generation.streamers import BaseStreamer
 
 from sftpipe.data.templates import stop_token_ids
 from sftpipe.data.tokenize import encode_prompt
@@ -91,10 +92,33 @@ def _generate_batch(model, prompts: list[list[int]], settings: DecodingSettings,
         do_sample=sample, temperature=settings.temperature if sample else None,
         top_p=settings.top_p if sample else None, top_k=None, eos_token_id=stops, pad_token_id=pad,
     )
-    generations = []
-    for row in out[:, width:].tolist():
-        end = next((j for j, tok in enumerate(row) if tok in stops), None)
-        kept = row if end is None else row[:end]
-        text = tokenizer.decode(kept, skip_special_tokens=True)
-        generations.append(Generation(text, len(row) if end is None else end + 1, end is not None))
-    return generations
+    return [_until_stop(row, stops, tokenizer) for row in out[:, width:].tolist()]
+
+
+@torch.no_grad()
+def generate_streamed(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]],
+                      settings: DecodingSettings, streamer: BaseStreamer) -> Generation:
+    """One reply to `messages` (ending with a user turn), its tokens handed to `streamer` as they come: the
+    prompt, stop tokens and decoding of `generate_samples`, one conversation at a time (`sftpipe chat`).
+
+    Sampling draws from the caller's torch RNG, so the replies of a seeded session follow one stream.
+    """
+    device = next(model.parameters()).device
+    stops = end_token_ids(model, tokenizer)
+    prompt = torch.tensor([encode_prompt(tokenizer, messages)], device=device)
+    sample = settings.temperature > 0
+    out = model.generate(
+        input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=settings.max_new_tokens,
+        do_sample=sample, temperature=settings.temperature if sample else None,
+        top_p=settings.top_p if sample else None, top_k=None, eos_token_id=stops,
+        pad_token_id=tokenizer.pad_token_id, streamer=streamer,
+    )
+    return _until_stop(out[0, prompt.shape[1]:].tolist(), stops, tokenizer)
+
+
+def _until_stop(row: list[int], stops: list[int], tokenizer: PreTrainedTokenizerBase) -> Generation:
+    """The generation in `row` up to its first stop token (a padded row of a batch goes on after it)."""
+    end = next((j for j, tok in enumerate(row) if tok in stops), None)
+    kept = row if end is None else row[:end]
+    return Generation(tokenizer.decode(kept, skip_special_tokens=True), len(row) if end is None else end + 1,
+                      end is not None)

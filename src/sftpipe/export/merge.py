@@ -15,6 +15,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from sftpipe.config.schema import Config
+from sftpipe.export.model_card import write_merged_card
 from sftpipe.contracts.model_dir import MergedInfo, read_final_info, write_info
 from sftpipe.data.tokenize import encode_prompt
 from sftpipe.errors import SftpipeError
@@ -74,6 +75,7 @@ def run(cfg: Config, adapter_path: str, output_dir: str | None = None) -> MergeR
     source = Path(resolve_model_dir(adapter_path))
     write_info(tmp, MergedInfo.of(read_final_info(source), merged_from=str(source), max_abs_logit_diff=diff,
                                   dtype=cfg.export.dtype))
+    write_merged_card(source, tmp, max_abs_logit_diff=diff, dtype=cfg.export.dtype)
     if (source / "generation_config.json").is_file():
         shutil.copy(source / "generation_config.json", tmp / "generation_config.json")
     if out.exists():

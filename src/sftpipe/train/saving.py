@@ -20,9 +20,11 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 from sftpipe import __version__
 from sftpipe.config.schema import Config
 from sftpipe.contracts.data_dir import DataManifest
+from sftpipe.export.model_card import CardSource, write_model_card
 from sftpipe.contracts.model_dir import FinalInfo, write_info
 from sftpipe.data.templates import stop_token_ids
 from sftpipe.train.faults import failpoint
+from sftpipe.train.tracking import git_sha
 
 
 def save_final(final: Path, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, manifest: DataManifest,
@@ -42,7 +44,8 @@ def save_final(final: Path, model: torch.nn.Module, tokenizer: PreTrainedTokeniz
 def save_inference_files(out: Path, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, manifest: DataManifest,
                          cfg: Config) -> None:
     """Write what, besides the weights, makes `out` loadable on its own: the tokenizer with the training
-    template, the generation config (every end-of-turn token a stop token) and sftpipe.json.
+    template, the generation config (every end-of-turn token a stop token), sftpipe.json and the model card
+    (README.md).
 
     Args:
         out: the directory `model.save_pretrained` wrote (final/ or a checkpoint being written).
@@ -50,7 +53,10 @@ def save_inference_files(out: Path, model: torch.nn.Module, tokenizer: PreTraine
     """
     save_tokenizer_with_template(tokenizer, manifest.template.text, out)
     base = model.get_base_model() if isinstance(model, peft.PeftModel) else model
-    generation_config(base.generation_config, tokenizer).save_pretrained(out)
+    generation = generation_config(base.generation_config, tokenizer)
+    generation.save_pretrained(out)
+    stops = [tokenizer.convert_ids_to_tokens(i) for i in generation.eos_token_id]
+    write_model_card(out, cfg, manifest, CardSource(__version__, git_sha(), stops))
     write_info(out, FinalInfo(sftpipe_version=__version__, method=cfg.train.method, base_model=cfg.model.name_or_path,
                               template=manifest.template.name, tokenizer_sha256=manifest.tokenizer.sha256))
 

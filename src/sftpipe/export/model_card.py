@@ -1,0 +1,131 @@
+"""README.md of final/, each checkpoint and a merged model: a Hugging Face model card.
+
+YAML front matter (`base_model`, `library_name`, `tags`, `datasets`, `pipeline_tag`) that the Hub and
+`huggingface_hub.ModelCard` read, then what a reader needs to reproduce or trust the model: the training
+hyperparameters, the data card's figures and hashes, the template and its stop tokens, and the exact sftpipe
+version and commit. The card is written from the typed config and data manifest, never read back by sftpipe
+except by a merge, which rewrites the front matter for the merged weights and adds what was merged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sftpipe.config.schema import Config
+from sftpipe.contracts.data_dir import DataManifest
+from sftpipe.errors import SftpipeError
+
+CARD = "README.md"
+LIBRARY = {"lora": "peft", "full": "transformers"}
+
+
+@dataclass
+class CardSource:
+    """What a model card is written from, besides the config and the data manifest."""
+
+    sftpipe_version: str
+    git_sha: str | None
+    stop_tokens: list[str]  # the tokens that end an assistant turn (generation_config's eos ids)
+
+
+def render_card(metadata: dict[str, Any], body: str) -> str:
+    return "---\n" + yaml.safe_dump(metadata, sort_keys=False, allow_unicode=True) + "---\n\n" + body
+
+
+def read_card(path: Path) -> tuple[dict[str, Any], str]:
+    """The front matter and body of a model card sftpipe wrote.
+
+    Raises:
+        SftpipeError: the file has no YAML front matter.
+    """
+    text = path.read_text(encoding="utf-8")
+    head, sep, body = text.removeprefix("---\n").partition("\n---\n")
+    if not text.startswith("---\n") or not sep:
+        raise SftpipeError(f"{path}: no YAML front matter (--- ... ---); not a model card sftpipe wrote")
+    return yaml.safe_load(head) or {}, body.lstrip("\n")
+
+
+def write_model_card(out: Path, cfg: Config, manifest: DataManifest, source: CardSource) -> None:
+    """Write README.md into the model dir `out` (final/ or a checkpoint)."""
+    metadata: dict[str, Any] = {
+        "base_model": cfg.model.name_or_path,
+        "library_name": LIBRARY[cfg.train.method],
+        "tags": ["sftpipe", "sft", cfg.train.method, f"template:{manifest.template.name}"],
+        "datasets": sorted(manifest.sources),
+        "pipeline_tag": "text-generation",
+    }
+    if not metadata["datasets"]:
+        del metadata["datasets"]
+    sections = [f"# {Path(cfg.train.output_dir).name}\n\n"
+                f"Fine-tuned from `{cfg.model.name_or_path}` with sftpipe ({cfg.train.method}).\n",
+                _hyperparameters(cfg), _data_summary(manifest), _template(manifest, source.stop_tokens),
+                _provenance(source)]
+    (out / CARD).write_text(render_card(metadata, "\n".join(sections)), encoding="utf-8")
+
+
+def write_merged_card(adapter_dir: Path, out: Path, *, max_abs_logit_diff: float, dtype: str) -> None:
+    """Write the merged model's README.md: the adapter's card with `library_name: transformers` and a section
+    on the merge. Nothing is written when the adapter dir has no card (an adapter sftpipe did not train)."""
+    if not (adapter_dir / CARD).is_file():
+        return
+    metadata, body = read_card(adapter_dir / CARD)
+    metadata["library_name"] = "transformers"
+    metadata["tags"] = [t for t in metadata.get("tags", []) if t != "lora"] + ["merged", "lora-merged"]
+    body += (f"\n## Merge\n\nLoRA adapter `{adapter_dir}` merged into the base weights, saved as {dtype}; "
+             f"max |merged - adapter| logit difference on a sample batch: {max_abs_logit_diff:.2e}.\n")
+    (out / CARD).write_text(render_card(metadata, body), encoding="utf-8")
+
+
+def _hyperparameters(cfg: Config) -> str:
+    t = cfg.train
+    rows = [("method", t.method), ("learning rate", f"{t.lr:g}"), ("scheduler", t.scheduler),
+            ("epochs" if t.max_steps == 0 else "max steps", f"{t.epochs:g}" if t.max_steps == 0 else t.max_steps),
+            ("micro batch size", t.micro_batch_size), ("gradient accumulation", t.grad_accum),
+            ("weight decay", f"{t.weight_decay:g}"), ("max grad norm", f"{t.max_grad_norm:g}"),
+            ("precision", t.precision), ("packing", t.packing), ("seed", t.seed)]
+    if t.method == "lora":
+        lora = cfg.lora
+        targets = lora.target_modules if isinstance(lora.target_modules, str) else ", ".join(lora.target_modules)
+        rows += [("LoRA r", lora.r), ("LoRA alpha", lora.alpha), ("LoRA dropout", f"{lora.dropout:g}"),
+                 ("LoRA target modules", targets)]
+    return "## Training hyperparameters\n\n" + _table(("setting", "value"), rows)
+
+
+def _data_summary(manifest: DataManifest) -> str:
+    splits = [(name, s.examples, s.tokens, s.trained_tokens, s.truncated) for name, s in manifest.splits.items()]
+    sources = [(name, c.read, c.kept, c.rejected) for name, c in manifest.sources.items()]
+    rejected = ", ".join(f"{reason}: {n}" for reason, n in sorted(manifest.rejected.items())) or "none"
+    return ("## Training data\n\n"
+            f"{manifest.records_read} records read, max length {manifest.max_length} tokens "
+            f"(overlong: {manifest.overlong}); rejected by reason: {rejected}.\n\n"
+            + _table(("split", "examples", "tokens", "trained tokens", "truncated"), splits) + "\n"
+            + _table(("source", "read", "kept", "rejected"), sources) + "\n"
+            f"- tokenizer SHA-256: `{manifest.tokenizer.sha256}`\n"
+            f"- template SHA-256: `{manifest.template.sha256}`\n"
+            f"- data manifest SHA-256: `{manifest.sha256}`\n")
+
+
+def _template(manifest: DataManifest, stop_tokens: list[str]) -> str:
+    stops = ", ".join(f"`{t}`" for t in stop_tokens)
+    return ("## Prompt format\n\n"
+            f"Chat template `{manifest.template.name}`, saved as the tokenizer's `chat_template`. Prompt the model "
+            "as it was trained: `text = tokenizer.apply_chat_template(messages, tokenize=False, "
+            "add_generation_prompt=True)`, then `tokenizer(text)`, so the prompt begins with exactly one BOS token "
+            "when the tokenizer uses one (`apply_chat_template(..., tokenize=True)` leaves it out unless the "
+            f"template writes it). Generation stops at {stops}; `generation_config.json` lists them as "
+            "`eos_token_id`, so plain `model.generate` stops there too.\n")
+
+
+def _provenance(source: CardSource) -> str:
+    commit = f", commit `{source.git_sha}`" if source.git_sha else ""
+    return f"## Provenance\n\nTrained with sftpipe {source.sftpipe_version}{commit}.\n"
+
+
+def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
