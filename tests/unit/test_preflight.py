@@ -4,6 +4,8 @@ the environment and how to fix what is missing."""
 from __future__ import annotations
 
 import json
+import re
+import shutil
 from types import SimpleNamespace
 
 import pytest
@@ -16,6 +18,7 @@ from sftpipe.data import prepare
 from sftpipe.data.tokenize import IGNORE_INDEX
 from sftpipe.models.adapters import build_trainable_model, count_parameters
 from sftpipe.models.tiny import init_tiny
+from sftpipe.evaluate.execution.sandbox import available_isolation
 from sftpipe.preflight import doctor, validate
 from tests.conftest import EXAMPLES, make_config
 
@@ -132,6 +135,9 @@ def test_doctor_on_this_machine(capsys, monkeypatch):
     assert "HF_TOKEN set" in out and "CANARY" not in out
     if not torch.cuda.is_available():
         assert "warn  cuda" in out and "training runs on CPU" in out
+    ghc = shutil.which("ghc")
+    assert re.search(rf"ok +ghc +{ghc}\n" if ghc else r"warn +ghc +missing .*apt-get install ghc", out)
+    assert bool(re.search(r"ok +sandbox +bubblewrap", out)) == ("bwrap" in available_isolation())
     missing = [d for d in doctor.OPTIONAL if doctor._version(d) is None]
     for dist in missing:
         assert f"missing (for {doctor.OPTIONAL[dist][0]}): {doctor.OPTIONAL[dist][1]}" in out

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from sftpipe import __version__
+from sftpipe.evaluate.execution.sandbox import available_isolation
 from sftpipe.preflight import Check
 from sftpipe.train.checkpoint import human_bytes
 
@@ -43,6 +44,7 @@ def run() -> list[Check]:
     checks += _required_packages()
     checks += _gpus()
     checks += _optional_packages(torch.cuda.is_available())
+    checks += _execution()
     checks += _machine()
     return checks
 
@@ -91,6 +93,21 @@ def _optional_packages(cuda: bool) -> list[Check]:
             checks.append(Check(dist, "warn", f"{version} installed, but it needs a CUDA GPU and none is visible"))
         else:
             checks.append(Check(dist, "ok", f"{version} ({purpose})"))
+    return checks
+
+
+def _execution() -> list[Check]:
+    """What execution-based eval (pass@k) needs: GHC for Haskell problems, a sandbox for every language."""
+    ghc = shutil.which("ghc")
+    checks = [Check("ghc", "ok", ghc) if ghc else
+              Check("ghc", "warn", "missing (for pass@k on Haskell problems): apt-get install ghc, or ghcup")]
+    isolation = available_isolation()[0]
+    if isolation == "bwrap":
+        checks.append(Check("sandbox", "ok", "bubblewrap (eval.code.sandbox: auto uses it)"))
+    else:
+        checks.append(Check("sandbox", "warn", f"bubblewrap {'is not usable' if shutil.which('bwrap') else 'missing'}"
+                                               f"; generated code would run under {isolation} isolation: "
+                                               "apt-get install bubblewrap"))
     return checks
 
 
