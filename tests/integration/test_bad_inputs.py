@@ -171,6 +171,8 @@ def test_lenient_keeps_exactly_the_valid_records_and_reports_every_rejection(tmp
     got_rejected = {(Path(r["location"].rsplit(":", 1)[0].split("[")[0]).name, _position(r["location"]), r["reason"])
                     for r in rejected}
     assert len(rejected) == len(got_rejected)  # one entry per rejected record
+    # every entry shows what was rejected, including lines that did not parse (their raw text)
+    assert [(Path(r["location"]).name, r["reason"]) for r in rejected if not r["excerpt"].strip()] == []
     assert got_rejected == expected_rejected, (got_rejected ^ expected_rejected)
 
     kept = datasets.load_from_disk(str(data / "train"))

@@ -153,7 +153,7 @@ def test_streamed_json_array_equals_whole_file_parse(tmp_path_factory, monkeypat
     path.write_text(text, encoding="utf-8")
     monkeypatch_module.setattr(readers._JsonStream, "CHUNK", chunk)  # boundaries inside every kind of token
     comparable = lambda rows: [(loc, r if isinstance(r, dict) else str(r)) for loc, r in rows]  # noqa: E731
-    assert comparable(_read(path)) == comparable((f"{path}[{i}]", readers._as_object(r)) for i, r in enumerate(records))
+    assert comparable(_read(path)) == comparable((f"{path}[{i}]", readers._as_object(r, None)) for i, r in enumerate(records))
 
 
 @pytest.fixture(scope="module")
@@ -166,7 +166,7 @@ def test_streamed_json_numbers_cut_at_every_position(tmp_path, monkeypatch):
     text = '[0.5, 12, -3e+2, 1E-2, 7, {"n": 10.25}, 123456789]'
     path = tmp_path / "d.json"
     path.write_text(text)
-    expected = [str(readers._as_object(v)) if not isinstance(v, dict) else v for v in json.loads(text)]
+    expected = [str(readers._as_object(v, None)) if not isinstance(v, dict) else v for v in json.loads(text)]
     for chunk in range(1, len(text) + 1):  # every boundary, inside every number
         monkeypatch.setattr(readers._JsonStream, "CHUNK", chunk)
         got = [r if isinstance(r, dict) else str(r) for _, r in _read(path)]

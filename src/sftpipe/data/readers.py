@@ -69,19 +69,21 @@ def _read_jsonl(path: Path) -> Iterator[RawRecord]:
                 # ending, an error at the end of the line is placed there, not at column 1 of a next line
                 line = raw.decode("utf-8").removeprefix("\ufeff").rstrip("\r\n")
             except UnicodeDecodeError as exc:
-                yield where, RecordError("not_utf8", f"bytes that are not UTF-8 at column {exc.start + 1}")
+                yield where, RecordError("not_utf8", f"bytes that are not UTF-8 at column {exc.start + 1}",
+                                         raw[:EXCERPT_CHARS].decode("utf-8", "replace").rstrip("\r\n"))
                 continue
             if not line.strip():
                 continue
             try:
                 value = loads(line)
             except json.JSONDecodeError as exc:
-                yield where, RecordError("invalid_json", _json_problem(exc.msg, lineno, exc.colno))
+                yield where, RecordError("invalid_json", _json_problem(exc.msg, lineno, exc.colno),
+                                         line[:EXCERPT_CHARS])
                 continue
             except (RecursionError, ValueError) as exc:  # nesting too deep; integers over 4300 digits
-                yield where, RecordError("invalid_json", f"cannot parse: {_short(exc)}")
+                yield where, RecordError("invalid_json", f"cannot parse: {_short(exc)}", line[:EXCERPT_CHARS])
                 continue
-            yield where, _as_object(value)
+            yield where, _as_object(value, line)
 
 
 def _read_json(path: Path) -> Iterator[RawRecord]:
@@ -113,7 +115,7 @@ def _json_array_records(path: Path, stream: _JsonStream) -> Iterator[RawRecord]:
     index = 0
     if not stream.take("]"):  # an empty array holds no records
         while True:
-            yield f"{path}[{index}]", _as_object(stream.value())
+            yield f"{path}[{index}]", _as_object(stream.value(), None)
             index += 1
             if stream.take("]"):
                 break
@@ -223,13 +225,14 @@ def _read_csv(path: Path) -> Iterator[RawRecord]:
                                                      _printable(lines.row_text.rstrip("\r\n")[:EXCERPT_CHARS]))
                 continue
             where = f"{path}:{lines.lineno}"
+            text = _printable(lines.row_text.rstrip("\r\n")[:EXCERPT_CHARS])
             if any(_BAD_BYTES.search(v) for v in row.values() if isinstance(v, str)):
-                yield where, RecordError("not_utf8", "bytes that are not UTF-8 in this row")
+                yield where, RecordError("not_utf8", "bytes that are not UTF-8 in this row", text)
             elif None in row:
                 yield where, RecordError("ragged_row", f"{len(row[None]) + len(reader.fieldnames or [])} cells, "
-                                         f"header has {len(reader.fieldnames or [])}")
+                                         f"header has {len(reader.fieldnames or [])}", text)
             elif any(v is None for v in row.values()):
-                yield where, RecordError("ragged_row", f"fewer cells than the {len(row)} header columns")
+                yield where, RecordError("ragged_row", f"fewer cells than the {len(row)} header columns", text)
             else:
                 yield where, dict(row)
 
@@ -300,7 +303,7 @@ def _read_text(path: Path) -> Iterator[RawRecord]:
 
 def _paragraph(text: str) -> dict[str, Any] | RecordError:
     if _BAD_BYTES.search(text):
-        return RecordError("not_utf8", "bytes that are not UTF-8 in this paragraph")
+        return RecordError("not_utf8", "bytes that are not UTF-8 in this paragraph", _printable(text[:EXCERPT_CHARS]))
     return {"text": text}
 
 
@@ -350,10 +353,15 @@ def loads(text: str) -> Any:
     return json.loads(text, object_pairs_hook=_object_pairs)
 
 
-def _as_object(value: Any) -> dict[str, Any] | RecordError:
-    if not isinstance(value, dict):
-        return RecordError("not_an_object", f"expected a JSON object, got {type(value).__name__}")
-    return _value_problem(value) or value
+def _as_object(value: Any, text: str | None) -> dict[str, Any] | RecordError:
+    """`value` if it is a usable record, else the problem with the record's text (`text`, or `value` re-encoded)."""
+    problem = (RecordError("not_an_object", f"expected a JSON object, got {type(value).__name__}")
+               if not isinstance(value, dict) else _value_problem(value))
+    if problem is None:
+        return value
+    # ensure_ascii: a lone surrogate in a re-encoded value stays an escape that rejected.jsonl can hold
+    problem.excerpt = (text if text is not None else json.dumps(value, ensure_ascii=True))[:EXCERPT_CHARS]
+    return problem
 
 
 def _value_problem(value: Any) -> RecordError | None:
