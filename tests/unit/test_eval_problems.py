@@ -110,3 +110,23 @@ def test_repeated_ids_get_a_suffix_instead_of_pooling_samples(tmp_path):
     problem = {"id": "p", "instruction": "x", "tests": "main = pure ()"}
     items = unique_ids(load_items(str(write_jsonl(tmp_path / "dup.jsonl", [problem, problem, problem])), "haskell"))
     assert [i.id for i in items] == ["p", "p#2", "p#3"] and [i.problem.id for i in items] == ["p", "p#2", "p#3"]
+
+
+def test_eval_prompts_carry_the_system_prompt_training_records_got(tmp_path):
+    """With data.system_prompt set, prepare puts it in every training record without one; eval's prompts
+    must carry it too, or the model is asked differently from how it was taught."""
+    from sftpipe.config.schema import SourceConfig
+    from sftpipe.data.formats import to_conversation
+
+    system = "You are a careful Haskell programmer."
+    path = write_jsonl(tmp_path / "a.jsonl", RECORDS)
+    items = load_items(str(path), "haskell", system_prompt=system)
+    assert [i.messages[0] for i in items] == [{"role": "system", "content": system}] * len(items)
+    # the code problem's prompt is exactly what prepare renders for the same instruction as a `code` record
+    trained = to_conversation({"instruction": "Write f.", "code": "f = 1"}, "code",
+                              SourceConfig(path="-", format="code", code_language="haskell"), "-", system)
+    assert items[2].messages == trained.messages[:-1]
+    # control: without it, the code problem keeps the code format's own system prompt, the others have none
+    plain = load_items(str(path), "haskell")
+    assert plain[2].messages[0]["role"] == "system" and plain[2].messages[0]["content"] != system
+    assert plain[0].messages[0]["role"] == "user"

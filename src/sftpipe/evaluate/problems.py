@@ -65,9 +65,14 @@ def items_from_split(data_dir: Path, split: str, language: str) -> tuple[list[Ev
     return items, skipped
 
 
-def items_from_records(records: list[tuple[str, Any]], origin: str, language: str) -> list[EvalItem]:
+def items_from_records(records: list[tuple[str, Any]], origin: str, language: str,
+                       system_prompt: str | None = None) -> list[EvalItem]:
     """Turn raw `(location, record)` pairs (see the module docstring) into eval items; errors name the
-    location, and an item without an id is named `origin:N` after its place N (from 1) among the records."""
+    location, and an item without an id is named `origin:N` after its place N (from 1) among the records.
+
+    `system_prompt` (the config's `data.system_prompt`) is added to prompts that have no system message, as
+    prepare adds it to training records, so eval asks the way training taught.
+    """
     items = []
     for index, (where, record) in enumerate(records):
         default_id = f"{origin}:{index + 1}"
@@ -76,7 +81,7 @@ def items_from_records(records: list[tuple[str, Any]], origin: str, language: st
         if "tests" in record and "prompt" in record and not isinstance(record.get("messages"), list):
             items.append(_multiple_item(record, where, default_id, language))
         elif "tests" in record and "instruction" in record:
-            items.append(_sftpipe_item(record, where, default_id, language))
+            items.append(_sftpipe_item(record, where, default_id, language, system_prompt))
         elif isinstance(record.get("prompt"), str):
             items.append(EvalItem(str(record.get("id") or default_id),
                                   [{"role": "user", "content": record["prompt"]}],
@@ -92,12 +97,18 @@ def items_from_records(records: list[tuple[str, Any]], origin: str, language: st
                 f"{where}: unrecognised record with fields {sorted(record)}; expected {{prompt}}, {{messages}}, "
                 "an sftpipe problem {instruction, tests, entry_point} or a MultiPL-E problem {name, prompt, tests}"
             )
+    if system_prompt:
+        for item in items:
+            if not item.messages or item.messages[0]["role"] != "system":
+                item.messages = [{"role": "system", "content": system_prompt}, *item.messages]
     return items
 
 
-def load_items(source: str, language: str, hf_config: str | None = None, hf_split: str = "test") -> list[EvalItem]:
-    """Eval items from a file, a saved dataset dir, or (`hf:NAME`) `datasets.load_dataset(NAME, hf_config)`."""
-    return items_from_records(read_records(source, hf_config, hf_split), source, language)
+def load_items(source: str, language: str, hf_config: str | None = None, hf_split: str = "test",
+               system_prompt: str | None = None) -> list[EvalItem]:
+    """Eval items from a file, a saved dataset dir, or (`hf:NAME`) `datasets.load_dataset(NAME, hf_config)`;
+    `system_prompt` as in `items_from_records`."""
+    return items_from_records(read_records(source, hf_config, hf_split), source, language, system_prompt)
 
 
 def unique_ids(items: list[EvalItem]) -> list[EvalItem]:
@@ -149,17 +160,19 @@ def _read_raw(source: str, hf_config: str | None, hf_split: str) -> list[tuple[s
     return list(readers.read_records(path))
 
 
-def code_prompt(language: str, instruction: str) -> list[dict[str, str]]:
-    """The prompt of a `format: code` training record for `instruction`, so eval asks the way training taught."""
+def code_prompt(language: str, instruction: str, system_prompt: str | None = None) -> list[dict[str, str]]:
+    """The prompt of a `format: code` training record for `instruction`, so eval asks the way training taught:
+    with `system_prompt` (data.system_prompt) when set, else the code format's own system prompt."""
     from sftpipe.config.schema import SourceConfig
     from sftpipe.data.formats import to_conversation
 
     source = SourceConfig(path="-", format="code", code_language=language)
-    conv = to_conversation({"instruction": instruction, "code": "-"}, "code", source, "-", None)
+    conv = to_conversation({"instruction": instruction, "code": "-"}, "code", source, "-", system_prompt)
     return conv.messages[:-1]
 
 
-def _sftpipe_item(record: dict[str, Any], where: str, default_id: str, language: str) -> EvalItem:
+def _sftpipe_item(record: dict[str, Any], where: str, default_id: str, language: str,
+                  system_prompt: str | None) -> EvalItem:
     for name in ("instruction", "tests"):
         if not isinstance(record.get(name), str) or not record[name].strip():
             raise SftpipeError(f"{where}: field {name!r} must be a non-empty string")
@@ -169,7 +182,7 @@ def _sftpipe_item(record: dict[str, Any], where: str, default_id: str, language:
     reference = record.get("solution")
     if isinstance(reference, str):
         reference = f"```{FENCE_TAG[language]}\n{reference.strip(chr(10))}\n```"
-    return EvalItem(item_id, code_prompt(language, record["instruction"]), reference, problem,
+    return EvalItem(item_id, code_prompt(language, record["instruction"], system_prompt), reference, problem,
                     {k: record[k] for k in ("topic", "mutant", "solution") if k in record})
 
 

@@ -35,7 +35,7 @@ def load_eval_items(cfg: Config) -> tuple[list[EvalItem], dict[str, int]]:
     if g.source == "split":
         items, no_prompt = items_from_split(Path(cfg.data.output_dir), cfg.eval.split, cfg.eval.code.language)
     else:
-        items = load_items(g.source, cfg.eval.code.language, g.hf_config, g.hf_split)
+        items = load_items(g.source, cfg.eval.code.language, g.hf_config, g.hf_split, cfg.data.system_prompt)
     items = unique_ids(items)
     used = items[: g.max_prompts] if g.max_prompts else items
     counts = {"records": len(items) + no_prompt, "skipped_without_prompt": no_prompt,
