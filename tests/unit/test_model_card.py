@@ -1,6 +1,7 @@
 """Model cards of final/, checkpoints and merged models, and the generation config's stop tokens."""
 
 import json
+from pathlib import Path
 
 import huggingface_hub
 import torch
@@ -85,9 +86,9 @@ def test_plain_generate_with_the_saved_generation_config_stops_where_sftpipe_sto
 
 
 def _plain_generate(model, tokenizer, messages, config) -> list[int]:
-    # the recipe the card gives: render, then tokenize with the tokenizer's BOS, as training did
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    ids = tokenizer(text, return_tensors="pt")
+    # the recipe the card gives, as transformers' pipelines and vLLM's chat call it
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                        return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**ids, generation_config=config, max_new_tokens=48, do_sample=False)
     return out[0, ids["input_ids"].shape[1]:].tolist()
@@ -103,3 +104,21 @@ def test_a_full_fine_tune_card_says_transformers_and_has_no_lora_rows(lora_run, 
     assert card.data.library_name == "transformers" and "full" in card.data.tags
     assert "LoRA" not in card.text and "| method | full |" in card.text
     assert "sftpipe 9.9.9." in card.text  # no commit when none is known
+
+
+def test_the_saved_template_tokenizes_prompts_as_training_did(lora_run):
+    """apply_chat_template(tokenize=True) adds no special tokens: the saved template must write the BOS that
+    training put before every prompt, exactly once."""
+    from sftpipe.data.tokenize import encode_prompt
+
+    cfg, result = lora_run
+    tokenizer = AutoTokenizer.from_pretrained(result.final_dir)
+    template = DataDir(Path(cfg.data.output_dir)).manifest.template.text
+    for messages in PROMPTS:
+        trained = encode_prompt(tokenizer, messages, template)  # how training and sftpipe's generation encode
+        assert trained[0] == tokenizer.bos_token_id and trained.count(tokenizer.bos_token_id) == 1
+        assert tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                             return_dict=False) == trained
+        # control: the training template as it is, without the BOS, tokenizes without it
+        assert tokenizer.apply_chat_template(messages, chat_template=template, add_generation_prompt=True,
+                                             tokenize=True, return_dict=False) == trained[1:]

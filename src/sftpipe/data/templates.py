@@ -85,6 +85,21 @@ def render(
     return text
 
 
+def template_with_bos(tokenizer: PreTrainedTokenizerBase, template: str) -> str:
+    """`template` as it is saved with a trained model: writing the BOS token itself when training prompts start
+    with one (the tokenizer adds it) and the template does not render it.
+
+    Training prepends BOS to the rendered tokens; tools that call `apply_chat_template(..., tokenize=True)`
+    (transformers' pipelines, vLLM's chat) tokenize without special tokens, so without this they would prompt
+    the model without the BOS it was trained with.
+    """
+    bos = tokenizer.bos_token
+    if bos is None or tokenizer("a").input_ids[:1] != [tokenizer.bos_token_id]:
+        return template
+    probe = render(tokenizer, template, [{"role": "user", "content": "a"}], add_generation_prompt=True)
+    return template if probe.startswith(bos) else "{{ bos_token }}" + template
+
+
 def render_batch(
     tokenizer: PreTrainedTokenizerBase, template: str, chats: list[list[dict[str, str]]], add_generation_prompt: bool
 ) -> list[str]:

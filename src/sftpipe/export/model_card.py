@@ -112,11 +112,11 @@ def _data_summary(manifest: DataManifest) -> str:
 def _template(manifest: DataManifest, stop_tokens: list[str]) -> str:
     stops = ", ".join(f"`{t}`" for t in stop_tokens)
     return ("## Prompt format\n\n"
-            f"Chat template `{manifest.template.name}`, saved as the tokenizer's `chat_template`. Prompt the model "
-            "as it was trained: `text = tokenizer.apply_chat_template(messages, tokenize=False, "
-            "add_generation_prompt=True)`, then `tokenizer(text)`, so the prompt begins with exactly one BOS token "
-            "when the tokenizer uses one (`apply_chat_template(..., tokenize=True)` leaves it out unless the "
-            f"template writes it). Generation stops at {stops}; `generation_config.json` lists them as "
+            f"Chat template `{manifest.template.name}`, saved as the tokenizer's `chat_template` (it writes the BOS "
+            "token itself when the tokenizer uses one). Prompt the model as it was trained: "
+            "`ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)`, or "
+            "`tokenizer(text, add_special_tokens=False)` on the rendered text, so the prompt begins with exactly "
+            f"one BOS token. Generation stops at {stops}; `generation_config.json` lists them as "
             "`eos_token_id`, so plain `model.generate` stops there too.\n")
 
 

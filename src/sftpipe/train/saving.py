@@ -22,7 +22,7 @@ from sftpipe.config.schema import Config
 from sftpipe.contracts.data_dir import DataManifest
 from sftpipe.export.model_card import CardSource, write_model_card
 from sftpipe.contracts.model_dir import FinalInfo, write_info
-from sftpipe.data.templates import stop_token_ids
+from sftpipe.data.templates import stop_token_ids, template_with_bos
 from sftpipe.train.faults import failpoint
 from sftpipe.train.tracking import git_sha
 
@@ -62,8 +62,9 @@ def save_inference_files(out: Path, model: torch.nn.Module, tokenizer: PreTraine
 
 
 def save_tokenizer_with_template(tokenizer: PreTrainedTokenizerBase, template: str, out: Path) -> None:
+    """Save the tokenizer with the training template (writing BOS where training prompts start with it)."""
     tokenizer = copy.deepcopy(tokenizer)
-    tokenizer.chat_template = template
+    tokenizer.chat_template = template_with_bos(tokenizer, template)
     tokenizer.save_pretrained(out)
 
 
