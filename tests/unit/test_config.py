@@ -68,6 +68,22 @@ def test_all_problems_reported_at_once_with_file_field_and_hint(tmp_path):
     assert f"{path}: train.epochs = -2:" in text
 
 
+def test_override_reaches_list_items(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  sources:\n    - {path: a.jsonl, format: alpaca}\n    - {path: b.jsonl}\n")
+    cfg = load_config(path, overrides=["data.sources.1.path=c.jsonl", "data.sources.0.name=first"])
+    assert [(s.path, s.format, s.name) for s in cfg.data.sources] == [("a.jsonl", "alpaca", "first"), ("c.jsonl", "auto", None)]
+    # a bad value in an item is named with its index and origin, like any other
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides=["data.sources.1.fromat=qa"])
+    assert info.value.problems[0].startswith("--set: data.sources.1.fromat: unknown key (did you mean 'format'?)")
+    with pytest.raises(ConfigError, match=r"data\.sources\.2: data\.sources has 2 item\(s\) \(0 to 1\); an override "
+                                          "can change an item, not add one"):
+        load_config(path, overrides=["data.sources.2.path=d.jsonl"])
+    with pytest.raises(ConfigError, match=r"lora\.r\.0: lora\.r is not a list"):
+        load_config(overrides=["lora.r.0=3"])
+
+
 def test_error_names_set_origin():
     with pytest.raises(ConfigError) as info:
         load_config(overrides=["train.method=qlorax"])

@@ -141,7 +141,11 @@ def _read_preset(name: str) -> dict[str, Any]:
 
 
 def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    """Turn `["train.lr=1e-4", "lora.target_modules=[q_proj,v_proj]"]` into a nested dict."""
+    """Turn `["train.lr=1e-4", "lora.target_modules=[q_proj,v_proj]"]` into a nested dict.
+
+    A part that is a number indexes a list of the layers below: `data.sources.0.path=x` sets the path of the
+    first source (an int key here; `deep_merge` applies it to that list item).
+    """
     result: dict[str, Any] = {}
     problems = []
     for item in overrides:
@@ -154,7 +158,7 @@ def parse_overrides(overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
         except yaml.YAMLError:
             value = raw
         node = result
-        parts = key.strip().split(".")
+        parts: list[str | int] = [int(p) if p.isdigit() else p for p in key.strip().split(".")]
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
@@ -178,14 +182,41 @@ def _without_alternatives(merged: dict[str, Any], update: dict[str, Any]) -> dic
     return out
 
 
-def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    """Return `base` updated by `update`, merging nested mappings instead of replacing them."""
+def deep_merge(base: dict[str, Any], update: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Return `base` updated by `update`, merging nested mappings instead of replacing them.
+
+    A mapping with int keys updates those items of the list it meets (see `parse_overrides`).
+    """
     out = copy.deepcopy(base)
     for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
+        dotted = f"{where}{key}"
+        if _is_index_update(value):
+            out[key] = _merge_items(out.get(key), value, dotted)
+        elif isinstance(value, dict) and isinstance(out.get(key, {}), dict):
+            out[key] = deep_merge(out.get(key, {}), value, f"{dotted}.")
         else:
             out[key] = copy.deepcopy(value)
+    return out
+
+
+def _is_index_update(value: Any) -> bool:
+    return isinstance(value, dict) and bool(value) and all(isinstance(k, int) for k in value)
+
+
+def _merge_items(items: Any, update: dict[int, Any], dotted: str) -> list[Any]:
+    if not isinstance(items, list):
+        raise ConfigError([f"{dotted}.{next(iter(update))}: {dotted} is not a list in the config file or preset "
+                           "below this override, so it has no item to set; give the whole value instead, e.g. "
+                           f"--set '{dotted}=[...]'"])
+    out = copy.deepcopy(items)
+    for index, value in update.items():
+        if index >= len(out):
+            raise ConfigError([f"{dotted}.{index}: {dotted} has {len(out)} item(s) (0 to {len(out) - 1}); "
+                               "an override can change an item, not add one"])
+        if isinstance(value, dict) and isinstance(out[index], dict):
+            out[index] = deep_merge(out[index], value, f"{dotted}.{index}.")
+        else:
+            out[index] = copy.deepcopy(value)
     return out
 
 
