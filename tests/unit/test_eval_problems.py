@@ -130,3 +130,20 @@ def test_eval_prompts_carry_the_system_prompt_training_records_got(tmp_path):
     plain = load_items(str(path), "haskell")
     assert plain[2].messages[0]["role"] == "system" and plain[2].messages[0]["content"] != system
     assert plain[0].messages[0]["role"] == "user"
+
+
+def test_eval_writes_beside_the_model_it_evaluates(tmp_path):
+    """eval without --out: a checkpoint's figures go to eval/checkpoint-N/ of its run, never over final/'s."""
+    from sftpipe.contracts.run_dir import RunDir
+    from sftpipe.evaluate.run import default_output_dir
+
+    run = RunDir(tmp_path / "run")
+    (run.checkpoints / "checkpoint-3").mkdir(parents=True)
+    run.final.mkdir()
+    run.manifest_path.write_text("{}")
+    cfg = make_config(tmp_path, tmp_path / "tiny", [], train={"output_dir": str(tmp_path / "configured")})
+    assert default_output_dir(cfg, str(run.path)) == run.eval
+    assert default_output_dir(cfg, str(run.final)) == run.eval
+    assert default_output_dir(cfg, str(run.checkpoints / "checkpoint-3")) == run.eval / "checkpoint-3"
+    # a model that is no run's (a merged model, a hub id) is evaluated into the configured run's eval/
+    assert default_output_dir(cfg, str(tmp_path / "merged")) == tmp_path / "configured" / "eval"

@@ -14,6 +14,7 @@ from sftpipe.contracts.files import FORMAT_VERSION, Record, read_record, write_r
 
 RUN_MANIFEST = "run_manifest.json"
 FINAL = "final"
+CHECKPOINTS = "checkpoints"
 
 
 class FinalSource(Record):
@@ -66,7 +67,7 @@ class RunDir:
     @property
     def checkpoints(self) -> Path:
         """The dir of checkpoint-<step>/ dirs (see `contracts.checkpoint`)."""
-        return self.path / "checkpoints"
+        return self.path / CHECKPOINTS
 
     @property
     def final(self) -> Path:
@@ -88,6 +89,14 @@ class RunDir:
         """Where `eval` writes by default for this run's model."""
         return self.path / "eval"
 
+    def eval_of(self, model_path: str | Path) -> Path:
+        """Where `eval` writes by default for `model_path`, a model of this run: eval/ for its final model,
+        eval/<checkpoint-N>/ for a checkpoint (so evaluating one never overwrites the final model's figures)."""
+        p = Path(model_path)
+        if p.parent == self.checkpoints:
+            return self.eval / p.name
+        return self.eval
+
     @property
     def eval_compare(self) -> Path:
         """Where `eval --compare` writes by default."""
@@ -101,12 +110,14 @@ class RunDir:
 
     @classmethod
     def of_model(cls, path: str | Path) -> RunDir | None:
-        """The run dir whose final model `path` names (the run dir itself or a final/ dir), else None."""
+        """The run dir whose model `path` names (the run dir itself, its final/ or a checkpoint), else None."""
         p = Path(path)
         if cls.is_run_dir(p):
             return cls(p)
         if p.name == FINAL and p.is_dir():
             return cls(p.parent)
+        if p.parent.name == CHECKPOINTS and (p.parent.parent / RUN_MANIFEST).is_file():
+            return cls(p.parent.parent)  # one of its checkpoints, each usable as a model (see eval_of)
         return None
 
     @property

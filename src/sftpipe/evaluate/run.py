@@ -44,9 +44,10 @@ def load_eval_items(cfg: Config) -> tuple[list[EvalItem], dict[str, int]]:
 
 
 def default_output_dir(cfg: Config, model_path: str) -> Path:
-    """eval/ of the run whose final model `model_path` is, else eval/ of the configured run dir."""
-    run = RunDir.of_model(model_path) or RunDir(Path(cfg.train.output_dir))
-    return run.eval
+    """eval/ of the run whose model `model_path` is (eval/checkpoint-N/ for a checkpoint), else eval/ of the
+    configured run dir."""
+    run = RunDir.of_model(model_path)
+    return run.eval_of(model_path) if run else RunDir(Path(cfg.train.output_dir)).eval
 
 
 def run(cfg: Config, model_path: str, output_dir: str | None = None) -> EvalResult:
