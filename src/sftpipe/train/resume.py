@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +41,14 @@ SAFE_TO_CHANGE = frozenset({
 })
 
 
-def run_fingerprint(cfg: Config, data_dir: Path, tokenizer_sha256: str, world_size: int) -> dict[str, Any]:
-    """What a checkpoint must share with the current run for resuming to continue the same trajectory."""
+def run_fingerprint(cfg: Config, data_dirs: Path | Sequence[Path], tokenizer_sha256: str, world_size: int
+                    ) -> dict[str, Any]:
+    """What a checkpoint must share with the current run for resuming to continue the same trajectory.
+
+    Args:
+        data_dirs: the data dir trained on, or the dirs of a `train.data` mix in order (their weights and
+            names are config settings: a change is listed like any other).
+    """
     sections = {"model": cfg.model, "train": cfg.train}
     if cfg.train.method == "lora":
         sections["lora"] = cfg.lora
@@ -51,7 +57,7 @@ def run_fingerprint(cfg: Config, data_dir: Path, tokenizer_sha256: str, world_si
                 if f"{name}.{key}" not in SAFE_TO_CHANGE}
     return {
         "config": settings,
-        "data_sha256": data_fingerprint(data_dir),
+        "data_sha256": data_fingerprint(data_dirs) if isinstance(data_dirs, Path) else mix_fingerprint(data_dirs),
         "tokenizer_sha256": tokenizer_sha256,
         "model_sha256": model_fingerprint(cfg.model.name_or_path, cfg.model.revision),
         "world_size": world_size,
@@ -71,6 +77,11 @@ def data_fingerprint(data_dir: Path) -> str:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
     return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+
+
+def mix_fingerprint(data_dirs: Sequence[Path]) -> str:
+    """SHA-256 of the dirs' `data_fingerprint`s in order: any change to any dir's train split changes it."""
+    return hashlib.sha256("\n".join(data_fingerprint(Path(d)) for d in data_dirs).encode()).hexdigest()
 
 
 # Weight files are fingerprinted by samples, not hashed whole (tens of GB for large models): two models of one
