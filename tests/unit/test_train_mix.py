@@ -244,3 +244,20 @@ def test_a_two_dir_run_logs_per_dir_validation_and_train_tokens(tmp_path, tiny_d
     assert [d.examples / epoch for d in mix.dirs] == [d.achieved_share for d in mix.dirs]
     logged = next(r["data_mix"] for r in records if "data_mix" in r)
     assert logged["chat"]["examples"] == mix.dirs[1].examples
+
+
+def test_validate_shows_the_planned_mix(tmp_path, tiny_dir, two_dirs):
+    from sftpipe.preflight import validate
+
+    result = validate.run(mix_run_config(tmp_path, tiny_dir, two_dirs))
+    mix = [c for c in result.checks if c.name == "train mix"]
+    assert [c.status for c in mix] == ["ok"] * 3, [c.detail for c in mix]
+    alpaca, chat, total = (c.detail for c in mix)
+    assert alpaca.startswith("alpaca (") and "template chatml" in alpaca and "epochs of the dir" in alpaca
+    assert chat.startswith("chat (") and "template instruct" in chat
+    assert "optimizer steps planned" in total
+    assert not [c for c in result.checks if c.name == "data dir"]  # data.output_dir is not what trains
+    assert [c.status for c in result.checks if c.name == "sources"] == ["skip"]
+    missing = validate.run(mix_run_config(tmp_path, tiny_dir, (two_dirs[0], tmp_path / "nowhere")))
+    failed = [c.detail for c in missing.failed if c.name == "train mix"]
+    assert len(failed) == 1 and "nowhere" in failed[0] and "not a prepared data dir" in failed[0]

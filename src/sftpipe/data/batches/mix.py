@@ -118,17 +118,20 @@ def open_train_data(cfg: Config, tokenizer: Any, loaded_from: str) -> TrainData:
     return TrainData(dirs=dirs, manifest=dirs[0].manifest, store=store, mix=mix, names=[e.label for e in tc.data])
 
 
-def check_mix_dirs(tc: TrainConfig, dirs: list[DataDir], model_sha256: str, loaded_from: str) -> None:
+def check_mix_dirs(tc: TrainConfig, dirs: list[DataDir], model_sha256: str | None, loaded_from: str) -> None:
     """Refuse a mix whose dirs are not prepared or were tokenized with another tokenizer than the model's.
 
     Every problem is reported at once; a tokenizer mismatch lists every dir with its tokenizer hash.
+
+    Args:
+        model_sha256: the model tokenizer's `tokenizer_sha256`; None checks only that the dirs are prepared.
     """
     missing = [f"train.data[{i}].dir {d.path}: not a prepared data dir (no manifest); run `sftpipe prepare` "
                "with its config" for i, d in enumerate(dirs) if not d.is_prepared()]
     if missing:
         raise SftpipeError("\n".join(missing))
     hashes = [d.manifest.tokenizer for d in dirs]
-    if all(h.sha256 == model_sha256 for h in hashes):
+    if model_sha256 is None or all(h.sha256 == model_sha256 for h in hashes):
         return
     lines = [f"  train.data[{i}] {entry.label} ({d.path}): tokenized with {h.name_or_path!r}, tokenizer SHA-256 "
              f"{h.sha256[:12]}…{'' if h.sha256 == model_sha256 else '  <- differs'}"
