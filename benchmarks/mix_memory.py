@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=10_000, help="N: examples per dir at 1x")
     parser.add_argument("--store", choices=["mapped", "copy", "both"], default="both")
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -154,10 +155,15 @@ def main() -> None:
         for scale, r in by_scale.items():
             print(f"| {kind} | {scale} | {r['examples']} | {r['tokens']} | {r['peak_anon_mb']:.1f} | "
                   f"{r['peak_rss_mb']:.1f} | {r['seconds']:.1f} |")
+    ratios = {}
     for kind, by_scale in results.items():
         anon = by_scale["10x"]["peak_anon_mb"] / by_scale["1x"]["peak_anon_mb"]
         rss = by_scale["10x"]["peak_rss_mb"] / by_scale["1x"]["peak_rss_mb"]
+        ratios[kind] = {"peak_anon": anon, "peak_rss": rss}
         print(f"{kind}: 10x / 1x peak anon memory {anon:.3f}, peak RSS {rss:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps({"examples_per_dir_1x": args.examples, "results": results,
+                                         "ratios_10x_over_1x": ratios}, indent=2))
 
 
 if __name__ == "__main__":

@@ -261,3 +261,20 @@ def test_validate_shows_the_planned_mix(tmp_path, tiny_dir, two_dirs):
     missing = validate.run(mix_run_config(tmp_path, tiny_dir, (two_dirs[0], tmp_path / "nowhere")))
     failed = [c.detail for c in missing.failed if c.name == "train mix"]
     assert len(failed) == 1 and "nowhere" in failed[0] and "not a prepared data dir" in failed[0]
+
+
+@pytest.mark.heavy  # ~50 s on 2 busy cores: four fresh interpreters over 4 k and 40 k examples
+def test_mixed_stream_memory_stays_flat_from_1x_to_10x_data(tmp_path):
+    """The benchmark at a small size: peak anonymous memory of 10x data (more dirs, bigger ones) within +20% of
+    1x; the control (stores that copy the tokens into memory) grows past that, so the measurement can fail."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "memory.json"
+    bench = Path(__file__).resolve().parents[2] / "benchmarks" / "mix_memory.py"
+    proc = subprocess.run([sys.executable, str(bench), "--examples", "2000", "--workdir", str(tmp_path),
+                           "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ratios = json.loads(out.read_text())["ratios_10x_over_1x"]
+    assert ratios["mapped"]["peak_anon"] < 1.2, ratios
+    assert ratios["copy"]["peak_anon"] > 1.2, ratios  # control
