@@ -278,3 +278,22 @@ def test_mixed_stream_memory_stays_flat_from_1x_to_10x_data(tmp_path):
     ratios = json.loads(out.read_text())["ratios_10x_over_1x"]
     assert ratios["mapped"]["peak_anon"] < 1.2, ratios
     assert ratios["copy"]["peak_anon"] > 1.2, ratios  # control
+
+
+def test_data_fingerprint_reads_content_not_how_it_is_cut_into_files(tmp_path):
+    """The resume fingerprint of each dir is hashed one memory-mapped record batch at a time: the same examples
+    cut into other shards hash alike, a changed label (a mask, not a token) does not."""
+    from sftpipe.train.resume import data_fingerprint
+
+    store = synthetic_store(300, 10, 60, 3, 7)
+    rows = {"input_ids": [store.example(i)[0].tolist() for i in range(300)],
+            "labels": [store.example(i)[1].tolist() for i in range(300)],
+            **{k: [""] * 300 for k in ("source", "location", "messages", "meta")}}
+    datasets.Dataset.from_dict(rows, features=FEATURES).save_to_disk(str(tmp_path / "one" / "train"))
+    datasets.Dataset.from_dict(rows, features=FEATURES).save_to_disk(str(tmp_path / "many" / "train"),
+                                                                      max_shard_size="4KB")
+    assert len(list((tmp_path / "many" / "train").glob("*.arrow"))) > 3
+    assert data_fingerprint(tmp_path / "many") == data_fingerprint(tmp_path / "one")
+    rows["labels"][150] = [IGNORE_INDEX] * len(rows["labels"][150])
+    datasets.Dataset.from_dict(rows, features=FEATURES).save_to_disk(str(tmp_path / "masked" / "train"))
+    assert data_fingerprint(tmp_path / "masked") != data_fingerprint(tmp_path / "one")
