@@ -11,11 +11,12 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from datasets import Dataset
 
 from sftpipe.config.schema import Config
 from sftpipe.contracts.data_dir import DataDir
 from sftpipe.evaluate.in_training import TrainingEval
-from sftpipe.evaluate.metrics import evaluate_loss
+from sftpipe.evaluate.metrics import combine_loss, evaluate_loss
 from sftpipe.models.loss import LossMetrics
 from sftpipe.train import loop
 from sftpipe.train.evaluators import Evaluators
@@ -32,15 +33,28 @@ def train(cfg: Config, resume: str = "auto", resume_force: bool = False) -> loop
 
 
 def training_evaluators(cfg: Config, tokenizer: Any, accelerator: Accelerator) -> Evaluators:
-    """Loss on the data dir's val split (none when it is empty) and the in-training eval (`eval.during_training`)."""
+    """Loss on the data dir's val split (none when it is empty) and the in-training eval (`eval.during_training`).
+
+    A `train.data` mix validates on every dir's val split: `val_loss/<name>` per dir, and `val_loss` over all
+    of them together (token-weighted, whatever the mix weights).
+    """
     generation = TrainingEval.create(cfg, tokenizer, accelerator)  # None unless on, and on the main process
-    val = DataDir(Path(cfg.data.output_dir)).load_split("val")
-    if len(val) == 0:
+    if cfg.train.data:
+        splits = {entry.label: DataDir(Path(entry.dir)).load_split("val") for entry in cfg.train.data}
+    else:
+        splits = {"": DataDir(Path(cfg.data.output_dir)).load_split("val")}
+    splits = {name: val for name, val in splits.items() if len(val)}
+    if not splits:
         return Evaluators(generation=generation)
 
-    def validate(model: torch.nn.Module) -> LossMetrics:
+    def loss_on(model: torch.nn.Module, val: Dataset) -> LossMetrics:
         return evaluate_loss(model, val, cfg.eval.batch_size, tokenizer.pad_token_id, accelerator.device,
                              accelerator.process_index, accelerator.num_processes,
                              reduce=lambda t: accelerator.reduce(t, "sum"))
+
+    def validate(model: torch.nn.Module) -> LossMetrics:
+        if not cfg.train.data:
+            return loss_on(model, splits[""])
+        return combine_loss({name: loss_on(model, val) for name, val in splits.items()})
 
     return Evaluators(validate, generation)

@@ -133,6 +133,20 @@ class LoraConfig(Section):
     )
 
 
+class TrainDataDir(Section):
+    """One prepared data dir of a train-time mix (`train.data`)."""
+
+    dir: str = Field(description="A data dir written by `sftpipe prepare` (its own template and filters).")
+    weight: float = Field(1.0, gt=0, description="Share of every epoch this dir gets, relative to the other "
+                          "entries' weights (in train.mix_unit).")
+    name: str | None = Field(None, description="Name in logs (val_loss/<name>, train_tokens/<name>) and the run "
+                             "manifest; defaults to the dir's last path component.")
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.dir).name
+
+
 class TrainConfig(Section):
     method: Literal["full", "lora"] = Field("lora", description="full fine-tune or LoRA adapters.")
     output_dir: str = Field("runs/sftpipe", description="Run directory: checkpoints, logs, final model.")
@@ -196,6 +210,14 @@ class TrainConfig(Section):
         "logits allow.")
     compile: bool = Field(False, description="torch.compile the decoder (first steps are slower while it compiles).")
     pin_memory: bool = Field(True, description="Pin host memory of batches for faster copies to a CUDA device.")
+    data: list[TrainDataDir] = Field(
+        default_factory=list, description="Train on several prepared data dirs mixed by weight, each prepared once "
+        "(templates may differ; the tokenizer must be the model's). Empty: train on data.output_dir alone. An epoch "
+        "is as large as all dirs together in train.mix_unit; each dir's share of it is its weight's share, small "
+        "dirs repeated and large ones subsampled, deterministically from train.seed.")
+    mix_unit: Literal["samples", "tokens", "trained_tokens"] = Field(
+        "samples", description="What the weights of train.data share: examples, all tokens, or trained "
+        "(assistant) tokens.")
 
     @model_validator(mode="before")
     @classmethod
@@ -219,6 +241,16 @@ class TrainConfig(Section):
                 f"select_best: {self.select_best} compares the checkpoints' validation figures, but with eval_every "
                 f"{self.eval_every} and save_every {self.save_every} some checkpoints are not validated; set "
                 f"eval_every to a divisor of save_every (e.g. eval_every: {self.save_every})")
+        return self
+
+    @model_validator(mode="after")
+    def _mix_names_unique(self) -> "TrainConfig":
+        """Names key the per-source figures and seed each dir's subsampling: two alike would mix them up."""
+        labels = [d.label for d in self.data]
+        twice = sorted({x for x in labels if labels.count(x) > 1})
+        if twice:
+            raise ValueError(f"data: the names {twice} are used by more than one entry (a name defaults to the "
+                             "dir's last path component); give each entry a distinct `name`")
         return self
 
     def num_warmup_steps(self, total_steps: int) -> int:

@@ -25,6 +25,32 @@ class FinalSource(Record):
     value: float | None = None  # that figure at `step`, when selected by one
 
 
+class MixedDataDir(Record):
+    """One data dir of a train-time mix (`train.data`): where it came from and its share of every epoch."""
+
+    name: str
+    dir: str
+    weight: float
+    template: str  # the data.template it was prepared with (baked into its tokens)
+    template_sha256: str
+    data_manifest_sha256: str
+    available_examples: int  # in its train split
+    examples: int  # per epoch, repeats counted
+    tokens: int  # per epoch
+    trained_tokens: int  # per epoch
+    epochs: float  # examples / available_examples: above 1 repeated, below 1 subsampled
+    target_share: float  # weight / sum of weights
+    achieved_share: float  # of the epoch, in the mix unit
+
+
+class TrainDataMix(Record):
+    """How a run mixed its data dirs: the same every epoch (a function of the seed, dirs, weights and unit)."""
+
+    unit: Literal["samples", "tokens", "trained_tokens"]
+    seed: int
+    dirs: list[MixedDataDir]
+
+
 class RunManifest(Record):
     """run_manifest.json: what made the run (versions, git SHA, seed) and from what (model, data, tokenizer)."""
 
@@ -44,6 +70,7 @@ class RunManifest(Record):
     device: str
     host: str
     final: FinalSource | None = None  # written when final/ is; absent in manifests of older runs and unfinished ones
+    data_mix: TrainDataMix | None = None  # runs on train.data (data_dir is then unused); absent in older manifests
 
 
 @dataclass(frozen=True)

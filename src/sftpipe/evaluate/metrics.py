@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field, fields
 
 import torch
 from datasets import Dataset
@@ -11,7 +12,7 @@ from sftpipe.data.batches.collate import TokenStore, collate_padded
 from sftpipe.data.records import IGNORE_INDEX
 from sftpipe.models.loss import LossMetrics, shifted_targets
 
-__all__ = ["LossMetrics", "evaluate_loss"]
+__all__ = ["LossMetrics", "SourceLossMetrics", "combine_loss", "evaluate_loss"]
 
 
 @torch.no_grad()
@@ -61,4 +62,40 @@ def evaluate_loss(
         sequence_accuracy=exact / examples if examples else float("nan"),
         tokens=int(tokens),
         examples=int(examples),
+    )
+
+
+@dataclass
+class SourceLossMetrics(LossMetrics):
+    """Metrics over several splits together (as if concatenated), with each split's own as `by_source`."""
+
+    by_source: dict[str, LossMetrics] = field(default_factory=dict)
+
+    def as_dict(self, prefix: str = "") -> dict[str, float | int]:
+        """The overall figures, plus `<prefix>loss/<name>` and `<prefix>tokens/<name>` per source."""
+        figures = {f"{prefix}{f.name}": getattr(self, f.name) for f in fields(LossMetrics)}
+        for name, metrics in self.by_source.items():
+            figures[f"{prefix}loss/{name}"] = metrics.loss
+            figures[f"{prefix}tokens/{name}"] = metrics.tokens
+        return figures
+
+
+def combine_loss(by_source: dict[str, LossMetrics]) -> SourceLossMetrics:
+    """The metrics of the splits taken together: token-weighted (sequence accuracy: example-weighted).
+
+    Sources without supervised tokens add nothing (their loss is NaN and weighs 0).
+    """
+    parts = [m for m in by_source.values() if m.tokens]
+    tokens = sum(m.tokens for m in parts)
+    examples = sum(m.examples for m in by_source.values())
+    loss = sum(m.loss * m.tokens for m in parts) / tokens if tokens else float("nan")
+    return SourceLossMetrics(
+        loss=loss,
+        perplexity=math.exp(min(loss, 50.0)) if tokens else float("nan"),
+        token_accuracy=sum(m.token_accuracy * m.tokens for m in parts) / tokens if tokens else float("nan"),
+        sequence_accuracy=(sum(m.sequence_accuracy * m.examples for m in parts) / examples if examples
+                           else float("nan")),
+        tokens=tokens,
+        examples=examples,
+        by_source=dict(by_source),
     )

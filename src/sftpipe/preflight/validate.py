@@ -20,6 +20,7 @@ import torch
 from sftpipe.config.schema import Config, TrainConfig
 from sftpipe.contracts.data_dir import DataDir, tokenizer_sha256
 from sftpipe.data.batches.collate import TokenStore
+from sftpipe.data.batches.mix import check_mix_dirs, describe_mix, mix_stores
 from sftpipe.data.batches.plan import build_plan, rows_stats
 from sftpipe.data.formats import detect_format, to_conversation
 from sftpipe.data.readers import read_source
@@ -65,7 +66,7 @@ def run(cfg: Config) -> ValidateResult:
     if template is not None:
         _check_samples(cfg, tokenizer, template, conversations, result)
     plan = _check_model(cfg, checks)
-    steps = _check_data_dir(cfg, tokenizer, checks)
+    steps = _check_train_mix(cfg, tokenizer, checks) if cfg.train.data else _check_data_dir(cfg, tokenizer, checks)
     _check_run_dir(cfg, tokenizer, checks)
     _check_disk(cfg, plan, steps, checks)
     _check_device(cfg, checks)
@@ -100,6 +101,9 @@ def _check_template(cfg: Config, tokenizer, checks: list[Check]) -> str | None:
 
 def _check_sources(cfg: Config, checks: list[Check]) -> list[Conversation]:
     """Read the first records of each source as `prepare` would; count what it would reject."""
+    if not cfg.data.sources and cfg.train.data:
+        checks.append(Check("sources", "skip", "data.sources is empty: train reads the prepared dirs of train.data"))
+        return []
     if not cfg.data.sources:
         checks.append(Check("sources", "fail", "data.sources is empty: add at least one, e.g. "
                                                "sources: [{path: train.jsonl}]"))
@@ -277,6 +281,37 @@ def _check_data_dir(cfg: Config, tokenizer, checks: list[Check]) -> int | None:
     return steps
 
 
+def _check_train_mix(cfg: Config, tokenizer, checks: list[Check]) -> int | None:
+    """The dirs of a train.data mix (prepared, the model's tokenizer) and the planned mix per dir: examples,
+    tokens and epochs of every epoch; returns the planned optimizer steps."""
+    tc = cfg.train
+    dirs = [DataDir(Path(entry.dir)) for entry in tc.data]
+    try:
+        check_mix_dirs(tc, dirs, tokenizer_sha256(tokenizer) if tokenizer is not None else None,
+                       cfg.model.tokenizer or cfg.model.name_or_path)
+        stores = [TokenStore(d.load_split("train")) for d in dirs]
+        empty = [entry.label for entry, store in zip(tc.data, stores) if len(store) == 0]
+        if empty:
+            raise SftpipeError(f"train.data {', '.join(empty)}: the train split is empty; nothing to mix")
+        mixed, counts = mix_stores(tc, stores)
+        mix = describe_mix(tc, dirs, stores, counts)
+        per_epoch, efficiency = planned_batches(tc, mixed.lengths, max(d.manifest.max_length for d in dirs))
+    except SftpipeError as exc:
+        checks.append(Check("train mix", "fail", str(exc)))
+        return None
+    for d in mix.dirs:
+        checks.append(Check("train mix", "ok", (
+            f"{d.name} ({d.dir}, template {d.template}): {d.examples} examples of {d.available_examples} per "
+            f"epoch ({d.epochs:.2f} epochs of the dir), {d.tokens} tokens, {d.trained_tokens} trained; "
+            f"{tc.mix_unit} share {d.achieved_share:.1%} (weight {d.target_share:.1%})")))
+    micro = tc.max_steps * tc.grad_accum if tc.max_steps else math.ceil(tc.epochs * per_epoch)
+    steps = math.ceil(micro / tc.grad_accum)
+    checks.append(Check("train mix", "ok", f"{len(mixed)} examples per epoch; {steps} optimizer steps planned "
+                                           f"({per_epoch} micro-batches per epoch on one process); "
+                                           f"{1 - efficiency:.0%} of the token slots are padding"))
+    return steps
+
+
 def planned_batches(tc: TrainConfig, lengths: np.ndarray, max_length: int) -> tuple[int, float]:
     """(micro-batches per epoch, real tokens / token slots) of the first epoch of batches `tc` makes.
 
@@ -308,11 +343,12 @@ def _check_run_dir(cfg: Config, tokenizer, checks: list[Check]) -> None:
         checks.append(Check("run dir", "warn", f"{newest} is unusable ({exc}); train would fall back to an "
                                                "older checkpoint"))
         return
-    data = DataDir(Path(cfg.data.output_dir))
-    if tokenizer is None or not data.is_prepared():
+    dirs = [DataDir(Path(entry.dir)) for entry in cfg.train.data] or [DataDir(Path(cfg.data.output_dir))]
+    if tokenizer is None or not all(d.is_prepared() for d in dirs):
         checks.append(Check("run dir", "ok", f"train would resume from {newest}"))
         return
-    current = run_fingerprint(cfg, data.path, tokenizer_sha256(tokenizer), world_size=1)
+    data_dirs = [d.path for d in dirs] if cfg.train.data else dirs[0].path
+    current = run_fingerprint(cfg, data_dirs, tokenizer_sha256(tokenizer), world_size=1)
     diffs = fingerprint_differences(read_fingerprint(newest), current)
     if diffs:
         checks.append(Check("run dir", "warn", f"train would refuse to resume from {newest}: " + "; ".join(diffs)

@@ -25,10 +25,10 @@ from transformers import get_scheduler
 from sftpipe.config.loader import dump_config, save_config
 from sftpipe.config.schema import Config, TrainConfig
 from sftpipe.contracts.checkpoint import TrainerState, checkpoint_step, complete_checkpoints
-from sftpipe.contracts.data_dir import DataDir, DataManifest
+from sftpipe.contracts.data_dir import DataManifest
 from sftpipe.contracts.run_dir import FinalSource, RunDir
-from sftpipe.data.batches.collate import TokenStore
 from sftpipe.data.batches.loader import MicroBatchSource, micro_batch_loader
+from sftpipe.data.batches.mix import SourceTokens, mix_figures, open_train_data
 from sftpipe.data.batches.plan import build_plan
 from sftpipe.errors import SftpipeError
 from sftpipe.models.adapters import build_trainable_model, count_parameters
@@ -88,6 +88,7 @@ class Session:
     logger: MetricsLogger
     trainable: int
     total: int
+    source_tokens: SourceTokens | None = None  # train tokens per data dir of a train.data mix
 
 
 class Throughput:
@@ -273,14 +274,9 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
     check_distribution(accelerator.distributed_type.value)
     device = accelerator.device
     set_seed(tc.seed)
-    data_dir = DataDir(Path(cfg.data.output_dir))
-    manifest = data_dir.manifest
     tokenizer = load_tokenizer(cfg.model)
-    data_dir.check_tokenizer(tokenizer, cfg.model.tokenizer or cfg.model.name_or_path)
-    train_ds = data_dir.load_split("train")
-    if len(train_ds) == 0:
-        raise SftpipeError(f"{data_dir.path}/train is empty: every record was rejected or split away (see "
-                           "DATA_CARD.md)")
+    data = open_train_data(cfg, tokenizer, cfg.model.tokenizer or cfg.model.name_or_path)
+    manifest, store = data.manifest, data.store
 
     model = build_trainable_model(cfg, device)
     trainable, total = count_parameters(model)
@@ -291,21 +287,20 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
     # validation and saving.
     loss_model = CausalLMLoss(model, tc.cross_entropy, tc.loss_chunk_tokens, compile=tc.compile)
     attention = resolve_attn(cfg.model.attn_implementation, device)
-    store = TokenStore(train_ds)
     if tc.packing:
         attention = packed_attention(loss_model.causal_lm(), cfg.model.attn_implementation, attention,
                                      int(store.lengths.max()))
     speed = {"cross_entropy": loss_model.cross_entropy, "attention": attention, "compile": tc.compile}
     if device.type == "cpu":
         speed["cpu_threads"] = set_cpu_threads(tc.cpu_threads)
-    plan, layout = build_plan(tc, store.lengths, manifest.max_length, accelerator.num_processes,
+    plan, layout = build_plan(tc, store.lengths, data.max_length, accelerator.num_processes,
                               accelerator.process_index, flat=attention in VARLEN_ATTENTION)
     total_micro = tc.max_steps * tc.grad_accum if tc.max_steps else math.ceil(tc.epochs * plan.micro_batches_per_epoch)
     total_steps = math.ceil(total_micro / tc.grad_accum)
     scheduler = build_scheduler(tc, optimizer, total_steps)
     loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
 
-    fingerprint = run_fingerprint(cfg, data_dir.path, manifest.tokenizer.sha256, accelerator.num_processes)
+    fingerprint = run_fingerprint(cfg, data.fingerprint_dirs, manifest.tokenizer.sha256, accelerator.num_processes)
     state, resumed_from = resume_from_latest_complete(
         run_dir.path, resume, fingerprint, resume_force, accelerator.unwrap_model(model), optimizer, scheduler,
         warn=lambda msg: accelerator.print(f"warning: {msg}", file=sys.stderr),
@@ -317,15 +312,20 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
         trim_metrics(run_dir.metrics, state.step if resumed_from else -1)
         save_config(cfg, run_dir.config)
         write_run_manifest(run_dir, cfg, manifest, accelerator.num_processes, str(device))
+        if data.mix is not None:
+            run_dir.write_manifest(run_dir.manifest.model_copy(update={"data_mix": data.mix}))
     accelerator.init_trackers("tensorboard")
     logger = MetricsLogger(run_dir.metrics, accelerator, enabled=accelerator.is_main_process)
     if state.step == 0:  # once per run: a resumed run must not log it again (resumed logs equal uninterrupted)
         logger.log(0, {"speed": {**layout.describe(), **speed}})
+        if data.mix is not None:
+            logger.log(0, {"data_mix": mix_figures(data.mix)})
     return Session(cfg=cfg, accelerator=accelerator, run_dir=run_dir, manifest=manifest, tokenizer=tokenizer,
                    model=model, loss_model=loss_model, optimizer=optimizer, scheduler=scheduler,
                    source=MicroBatchSource(plan, layout, store, tokenizer.pad_token_id), total_micro=total_micro,
                    total_steps=total_steps, fingerprint=fingerprint, state=state, resumed_from=resumed_from,
-                   logger=logger, trainable=trainable, total=total)
+                   logger=logger, trainable=trainable, total=total,
+                   source_tokens=SourceTokens(plan, accelerator.num_processes, store, data.names) if data.mix else None)
 
 
 # transformers' "constant" schedule ignores num_warmup_steps; "constant_with_warmup" with 0 steps is constant.
@@ -393,6 +393,8 @@ def train_steps(s: Session, evaluation: Evaluators) -> tuple[float, LossMetrics 
                 s.logger.log(state.step, last_val.as_dict("val_"))
                 if saves:  # the best is a checkpoint: one that is kept and can become final/
                     note_best(state, last_val.as_dict("val_"), ranking_metric(tc))
+            if s.source_tokens is not None:
+                s.logger.log(state.step, s.source_tokens.upto(state.micro_batch))
         if gen_eval is not None and gen_eval.due(state.step):
             s.logger.log(state.step, gen_eval(acc.unwrap_model(s.model)))
         if saves:

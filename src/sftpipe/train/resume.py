@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from sftpipe.config.schema import Config, LoraConfig, ModelConfig, TrainConfig
@@ -41,8 +42,14 @@ SAFE_TO_CHANGE = frozenset({
 })
 
 
-def run_fingerprint(cfg: Config, data_dir: Path, tokenizer_sha256: str, world_size: int) -> dict[str, Any]:
-    """What a checkpoint must share with the current run for resuming to continue the same trajectory."""
+def run_fingerprint(cfg: Config, data_dirs: Path | Sequence[Path], tokenizer_sha256: str, world_size: int
+                    ) -> dict[str, Any]:
+    """What a checkpoint must share with the current run for resuming to continue the same trajectory.
+
+    Args:
+        data_dirs: the data dir trained on, or the dirs of a `train.data` mix in order (their weights and
+            names are config settings: a change is listed like any other).
+    """
     sections = {"model": cfg.model, "train": cfg.train}
     if cfg.train.method == "lora":
         sections["lora"] = cfg.lora
@@ -51,7 +58,7 @@ def run_fingerprint(cfg: Config, data_dir: Path, tokenizer_sha256: str, world_si
                 if f"{name}.{key}" not in SAFE_TO_CHANGE}
     return {
         "config": settings,
-        "data_sha256": data_fingerprint(data_dir),
+        "data_sha256": data_fingerprint(data_dirs) if isinstance(data_dirs, Path) else mix_fingerprint(data_dirs),
         "tokenizer_sha256": tokenizer_sha256,
         "model_sha256": model_fingerprint(cfg.model.name_or_path, cfg.model.revision),
         "world_size": world_size,
@@ -59,18 +66,28 @@ def run_fingerprint(cfg: Config, data_dir: Path, tokenizer_sha256: str, world_si
 
 
 def data_fingerprint(data_dir: Path) -> str:
-    """SHA-256 of what training reads: the train split's token ids and labels, in order.
+    """SHA-256 of what training reads: the train split's example lengths, token ids and labels, in order.
 
-    Preparing the same records again gives the same fingerprint wherever the files or the data dir are;
-    any change to a trained example (text, template, max_length, tokenizer) changes it.
+    Preparing the same records again gives the same fingerprint wherever the files or the data dir are, and
+    however the split is cut into shards and record batches; any change to a trained example (text, template,
+    max_length, tokenizer) changes it. The memory-mapped record batches are hashed one at a time, so
+    fingerprinting a large split holds no copy of it in memory.
     """
-    import pyarrow as pa
+    table = DataDir(data_dir).load_split("train").with_format("arrow")[:].select(["input_ids", "labels"])
+    parts = {name: hashlib.sha256() for name in ("lengths", "input_ids", "labels")}
+    for batch in table.to_batches():
+        for column, name in ((batch.column(0), "input_ids"), (batch.column(1), "labels")):
+            offsets = column.offsets.to_numpy()
+            parts[name].update(column.values.to_numpy(zero_copy_only=False)[offsets[0] : offsets[-1]]
+                               .astype("<i4", copy=False).tobytes())
+            if name == "input_ids":
+                parts["lengths"].update(np.diff(offsets).astype("<i8").tobytes())
+    return hashlib.sha256(b"sftpipe-data-v2" + b"".join(h.digest() for h in parts.values())).hexdigest()
 
-    table = DataDir(data_dir).load_split("train").data.table.select(["input_ids", "labels"]).combine_chunks()
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, table.schema) as writer:
-        writer.write_table(table)
-    return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
+
+def mix_fingerprint(data_dirs: Sequence[Path]) -> str:
+    """SHA-256 of the dirs' `data_fingerprint`s in order: any change to any dir's train split changes it."""
+    return hashlib.sha256("\n".join(data_fingerprint(Path(d)) for d in data_dirs).encode()).hexdigest()
 
 
 # Weight files are fingerprinted by samples, not hashed whole (tens of GB for large models): two models of one

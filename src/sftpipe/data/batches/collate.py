@@ -8,6 +8,7 @@ steps and trains nothing.
 
 from __future__ import annotations
 
+import bisect
 from typing import NamedTuple
 
 import datasets
@@ -19,29 +20,53 @@ from sftpipe.data.records import IGNORE_INDEX
 
 
 class TokenStore:
-    """`input_ids` and `labels` of a split as flat int32 arrays plus offsets, read once from Arrow.
+    """`input_ids` and `labels` of a split, read in place from its memory-mapped Arrow record batches.
 
     Slicing these is what collation does for every micro-batch; going through `Dataset.select` instead
-    costs more than a forward pass of a small model.
+    costs more than a forward pass of a small model. The token arrays are zero-copy views of the mapped
+    files (only the per-example lengths are held in memory), so the process's own memory does not grow with
+    the data: the kernel pages tokens in as batches read them and may drop them again.
     """
 
     def __init__(self, dataset: datasets.Dataset):
-        table = dataset.with_format("arrow")[:]
-        ids = table.column("input_ids").combine_chunks()
-        labels = table.column("labels").combine_chunks()
-        self.offsets = ids.offsets.to_numpy().astype(np.int64)
-        if not np.array_equal(self.offsets, labels.offsets.to_numpy()):
-            raise SftpipeError("data dir: input_ids and labels differ in length for some example; re-run prepare")
-        self.input_ids = ids.values.to_numpy(zero_copy_only=False)
-        self.labels = labels.values.to_numpy(zero_copy_only=False)
-        self.lengths = np.diff(self.offsets)
+        table = dataset.with_format("arrow")[:].select(["input_ids", "labels"])
+        self._ids: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+        self._offsets: list[tuple[np.ndarray, np.ndarray]] = []
+        self._starts: list[int] = []  # index of each record batch's first example
+        lengths, at = [], 0
+        for batch in table.to_batches():
+            ids, labels = batch.column(0), batch.column(1)
+            id_offsets, label_offsets = ids.offsets.to_numpy(), labels.offsets.to_numpy()
+            if not np.array_equal(np.diff(id_offsets), np.diff(label_offsets)):
+                raise SftpipeError("data dir: input_ids and labels differ in length for some example; re-run prepare")
+            # `values` ignores a sliced array's offset and `offsets` index into it: the pair stays consistent
+            self._ids.append(ids.values.to_numpy(zero_copy_only=False))
+            self._labels.append(labels.values.to_numpy(zero_copy_only=False))
+            self._offsets.append((id_offsets, label_offsets))
+            self._starts.append(at)
+            lengths.append(np.diff(id_offsets).astype(np.int64))
+            at += len(batch)
+        self.lengths = np.concatenate(lengths) if lengths else np.zeros(0, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     def example(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        start, end = self.offsets[index], self.offsets[index + 1]
-        return self.input_ids[start:end], self.labels[start:end]
+        """Token ids and labels of example `index` (views, not copies)."""
+        chunk = bisect.bisect_right(self._starts, index) - 1
+        local = index - self._starts[chunk]
+        id_offsets, label_offsets = self._offsets[chunk]
+        return (self._ids[chunk][id_offsets[local] : id_offsets[local + 1]],
+                self._labels[chunk][label_offsets[local] : label_offsets[local + 1]])
+
+    def trained_lengths(self) -> np.ndarray:
+        """Supervised tokens (labels that are not ignored) of every example, one record batch at a time."""
+        counts = []
+        for labels, (_, offsets) in zip(self._labels, self._offsets):
+            supervised = np.concatenate([[0], np.cumsum(labels[offsets[0] : offsets[-1]] != IGNORE_INDEX)])
+            counts.append(supervised[offsets[1:] - offsets[0]] - supervised[offsets[:-1] - offsets[0]])
+        return np.concatenate(counts).astype(np.int64) if counts else np.zeros(0, dtype=np.int64)
 
 
 class MicroBatch(NamedTuple):
