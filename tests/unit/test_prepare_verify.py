@@ -1,0 +1,169 @@
+"""Execution-verified training data (`sources[].verify: tests`): each record's solution is run against its own
+tests at prepare time; failures are rejected with their verdict, counted the same in the CLI output, the
+manifest, DATA_CARD.md and rejected.jsonl, and a second prepare takes every verdict from the cache.
+
+Python records here (no GHC needed); the Haskell example and its mutants are in test_prepare_verify_haskell.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from sftpipe.cli.report import print_prepare
+from sftpipe.contracts.data_dir import DataDir
+from sftpipe.data import prepare
+from sftpipe.data.prepare.quality import ruff_path
+from sftpipe.errors import SftpipeError
+from tests.conftest import make_config, write_jsonl
+
+TESTS = "assert add(2, 3) == 5\nassert add(-1, 1) == 0\n"
+PY_RECORDS = [
+    {"id": "good", "instruction": "Add two numbers.", "code": "def add(a, b):\n    return a + b\n", "tests": TESTS},
+    {"id": "wrong", "instruction": "Add two numbers, again.", "code": "def add(a, b):\n    return a - b\n",
+     "tests": TESTS},
+    {"id": "crash", "instruction": "Add numbers, crashing.", "code": "def add(a, b):\n    return a + c\n",
+     "tests": TESTS},
+    {"id": "syntax", "instruction": "Add numbers, badly typed.", "code": "def add(a, b)\n    return a + b\n",
+     "tests": TESTS},
+    # HumanEval's shape: check(candidate) called on the entry point by the runner
+    {"id": "humaneval", "instruction": "Double a number.", "code": "def double(x):\n    return 2 * x\n",
+     "tests": "def check(candidate):\n    assert candidate(4) == 8\n", "entry_point": "double"},
+    {"id": "untested", "instruction": "Say hello in Python.", "code": "print('hello')\n"},
+]
+VERDICT_REASONS = {"verify_wrong_answer": 1, "verify_runtime_error": 1, "verify_compile_error": 1}
+
+
+def _config(tmp: Path, tiny_dir: Path, records: list[dict], cache: Path, **verify):
+    path = write_jsonl(tmp / "code.jsonl", records)
+    source = {"path": str(path), "format": "code", "code_language": "python", "verify": "tests"}
+    return make_config(tmp, tiny_dir, [source], data={"verify": verify, "dedup": {"near": False}},
+                       eval={"code": {"cache_dir": str(cache)}})
+
+
+def _card_counts(card: str) -> dict[str, int]:
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^\| (verify_\w+|quality_\w+) \| (\d+) \|$", card, re.M)}
+
+
+def test_failing_solutions_are_rejected_with_their_verdict_and_counted_everywhere(tmp_path, tiny_dir, capsys):
+    cfg = _config(tmp_path / "a", tiny_dir, PY_RECORDS, tmp_path / "cache")
+    result = prepare.run(cfg)
+    out = Path(cfg.data.output_dir)
+    v = result.verification
+    assert v is not None and v.verified == 5 and v.passed == 2 and v.untested == 1 and v.cached == 0
+    assert v.verdicts == {"pass": 2, "wrong_answer": 1, "runtime_error": 1, "compile_error": 1}
+    assert {r: n for r, n in result.rejected.items() if r.startswith("verify_")} == VERDICT_REASONS
+    # rejected.jsonl: one line per failing record, the verdict as its reason, the test output with it
+    rows = [json.loads(x) for x in (out / "rejected.jsonl").read_text().splitlines()]
+    by_id = {json.loads(r["excerpt"])[1]["content"].split(",")[0]: r for r in rows}
+    assert Counter(r["reason"] for r in rows) == VERDICT_REASONS
+    assert all(r["stage"] == "verify" for r in rows)
+    wrong = next(r for r in rows if r["reason"] == "verify_wrong_answer")
+    assert wrong["verdict"] == "wrong_answer" and "AssertionError" in wrong["output"]
+    crash = next(r for r in rows if r["reason"] == "verify_runtime_error")
+    assert "NameError" in crash["output"] and by_id
+    # the manifest and the data card say the same
+    manifest = DataDir(out).manifest
+    assert manifest.verification == v
+    assert {r: n for r, n in manifest.rejected.items() if r.startswith("verify_")} == VERDICT_REASONS
+    card = (out / "DATA_CARD.md").read_text()
+    assert _card_counts(card) == VERDICT_REASONS
+    assert "## Execution verification" in card and "| pass | 2 |" in card and "1 records had no tests (kept" in card
+    # the CLI output too
+    print_prepare(result)
+    printed = capsys.readouterr().out
+    for reason, n in VERDICT_REASONS.items():
+        assert f"rejected (verify) {reason}: {n}" in printed
+    assert "verified 5 records against their own tests" in printed and "0 verdicts from the cache" in printed
+    # the kept records carry their verdict in metadata
+    kept = [json.loads(m) for split in ("train", "val", "test") for m in DataDir(out).load_split(split)["meta"]]
+    assert sorted(m["verify"] for m in kept) == ["pass", "pass", "untested"]
+
+
+def test_second_prepare_takes_every_verdict_from_the_cache(tmp_path, tiny_dir, capsys):
+    first = prepare.run(_config(tmp_path / "a", tiny_dir, PY_RECORDS, tmp_path / "cache")).verification
+    second = prepare.run(_config(tmp_path / "b", tiny_dir, PY_RECORDS, tmp_path / "cache"))
+    assert first is not None and first.cached == 0
+    assert second.verification is not None and second.verification.cached == second.verification.verified == 5
+    assert second.verification.verdicts == first.verdicts
+    print_prepare(second)
+    assert "5 verdicts from the cache" in capsys.readouterr().out
+    # negative control: another cache runs everything again
+    third = prepare.run(_config(tmp_path / "c", tiny_dir, PY_RECORDS, tmp_path / "other-cache")).verification
+    assert third is not None and third.cached == 0
+
+
+def test_untested_records_are_dropped_when_asked_and_counted(tmp_path, tiny_dir):
+    result = prepare.run(_config(tmp_path, tiny_dir, PY_RECORDS, tmp_path / "cache", untested="drop"))
+    assert result.rejected["verify_no_tests"] == 1 and result.verification.untested == 1
+    assert result.verification.untested_policy == "drop"
+    assert sum(s.examples for s in result.splits.values()) == 2
+
+
+def test_a_source_without_verify_runs_nothing(tmp_path, tiny_dir):
+    path = write_jsonl(tmp_path / "code.jsonl", PY_RECORDS)
+    cfg = make_config(tmp_path, tiny_dir, [{"path": str(path), "format": "code", "code_language": "python"}],
+                      data={"dedup": {"near": False}}, eval={"code": {"cache_dir": str(tmp_path / "cache")}})
+    result = prepare.run(cfg)
+    assert result.verification is None and sum(s.examples for s in result.splits.values()) == 6
+    assert "verification" not in json.loads((Path(cfg.data.output_dir) / "manifest.json").read_text())
+
+
+def test_a_language_that_cannot_be_run_is_refused_naming_the_field(tmp_path, tiny_dir):
+    path = write_jsonl(tmp_path / "code.jsonl", PY_RECORDS)
+    cfg = make_config(tmp_path, tiny_dir, [{"path": str(path), "format": "code", "code_language": "rust",
+                                            "verify": "tests"}])
+    with pytest.raises(SftpipeError, match=r"data.sources\[0\].code_language is 'rust'"):
+        prepare.run(cfg)
+
+
+QUALITY_RECORDS = [
+    {"id": "clean", "instruction": "Add two numbers.", "code": "def add(a, b):\n    return a + b\n", "tests": TESTS},
+    # an unused import (ruff F401) and `is` with a literal (a SyntaxWarning of the compiler)
+    {"id": "sloppy", "instruction": "Add two numbers, sloppily.",
+     "code": "import os\n\n\ndef add(a, b):\n    if a is 1:\n        return 1 + b\n    return a + b\n",
+     "tests": TESTS},
+]
+
+
+@pytest.mark.skipif(ruff_path() is None, reason="needs ruff: pip install ruff (in the dev extra)")
+def test_quality_figures_are_measured_and_thresholds_filter(tmp_path, tiny_dir):
+    cfg = _config(tmp_path / "a", tiny_dir, QUALITY_RECORDS, tmp_path / "cache", quality=True)
+    result = prepare.run(cfg)
+    out = Path(cfg.data.output_dir)
+    metas = {m["id"]: m for split in ("train", "val", "test") for m in
+             map(json.loads, DataDir(out).load_split(split)["meta"])}
+    assert metas["clean"]["quality"] == {"solution_lines": 2, "compile_warnings": 0, "ruff_findings": 0}
+    sloppy = metas["sloppy"]["quality"]
+    assert sloppy["solution_lines"] == 5 and sloppy["compile_warnings"] == 1 and sloppy["ruff_findings"] >= 1
+    quality = result.verification.quality
+    assert quality["solution_lines"].records == 2 and quality["solution_lines"].max == 5
+    assert sum(quality["ruff_findings"].histogram) == 2
+    card = (out / "DATA_CARD.md").read_text()
+    assert "Histogram of ruff_findings" in card and "| solution_lines | 2 |" in card
+    # a threshold is a filter: the sloppy one goes, with its figures in rejected.jsonl
+    cfg = _config(tmp_path / "b", tiny_dir, QUALITY_RECORDS, tmp_path / "cache", max_ruff_findings=0)
+    result = prepare.run(cfg)
+    assert result.rejected == {"quality_ruff": 1}
+    row = json.loads((Path(cfg.data.output_dir) / "rejected.jsonl").read_text())
+    assert row["stage"] == "quality" and row["quality"]["ruff_findings"] >= 1 and "max_ruff_findings" in row["detail"]
+    assert _card_counts((Path(cfg.data.output_dir) / "DATA_CARD.md").read_text()) == {"quality_ruff": 1}
+
+
+def test_a_missing_tool_is_named_and_its_figure_skipped_not_faked(tmp_path, tiny_dir, monkeypatch, capsys):
+    monkeypatch.setattr("sftpipe.data.prepare.quality.ruff_path", lambda: None)
+    result = prepare.run(_config(tmp_path / "a", tiny_dir, QUALITY_RECORDS, tmp_path / "cache", quality=True))
+    v = result.verification
+    assert "ruff_findings" not in v.quality and "pip install ruff" in v.skipped_figures["ruff_findings"]
+    assert "solution_lines" in v.quality  # the other figures are still measured
+    print_prepare(result)
+    assert "note: ruff_findings not measured: ruff is not installed" in capsys.readouterr().out
+    # a threshold on a figure that cannot be measured is an error, not a filter that does nothing
+    with pytest.raises(SftpipeError, match=r"data.verify.max_ruff_findings is set but ruff is not installed"):
+        prepare.run(_config(tmp_path / "b", tiny_dir, QUALITY_RECORDS, tmp_path / "cache", max_ruff_findings=0))
+    assert shutil.which  # keep the import used when ruff is absent
