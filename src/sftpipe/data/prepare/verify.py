@@ -192,7 +192,8 @@ def _entry_point(conv: Conversation) -> str | None:
 
 def _rejection(conv: Conversation, stage: str, reason: str, detail: str, **extra: object) -> Rejection:
     excerpt = json.dumps(conv.messages, ensure_ascii=False)[:EXCERPT_CHARS]
-    return Rejection(conv.source, conv.location, stage, reason, detail, excerpt, dict(extra))
+    ident = {"id": conv.meta["id"]} if "id" in conv.meta else {}  # the problem's own name, where it has one
+    return Rejection(conv.source, conv.location, stage, reason, detail, excerpt, {**ident, **extra})
 
 
 def verification_figures(cfg: Config, tally: VerifyTally, skipped: dict[str, str]) -> Verification:
