@@ -168,3 +168,16 @@ def test_a_missing_tool_is_named_and_its_figure_skipped_not_faked(tmp_path, tiny
     with pytest.raises(SftpipeError, match=r"data.verify.max_ruff_findings is set but ruff is not installed"):
         prepare.run(_config(tmp_path / "b", tiny_dir, QUALITY_RECORDS, tmp_path / "cache", max_ruff_findings=0))
     assert shutil.which  # keep the import used when ruff is absent
+
+
+def test_figure_summaries_bin_counts_by_whole_numbers_and_keep_every_value():
+    from sftpipe.data.prepare.verify import summarise
+    import numpy as np
+
+    lines = summarise(np.array([2, 3, 5, 16, 4], dtype=float))
+    assert lines.integer and lines.bin_edges[:3] == [0, 2, 4] and lines.histogram[:3] == [0, 2, 2]
+    assert sum(lines.histogram) == 5 and lines.max == 16 and lines.p50 == 4
+    zeros = summarise(np.zeros(3))
+    assert zeros.bin_edges == [0, 1] and zeros.histogram == [3]
+    rates = summarise(np.array([0.0, 0.5, 7.69]))
+    assert not rates.integer and len(rates.histogram) == 10 and sum(rates.histogram) == 3

@@ -121,6 +121,7 @@ class FigureSummary(Record):
     """One code-quality figure over the records that passed verification: summary and histogram."""
 
     records: int  # records it was measured on
+    integer: bool = False  # every value is a whole number: bins [a, b) hold the integers a .. b-1
     mean: float | None = None
     p50: float | None = None
     p90: float | None = None

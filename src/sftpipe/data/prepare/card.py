@@ -178,6 +178,10 @@ def verification_section(v: Verification) -> list[str]:
             peak = max(f.histogram) or 1
             last = len(f.histogram) - 1
             for i, (low, high, n) in enumerate(zip(f.bin_edges, f.bin_edges[1:], f.histogram)):
-                lines.append(f"| [{low:g}, {high:g}{']' if i == last else ')'} | {n} | {'█' * round(20 * n / peak)} |")
+                if f.integer:
+                    label = f"{low:g}" if high - low == 1 else f"{low:g}–{high - 1:g}"
+                else:
+                    label = f"[{low:g}, {high:g}{']' if i == last else ')'}"
+                lines.append(f"| {label} | {n} | {'█' * round(20 * n / peak)} |")
             lines.append("")
     return lines

@@ -20,6 +20,7 @@ manifest's `Verification`.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -206,16 +207,19 @@ def verification_figures(cfg: Config, tally: VerifyTally, skipped: dict[str, str
 
 
 def summarise(values: np.ndarray) -> FigureSummary:
-    """Mean, percentiles and a histogram of one figure (integer-wide bins for small integer figures)."""
+    """Mean, percentiles and a histogram of one figure: whole-number bins for counts, HISTOGRAM_BINS equal
+    bins from 0 to the maximum otherwise."""
     if not len(values):
         return FigureSummary(records=0, bin_edges=[], histogram=[])
     top = float(values.max())
-    if np.all(values == np.round(values)) and top < HISTOGRAM_BINS:
-        edges = np.arange(0, max(top, 0) + 2)  # one bin per value: 0, 1, 2, ...
+    integer = bool(np.all(values == np.round(values)))
+    if integer:
+        width = max(1, math.ceil((top + 1) / HISTOGRAM_BINS))
+        edges = np.arange(0, top + 1 + width, width)[: math.ceil((top + 1) / width) + 1]
     else:
         edges = np.linspace(0, top if top > 0 else 1, HISTOGRAM_BINS + 1)
     histogram = np.histogram(values, bins=edges)[0]
     p50, p90 = np.percentile(values, [50, 90])
-    return FigureSummary(records=len(values), mean=round(float(values.mean()), 2), p50=round(float(p50), 2),
+    return FigureSummary(records=len(values), integer=integer, mean=round(float(values.mean()), 2), p50=round(float(p50), 2),
                          p90=round(float(p90), 2), max=round(top, 2),
                          bin_edges=[round(float(e), 2) for e in edges], histogram=histogram.tolist())
