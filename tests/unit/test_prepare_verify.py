@@ -181,3 +181,26 @@ def test_figure_summaries_bin_counts_by_whole_numbers_and_keep_every_value():
     assert zeros.bin_edges == [0, 1] and zeros.histogram == [3]
     rates = summarise(np.array([0.0, 0.5, 7.69]))
     assert not rates.integer and len(rates.histogram) == 10 and sum(rates.histogram) == 3
+
+
+def test_worker_processes_verify_their_chunks_and_the_counts_add_up(tmp_path, tiny_dir, monkeypatch):
+    """Several chunks on a pool of 2 processes give the same verdicts and data as one process."""
+    records = [{**r, "id": f"{r['id']}-{copy}", "instruction": f"{r['instruction']} (variant {copy})"}
+               for copy in range(3) for r in PY_RECORDS]
+    monkeypatch.setattr("sftpipe.data.prepare.scan.CHUNK_RECORDS", 4)
+    results = []
+    for procs in (1, 2):
+        cfg = _config(tmp_path / str(procs), tiny_dir, records, tmp_path / f"cache-{procs}")
+        cfg.data.num_proc = procs
+        results.append(prepare.run(cfg))
+    one, two = results
+    # identical samples run once: in one process the 10 later copies share the first one's verdict; chunks
+    # judged at the same time in two processes may both run a sample
+    assert one.verification.cached == 10 and two.verification.cached <= 10
+    assert two.verification.model_copy(update={"cached": 10}) == one.verification
+    assert one.verification.verified == 15
+    assert one.verification.verdicts == {"pass": 6, "wrong_answer": 3, "runtime_error": 3, "compile_error": 3}
+    assert two.rejected == one.rejected and two.splits == one.splits
+    rows = [[json.loads(x)["id"] for x in (tmp_path / str(p) / "data" / "rejected.jsonl").read_text().splitlines()]
+            for p in (1, 2)]
+    assert rows[0] == rows[1] and len(rows[0]) == 9
