@@ -7,7 +7,7 @@ module importing `Solution`, Python tests run after the solution, or HumanEval's
 `entry_point`; map other names with `fields`, e.g. `{tests: test}`). They are judged by `eval`'s own
 `Executor` under `eval.code` (runners, limits, sandbox, verdict cache), so a verdict found by `eval` or by
 an earlier prepare is not run again, and a second prepare of the same data runs nothing but its timeouts
-(timeouts are never cached). A record that does not pass is rejected with its verdict as the reason
+(timeouts are never cached, and a timeout is judged twice before it rejects a record). A record that does not pass is rejected with its verdict as the reason
 (`verify_wrong_answer`, `verify_compile_error`, `verify_runtime_error`, `verify_timeout`) and the
 compiler's or tests' output in `rejected.jsonl`. A record without tests is kept or dropped
 (`verify_no_tests`) as `data.verify.untested` says, and counted either way.
@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -42,6 +42,7 @@ from sftpipe.errors import SftpipeError
 from sftpipe.evaluate.execution.executor import Executor
 from sftpipe.evaluate.execution.extract import extract_code
 from sftpipe.evaluate.execution.problem import CodeProblem
+from sftpipe.evaluate.execution.verdicts import ExecResult
 
 VERIFY_STAGE = "verify"
 QUALITY_STAGE = "quality"
@@ -141,7 +142,7 @@ class Verifier:
             jobs.append((problem, solution_of(conv, language)))
             judged.append((pos, conv, language))
         passed: list[tuple[int, Conversation, str, str]] = []
-        for (pos, conv, language), (_, code), result in zip(judged, jobs, self.executor.run(jobs)):
+        for (pos, conv, language), (_, code), result in zip(judged, jobs, self._judge(jobs)):
             tally.verified += 1
             tally.cached += result.cached
             tally.verdicts[result.verdict] += 1
@@ -155,6 +156,16 @@ class Verifier:
         if self.meter is not None:
             rejected += self._measure(passed, tally)
         return rejected
+
+    def _judge(self, jobs: list[tuple[CodeProblem, str]]) -> list[ExecResult]:
+        """One verdict per job. A timeout is judged a second time, with only the other timeouts running: on a
+        loaded machine a correct solution can miss the wall-clock limit once, and rejecting it would remove
+        good training data for a reason that has nothing to do with the code."""
+        results = self.executor.run(jobs)
+        again = [i for i, result in enumerate(results) if result.verdict == "timeout"]
+        for i, result in zip(again, self.executor.run([jobs[i] for i in again])):
+            results[i] = result if result.verdict != "timeout" else replace(result, detail=f"{result.detail} (twice)")
+        return results
 
     def _measure(self, passed: list[tuple[int, Conversation, str, str]], tally: VerifyTally
                  ) -> list[tuple[int, Rejection]]:
