@@ -204,3 +204,28 @@ def test_worker_processes_verify_their_chunks_and_the_counts_add_up(tmp_path, ti
     rows = [[json.loads(x)["id"] for x in (tmp_path / str(p) / "data" / "rejected.jsonl").read_text().splitlines()]
             for p in (1, 2)]
     assert rows[0] == rows[1] and len(rows[0]) == 9
+
+
+HUMANEVAL_PROMPT = 'def triple(x: int) -> int:\n    """Three times x."""\n'
+HUMANEVAL_TEST = "def check(candidate):\n    assert candidate(2) == 6\n    assert candidate(0) == 0\n"
+
+
+def test_humaneval_records_whose_answer_continues_the_prompt_are_judged_as_one_program(tmp_path, tiny_dir):
+    """HumanEval's shape as training data: prompt (signature + docstring), canonical_solution (the body),
+    `test` with check(candidate), entry_point. The body alone would not compile; prompt + body is judged."""
+    records = [{"task_id": "t/0", "prompt": HUMANEVAL_PROMPT, "canonical_solution": "    return 3 * x\n",
+                "test": HUMANEVAL_TEST, "entry_point": "triple"},
+               {"task_id": "t/1", "prompt": HUMANEVAL_PROMPT.replace("Three", "3"),
+                "canonical_solution": "    return x + x\n", "test": HUMANEVAL_TEST, "entry_point": "triple"}]
+    path = write_jsonl(tmp_path / "humaneval.jsonl", records)
+    source = {"path": str(path), "format": "prompt_completion", "code_language": "python", "verify": "tests",
+              "fields": {"completion": "canonical_solution", "tests": "test", "id": "task_id"}}
+    # unverified records beside them, so that the data dir is not empty whatever tokenization does with them
+    other = {"path": str(write_jsonl(tmp_path / "other.jsonl", PY_RECORDS)), "format": "code",
+             "code_language": "python"}
+    cfg = make_config(tmp_path, tiny_dir, [source, other], data={"dedup": {"near": False}},
+                      eval={"code": {"cache_dir": str(tmp_path / "cache")}})
+    result = prepare.run(cfg)
+    assert result.verification.verdicts == {"pass": 1, "wrong_answer": 1}
+    rows = [json.loads(x) for x in (Path(cfg.data.output_dir) / "rejected.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["reason"]) for r in rows if r["stage"] == "verify"] == [("t/1", "verify_wrong_answer")]

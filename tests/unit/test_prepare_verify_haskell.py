@@ -130,3 +130,22 @@ def test_haskell_quality_figures_hlint_and_ghc_warnings(tmp_path, tiny_dir):
     cfg.data.verify.max_hlint_per_100_lines = 10.0
     cfg.data.output_dir = str(tmp_path / "filtered")
     assert prepare.run(cfg).rejected == {"quality_hlint": 1}
+
+
+def test_multipl_e_haskell_records_are_judged_with_multipl_e_tests(tmp_path, tiny_dir):
+    """MultiPL-E's shape: the tests are a `main` with `candidate = f` and no `import Solution`."""
+    tests = ("main :: IO ()\nmain = do\n  let candidate = addTwo\n"
+             "  if candidate 1 2 == 3 then pure () else error \"assertion failed\"\n"
+             "  if candidate 0 0 == 0 then pure () else error \"assertion failed\"\n")
+    prompt = "-- | Add two numbers.\naddTwo :: Int -> Int -> Int\n"
+    records = [{"name": "hs_add", "prompt": prompt, "completion": "addTwo x y = x + y\n", "tests": tests},
+               {"name": "hs_add_wrong", "prompt": prompt, "completion": "addTwo x y = x - y\n", "tests": tests}]
+    path = write_jsonl(tmp_path / "multipl-e.jsonl", records)
+    source = {"path": str(path), "format": "prompt_completion", "code_language": "haskell", "verify": "tests",
+              "fields": {"id": "name"}}
+    cfg = make_config(tmp_path, tiny_dir, [source], data={"dedup": {"near": False}},
+                      eval={"code": {"cache_dir": str(tmp_path / "cache")}})
+    result = prepare.run(cfg)
+    assert result.verification.verified == 2 and result.verification.verdicts["pass"] == 1
+    row = json.loads((Path(cfg.data.output_dir) / "rejected.jsonl").read_text())
+    assert row["id"] == "hs_add_wrong" and row["reason"] == "verify_wrong_answer"

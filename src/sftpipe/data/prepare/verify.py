@@ -2,9 +2,10 @@
 their own tests (sources with `verify: tests`).
 
 A record's solution is the code of its last assistant turn (its fenced blocks in the source's
-`code_language`, or the whole turn); its tests are the record's `tests` field (an sftpipe problem's `Main`
-module importing `Solution`, Python tests run after the solution, or HumanEval's `check(candidate)` with
-`entry_point`; map other names with `fields`, e.g. `{tests: test}`). They are judged by `eval`'s own
+`code_language`, or the whole turn), after the prompt's code when the answer continues it
+(`problem_and_solution`); its tests are the record's `tests` field (an sftpipe problem's `Main` module
+importing `Solution`, MultiPL-E's tests, Python asserts run after the solution, or HumanEval's
+`check(candidate)` with `entry_point`; map other names with `fields`, e.g. `{tests: test}`). They are judged by `eval`'s own
 `Executor` under `eval.code` (runners, limits, sandbox, verdict cache), so a verdict found by `eval` or by
 an earlier prepare is not run again, and a second prepare of the same data runs nothing but its timeouts
 (timeouts are never cached, and a timeout is judged twice before it rejects a record). A record that does not pass is rejected with its verdict as the reason
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
 
@@ -43,6 +45,7 @@ from sftpipe.evaluate.execution.executor import Executor
 from sftpipe.evaluate.execution.extract import extract_code
 from sftpipe.evaluate.execution.problem import CodeProblem
 from sftpipe.evaluate.execution.verdicts import ExecResult
+from sftpipe.evaluate.problems import multiple_entry_point
 
 VERIFY_STAGE = "verify"
 QUALITY_STAGE = "quality"
@@ -137,9 +140,7 @@ class Verifier:
                 else:
                     conv.meta["verify"] = "untested"
                 continue
-            problem = CodeProblem(str(conv.meta.get("id") or conv.location), language, tests, "sftpipe",
-                                  _entry_point(conv))
-            jobs.append((problem, solution_of(conv, language)))
+            jobs.append(problem_and_solution(conv, language, tests))
             judged.append((pos, conv, language))
         passed: list[tuple[int, Conversation, str, str]] = []
         for (pos, conv, language), (_, code), result in zip(judged, jobs, self._judge(jobs)):
@@ -191,15 +192,33 @@ class Verifier:
         return rejected
 
 
-def solution_of(conv: Conversation, language: str) -> str:
-    """The code of the record's last assistant turn: its fenced blocks in `language` (or untagged), else all."""
-    answer = next(m["content"] for m in reversed(conv.messages) if m["role"] == "assistant")
-    return extract_code(answer, language)
+def problem_and_solution(conv: Conversation, language: str, tests: str) -> tuple[CodeProblem, str]:
+    """The problem the record's tests make, and the solution its answer gives.
 
-
-def _entry_point(conv: Conversation) -> str | None:
+    The solution is the code of the last assistant turn (its fenced blocks in `language`, or untagged, else
+    the whole turn). When that code does not define the entry point but the user turn before it does (a
+    HumanEval or MultiPL-E record: the prompt is a signature and docstring, the answer its body), the
+    solution is the prompt's code followed by the answer, as MultiPL-E assembles it. Haskell tests that do
+    not `import Solution` are MultiPL-E's (a `main` with `candidate = f`) and are judged as `eval` judges them.
+    """
+    last = max(i for i, m in enumerate(conv.messages) if m["role"] == "assistant")
+    answer = extract_code(conv.messages[last]["content"], language)
+    prompt = next((m["content"] for m in reversed(conv.messages[:last]) if m["role"] == "user"), "")
     entry = conv.meta.get("entry_point")
-    return entry if isinstance(entry, str) and entry else None
+    if not isinstance(entry, str) or not entry:
+        entry = multiple_entry_point(language, prompt, tests)
+    style = "multipl-e" if language == "haskell" and not re.search(r"^import\s+Solution\b", tests, re.M) \
+        else "sftpipe"
+    code = answer
+    if entry and not _defines(answer, entry, language) and _defines(prompt, entry, language):
+        code = prompt.rstrip("\n") + "\n" + answer
+    return CodeProblem(str(conv.meta.get("id") or conv.location), language, tests, style, entry), code
+
+
+def _defines(code: str, entry: str, language: str) -> bool:
+    name = re.escape(entry)
+    pattern = rf"^{name}\b" if language == "haskell" else rf"^def\s+{name}\s*\("
+    return re.search(pattern, code, re.M) is not None
 
 
 def _rejection(conv: Conversation, stage: str, reason: str, detail: str, **extra: object) -> Rejection:
