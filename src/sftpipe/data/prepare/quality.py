@@ -41,7 +41,7 @@ THRESHOLDS = {SOLUTION_LINES: ("quality_solution_lines", "max_solution_lines"),
               RUFF: ("quality_ruff", "max_ruff_findings")}
 LANGUAGE_FIGURES = {"haskell": (SOLUTION_LINES, COMPILE_WARNINGS, HLINT), "python": (SOLUTION_LINES, COMPILE_WARNINGS, RUFF)}
 TOOL_TIMEOUT_S = 300
-GHC_WARNING = re.compile(r"^(?:\S*/)?Q(\d+)\.hs:\d+:\d+(?:-\d+)?: warning:", re.M)
+GHC_MESSAGE = re.compile(r"^(?:\S*/)?Q(\d+)\.hs:[\d:(),-]+: (warning|error):", re.M)
 
 
 def wanted_figures(verify: VerifyConfig) -> tuple[str, ...]:
@@ -133,11 +133,14 @@ class QualityMeter:
                                     Path(tmp), run_limits, ro_paths=ghc_paths(ghc))
         if done.timed_out:
             return [None] * len(solutions)
-        for match in GHC_WARNING.finditer(done.stderr + "\n" + done.stdout):
+        failed = set()
+        for match in GHC_MESSAGE.finditer(done.stderr + "\n" + done.stdout):
             i = int(match.group(1))
-            if values[i] is not None:
+            if match.group(2) == "error":
+                failed.add(i)  # alone, without its tests, it does not type-check: no count to give
+            elif values[i] is not None:
                 values[i] += 1
-        return values
+        return [None if i in failed else v for i, v in enumerate(values)]
 
 
 def python_warnings(solutions: list[str]) -> list[float | None]:
@@ -155,24 +158,28 @@ def python_warnings(solutions: list[str]) -> list[float | None]:
     return values
 
 
-def _lint_files(solutions: list[str], suffix: str, argv: list[str]) -> subprocess.CompletedProcess:
-    """Run a linter once over all solutions, written as s<i><suffix> in a fresh directory."""
-    tmp = tempfile.mkdtemp(prefix="sftpipe-lint-")
-    for i, code in enumerate(solutions):
-        (Path(tmp) / f"s{i}{suffix}").write_text(code, encoding="utf-8")
-    try:
-        done = subprocess.run([*argv, *(f"s{i}{suffix}" for i in range(len(solutions)))], cwd=tmp,
-                              capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return done
+def _lint_json(solutions: list[str], suffix: str, argv: list[str]) -> list[dict] | None:
+    """Run a linter once over all solutions, written as s<i><suffix> in a fresh directory, and parse its JSON
+    report; None when it did not give one (it crashed or ran past TOOL_TIMEOUT_S): no figure, not a zero."""
+    with tempfile.TemporaryDirectory(prefix="sftpipe-lint-") as tmp:
+        for i, code in enumerate(solutions):
+            (Path(tmp) / f"s{i}{suffix}").write_text(code, encoding="utf-8")
+        try:
+            done = subprocess.run([*argv, *(f"s{i}{suffix}" for i in range(len(solutions)))], cwd=tmp,
+                                  capture_output=True, text=True, timeout=TOOL_TIMEOUT_S, check=False)
+            report = json.loads(done.stdout)
+        except (subprocess.TimeoutExpired, json.JSONDecodeError):
+            return None
+    return report if isinstance(report, list) else None
 
 
 def hlint_hints(solutions: list[str]) -> list[int | None]:
     """hlint's suggestions (hints of every severity) per solution; None where hlint could not parse it."""
-    done = _lint_files(solutions, ".hs", ["hlint", "--json", "--no-exit-code"])
+    report = _lint_json(solutions, ".hs", ["hlint", "--json", "--no-exit-code"])
+    if report is None:
+        return [None] * len(solutions)
     counts: list[int | None] = [0] * len(solutions)
-    for hint in json.loads(done.stdout or "[]"):
+    for hint in report:
         i = int(Path(hint["file"]).stem[1:])
         if str(hint.get("hint", "")).startswith("Parse error"):
             counts[i] = None
@@ -185,10 +192,12 @@ def ruff_findings(solutions: list[str]) -> list[float | None]:
     """ruff's findings per solution with its default rules, no user config (`--isolated`)."""
     ruff = ruff_path()
     assert ruff is not None  # missing_tools
-    done = _lint_files(solutions, ".py", [ruff, "check", "--isolated", "--no-cache", "--exit-zero",
-                                             "--output-format", "json"])
+    report = _lint_json(solutions, ".py", [ruff, "check", "--isolated", "--no-cache", "--exit-zero",
+                                           "--output-format", "json"])
+    if report is None:
+        return [None] * len(solutions)
     counts: list[float | None] = [0.0] * len(solutions)
-    for finding in json.loads(done.stdout or "[]"):
+    for finding in report:
         i = int(Path(finding["filename"]).stem[1:])
         counts[i] = (counts[i] or 0.0) + 1
     return counts
