@@ -19,18 +19,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from sftpipe.config import load_config
+from sftpipe.data import prepare
+from sftpipe.data.prepare.scan import available_cores
+from sftpipe.models.tiny import init_tiny
 
-from sftpipe.config import load_config  # noqa: E402
-from sftpipe.data import prepare  # noqa: E402
-from sftpipe.models.tiny import init_tiny  # noqa: E402
-from sftpipe.data.prepare.scan import available_cores  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 
 def haskell_records() -> list[dict]:

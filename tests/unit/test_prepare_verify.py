@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sftpipe.cli.report import print_prepare
 from sftpipe.contracts.data_dir import DataDir
 from sftpipe.data import prepare
 from sftpipe.data.prepare.quality import ruff_path
+from sftpipe.data.prepare.verify import summarise
 from sftpipe.errors import SftpipeError
 from tests.conftest import make_config, write_jsonl
 
@@ -167,13 +168,9 @@ def test_a_missing_tool_is_named_and_its_figure_skipped_not_faked(tmp_path, tiny
     # a threshold on a figure that cannot be measured is an error, not a filter that does nothing
     with pytest.raises(SftpipeError, match=r"data.verify.max_ruff_findings is set but ruff is not installed"):
         prepare.run(_config(tmp_path / "b", tiny_dir, QUALITY_RECORDS, tmp_path / "cache", max_ruff_findings=0))
-    assert shutil.which  # keep the import used when ruff is absent
 
 
 def test_figure_summaries_bin_counts_by_whole_numbers_and_keep_every_value():
-    from sftpipe.data.prepare.verify import summarise
-    import numpy as np
-
     lines = summarise(np.array([2, 3, 5, 16, 4], dtype=float))
     assert lines.integer and lines.bin_edges[:3] == [0, 2, 4] and lines.histogram[:3] == [0, 2, 2]
     assert sum(lines.histogram) == 5 and lines.max == 16 and lines.p50 == 4
@@ -229,3 +226,12 @@ def test_humaneval_records_whose_answer_continues_the_prompt_are_judged_as_one_p
     assert result.verification.verdicts == {"pass": 1, "wrong_answer": 1}
     rows = [json.loads(x) for x in (Path(cfg.data.output_dir) / "rejected.jsonl").read_text().splitlines()]
     assert [(r["id"], r["reason"]) for r in rows if r["stage"] == "verify"] == [("t/1", "verify_wrong_answer")]
+
+
+def test_the_manifest_names_the_runner_and_linter_versions(tmp_path, tiny_dir):
+    result = prepare.run(_config(tmp_path, tiny_dir, QUALITY_RECORDS, tmp_path / "cache", quality=True))
+    tools = result.verification.tools
+    assert tools["python"].startswith("python 3.") and "haskell" not in tools
+    if ruff_path() is not None:
+        assert tools["ruff"][0].isdigit()
+    assert f"python `{tools['python']}`" in (Path(tmp_path / "data" / "DATA_CARD.md")).read_text()

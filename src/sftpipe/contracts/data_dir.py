@@ -143,6 +143,7 @@ class Verification(Record):
     untested_policy: str  # data.verify.untested: keep or drop
     quality: dict[str, FigureSummary]  # figure -> summary
     skipped_figures: dict[str, str]  # figure -> why it was not measured (a missing tool, named)
+    tools: dict[str, str] = {}  # language runner or quality tool -> its version (what the figures depend on)
 
 
 class DataManifest(Record):

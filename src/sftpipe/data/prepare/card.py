@@ -156,7 +156,9 @@ def verification_section(v: Verification) -> list[str]:
              f"by running their solution against their own tests: {v.passed} passed. {v.cached} verdicts came "
              "from the verdict cache (nothing run). "
              f"{v.untested} records had no tests ({'kept' if v.untested_policy == 'keep' else 'dropped'}, "
-             f"data.verify.untested: {v.untested_policy}).", "", "| verdict | records |", "|---|---:|"]
+             f"data.verify.untested: {v.untested_policy}).",
+             "", "Tools: " + ", ".join(f"{name} `{version}`" for name, version in v.tools.items()) + ".",
+             "", "| verdict | records |", "|---|---:|"]
     lines += [f"| {verdict} | {n} |" for verdict, n in v.verdicts.items()]
     lines.append("")
     if v.quality or v.skipped_figures:

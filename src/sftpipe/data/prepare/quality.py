@@ -72,6 +72,25 @@ def missing_tools(figures: tuple[str, ...], languages: set[str], ghc: str) -> di
     return missing
 
 
+def tool_versions(figures: tuple[str, ...], languages: set[str]) -> dict[str, str]:
+    """Versions of the linters the wanted figures use (those installed), for the manifest."""
+    versions = {}
+    if HLINT in figures and "haskell" in languages and shutil.which("hlint"):
+        versions["hlint"] = _version(["hlint", "--numeric-version"])
+    ruff = ruff_path()
+    if RUFF in figures and "python" in languages and ruff:
+        versions["ruff"] = _version([ruff, "--version"]).removeprefix("ruff ")
+    return versions
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return done.stdout.strip() or "unknown"
+
+
 def check_thresholds(verify: VerifyConfig, missing: dict[str, str]) -> None:
     """Raises SftpipeError when a threshold is set on a figure whose tool is missing."""
     problems = [f"data.verify.{THRESHOLDS[figure.split(' ')[0]][1]} is set but {why}"

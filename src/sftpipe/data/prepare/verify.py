@@ -37,6 +37,7 @@ from sftpipe.data.prepare.quality import (
     check_thresholds,
     missing_tools,
     threshold,
+    tool_versions,
     wanted_figures,
 )
 from sftpipe.data.records import EXCERPT_CHARS, Conversation
@@ -227,10 +228,19 @@ def _rejection(conv: Conversation, stage: str, reason: str, detail: str, **extra
     return Rejection(conv.source, conv.location, stage, reason, detail, excerpt, {**ident, **extra})
 
 
+def tools(cfg: Config) -> dict[str, str]:
+    """What the verdicts and figures depend on: each verified language's runner (`eval.code`'s toolchain string:
+    compiler or interpreter version, harness version) and the linters' versions."""
+    languages = {cfg.data.sources[i].code_language for i in verified_sources(cfg)}
+    executor = Executor(cfg.eval.code)
+    found = {language: executor.runner(language).toolchain for language in sorted(languages)}
+    return found | tool_versions(wanted_figures(cfg.data.verify), languages)
+
+
 def verification_figures(cfg: Config, tally: VerifyTally, skipped: dict[str, str]) -> Verification:
     """The manifest's summary of verification over all chunks."""
     quality = {name: summarise(np.asarray(values, dtype=float)) for name, values in sorted(tally.figures.items())}
-    return Verification(sources=[cfg.data.sources[i].display_name for i in verified_sources(cfg)],
+    return Verification(tools=tools(cfg), sources=[cfg.data.sources[i].display_name for i in verified_sources(cfg)],
                         verified=tally.verified, passed=tally.verdicts["pass"], cached=tally.cached,
                         verdicts=dict(sorted(tally.verdicts.items())), untested=tally.untested,
                         untested_policy=cfg.data.verify.untested, quality=quality, skipped_figures=skipped)
