@@ -235,3 +235,22 @@ def test_the_manifest_names_the_runner_and_linter_versions(tmp_path, tiny_dir):
     if ruff_path() is not None:
         assert tools["ruff"][0].isdigit()
     assert f"python `{tools['python']}`" in (Path(tmp_path / "data" / "DATA_CARD.md")).read_text()
+
+
+@pytest.mark.skipif(ruff_path() is None, reason="needs ruff: pip install ruff (in the dev extra)")
+def test_a_second_prepare_takes_the_quality_figures_from_the_cache_too(tmp_path, tiny_dir, monkeypatch):
+    first = prepare.run(_config(tmp_path / "a", tiny_dir, QUALITY_RECORDS, tmp_path / "cache", quality=True))
+
+    def measured(*args):
+        raise AssertionError("a figure was measured again")
+
+    monkeypatch.setattr("sftpipe.data.prepare.quality.ruff_findings", measured)
+    monkeypatch.setattr("sftpipe.data.prepare.quality.python_warnings", measured)
+    second = prepare.run(_config(tmp_path / "b", tiny_dir, QUALITY_RECORDS, tmp_path / "cache", quality=True))
+    assert second.verification.quality == first.verification.quality
+    assert second.verification.cached == second.verification.verified == 2
+    # negative control: without a cache the figures are measured (and the patched linter is called)
+    cfg = _config(tmp_path / "c", tiny_dir, QUALITY_RECORDS, tmp_path / "cache", quality=True)
+    cfg.eval.code.cache_dir = None
+    with pytest.raises(AssertionError, match="measured again"):
+        prepare.run(cfg)

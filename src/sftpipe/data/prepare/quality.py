@@ -13,9 +13,11 @@ as the Haskell runner refuses it).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -25,8 +27,8 @@ from pathlib import Path
 from sftpipe.config.schema import CodeEvalConfig
 from sftpipe.config.verify_section import VerifyConfig
 from sftpipe.errors import SftpipeError
-from sftpipe.evaluate.execution.extract import forbidden_haskell, split_haskell
-from sftpipe.evaluate.execution.runners.haskell import find_ghc, ghc_paths
+from sftpipe.evaluate.execution.extract import forbidden_haskell, normalise_code, split_haskell
+from sftpipe.evaluate.execution.runners.haskell import find_ghc, ghc_paths, ghc_version
 from sftpipe.evaluate.execution.sandbox import Limits, Sandbox
 
 SOLUTION_LINES = "solution_lines"
@@ -41,6 +43,8 @@ THRESHOLDS = {SOLUTION_LINES: ("quality_solution_lines", "max_solution_lines"),
               RUFF: ("quality_ruff", "max_ruff_findings")}
 LANGUAGE_FIGURES = {"haskell": (SOLUTION_LINES, COMPILE_WARNINGS, HLINT), "python": (SOLUTION_LINES, COMPILE_WARNINGS, RUFF)}
 TOOL_TIMEOUT_S = 300
+CACHE_FILE = "quality.sqlite"
+QUALITY_VERSION = "quality-1"  # bump when a figure's definition changes: cached figures are then not reused
 GHC_MESSAGE = re.compile(r"^(?:\S*/)?Q(\d+)\.hs:[\d:(),-]+: (warning|error):", re.M)
 
 
@@ -99,22 +103,77 @@ def check_thresholds(verify: VerifyConfig, missing: dict[str, str]) -> None:
         raise SftpipeError("; ".join(problems) + "; install it or remove the threshold")
 
 
-class QualityMeter:
-    """Measures the wanted figures of one language's solutions, a chunk at a time."""
+class FigureCache:
+    """key -> a solution's figures, in SQLite next to the verdict cache (safe for several processes)."""
 
-    def __init__(self, verify: VerifyConfig, code: CodeEvalConfig, sandbox: Sandbox):
+    def __init__(self, directory: Path):
+        self.path = directory / CACHE_FILE
+        with self._connect() as db:
+            db.execute("CREATE TABLE IF NOT EXISTS figures (key TEXT PRIMARY KEY, figures TEXT NOT NULL)")
+
+    def _connect(self) -> sqlite3.Connection:
+        return sqlite3.connect(self.path, timeout=30)
+
+    def get(self, keys: list[str]) -> dict[str, dict[str, float]]:
+        with self._connect() as db:
+            rows = db.execute(f"SELECT key, figures FROM figures WHERE key IN ({','.join('?' * len(keys))})",
+                              keys).fetchall()
+        return {key: json.loads(figures) for key, figures in rows}
+
+    def put(self, items: dict[str, dict[str, float]]) -> None:
+        with self._connect() as db:
+            db.executemany("INSERT OR REPLACE INTO figures VALUES (?, ?)",
+                           [(key, json.dumps(figures)) for key, figures in items.items()])
+
+
+class QualityMeter:
+    """Measures the wanted figures of one language's solutions, a chunk at a time; with a cache directory,
+    a solution measured before with the same tools is not measured again."""
+
+    def __init__(self, verify: VerifyConfig, code: CodeEvalConfig, sandbox: Sandbox, cache_dir: Path | None = None):
         self.figures = wanted_figures(verify)
         self.code = code
         self.sandbox = sandbox
         self.missing = missing_tools(self.figures, {"haskell", "python"}, code.ghc)
+        self.cache = FigureCache(cache_dir) if cache_dir is not None else None
+        self._versions: dict[str, dict[str, str]] = {}
+
+    def applicable(self, language: str) -> list[str]:
+        """The wanted figures of `language` whose tools are here."""
+        return [f for f in LANGUAGE_FIGURES[language] if f in self.figures and f not in self.missing
+                and f"{f} ({language})" not in self.missing]
 
     def measure(self, language: str, solutions: list[str]) -> list[dict[str, float]]:
         """Per solution, figure -> value for each wanted figure this language has and whose tool is here."""
+        if self.cache is None or not solutions:
+            return self._measure(language, solutions)
+        keys = [self._key(language, code) for code in solutions]
+        found = self.cache.get(sorted(set(keys)))
+        todo = sorted({keys[i]: i for i in reversed(range(len(keys))) if keys[i] not in found}.values())
+        fresh = dict(zip((keys[i] for i in todo), self._measure(language, [solutions[i] for i in todo])))
+        # Only complete figures are kept: a figure missing for a record (a linter that crashed, a compiler
+        # past its limit) is measured again next time rather than remembered as absent.
+        wanted = set(self.applicable(language))
+        self.cache.put({key: figures for key, figures in fresh.items() if set(figures) == wanted})
+        return [dict(found.get(key) or fresh[key]) for key in keys]
+
+    def _key(self, language: str, code: str) -> str:
+        if language not in self._versions:
+            versions = tool_versions(self.figures, {language})
+            if COMPILE_WARNINGS in self.applicable(language):
+                versions["compiler"] = (sys.version if language == "python"
+                                        else ghc_version(find_ghc(self.code.ghc)))
+            self._versions[language] = versions
+        payload = [QUALITY_VERSION, language, self.applicable(language), self._versions[language],
+                   normalise_code(code)]
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def _measure(self, language: str, solutions: list[str]) -> list[dict[str, float]]:
+        if not solutions:
+            return []  # (a linter given no file would lint its working directory)
         out: list[dict[str, float]] = [{} for _ in solutions]
         lines = [len([ln for ln in s.splitlines() if ln.strip()]) for s in solutions]
-        for figure in LANGUAGE_FIGURES[language]:
-            if figure not in self.figures or figure in self.missing or f"{figure} ({language})" in self.missing:
-                continue
+        for figure in self.applicable(language):
             if figure == SOLUTION_LINES:
                 values: list[float | None] = [float(n) for n in lines]
             elif figure == COMPILE_WARNINGS:

@@ -123,7 +123,8 @@ class Verifier:
         self.verify = cfg.data.verify
         self.executor = Executor(cfg.eval.code.model_copy(update={"workers": workers}))
         figures = wanted_figures(self.verify)
-        self.meter = QualityMeter(self.verify, cfg.eval.code, self.executor.sandbox) if figures else None
+        cache_dir = self.executor.cache.path.parent if self.executor.cache is not None else None
+        self.meter = QualityMeter(self.verify, cfg.eval.code, self.executor.sandbox, cache_dir) if figures else None
 
     def run(self, items: list[tuple[int, Conversation, str]], tally: VerifyTally) -> list[tuple[int, Rejection]]:
         """Judge `(position, conversation, language)` items; returns the rejected ones by position. Kept ones get
