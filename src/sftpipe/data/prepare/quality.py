@@ -4,7 +4,8 @@ Each figure is measured on a whole chunk's solutions at once (one tool call per 
 only on records that passed their tests. A tool that is not installed is named once with the package that
 provides it, and its figure is skipped, never replaced by a made-up value; a threshold on a figure whose
 tool is missing is an error before any work (a filter that silently does nothing would keep what the user
-asked to drop).
+asked to drop). Figures are cached by (tool versions, figures, normalised code) in `quality.sqlite` beside
+the verdict cache, so a second prepare of the same data measures nothing.
 
 No figure runs the solution: hlint and ruff parse it, Python's `compile` compiles it, and GHC type-checks it
 with `-fno-code` in the execution sandbox (compile-time code execution, e.g. Template Haskell, is refused
