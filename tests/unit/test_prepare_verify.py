@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -254,3 +256,18 @@ def test_a_second_prepare_takes_the_quality_figures_from_the_cache_too(tmp_path,
     cfg.eval.code.cache_dir = None
     with pytest.raises(AssertionError, match="measured again"):
         prepare.run(cfg)
+
+
+@pytest.mark.integration
+def test_the_cli_prints_the_same_counts_as_the_manifest(tmp_path, tiny_dir):
+    cfg = _config(tmp_path, tiny_dir, PY_RECORDS, tmp_path / "cache")
+    config = tmp_path / "config.json"  # written by make_config
+    proc = subprocess.run([sys.executable, "-m", "sftpipe.cli", "prepare", str(config), "--preset", "fast_test"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    manifest = DataDir(Path(cfg.data.output_dir)).manifest
+    for reason, n in manifest.removed_by_stage["verify"].items():
+        assert f"rejected (verify) {reason}: {n}" in proc.stdout
+    v = manifest.verification
+    assert (f"verified {v.verified} records against their own tests (compile_error 1, pass 2, runtime_error 1, "
+            f"wrong_answer 1); 0 verdicts from the cache; 1 without tests (kept)") in proc.stdout
