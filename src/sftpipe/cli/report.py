@@ -24,6 +24,13 @@ def print_prepare(result: PrepareResult) -> None:
     for stage, reasons in sorted(result.removed_by_stage.items()):
         for reason, count in sorted(reasons.items()):
             print(f"  rejected ({stage}) {reason}: {count}")
+    if result.verification is not None:
+        v = result.verification
+        verdicts = ", ".join(f"{verdict} {n}" for verdict, n in v.verdicts.items()) or "none"
+        print(f"  verified {v.verified} records against their own tests ({verdicts}); {v.cached} verdicts from "
+              f"the cache; {v.untested} without tests ({'kept' if v.untested_policy == 'keep' else 'dropped'})")
+        for name, why in v.skipped_figures.items():
+            print(f"  note: {name} not measured: {why}")
     if result.mixing:
         for m in result.mixing:
             print(f"  mix {m.source}: target {m.target_share:.1%}, achieved {m.achieved_share:.1%} "

@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from sftpipe.config.base import Section
 from sftpipe.config.data_sections import DecontamConfig, DedupConfig, FilterConfig, MixConfig
+from sftpipe.config.verify_section import VerifyConfig
 
 
 class ModelConfig(Section):
@@ -58,6 +59,11 @@ class SourceConfig(Section):
     syntax_check: Literal["none", "python", "haskell"] = Field(
         "none", description="Keep only records whose code (fenced blocks of the response, or the whole response) "
         "passes a syntax check: python (ast.parse, fast) or haskell (ghc -fno-code, ~0.3 s per record, needs ghc).",
+    )
+    verify: Literal["none", "tests"] = Field(
+        "none", description="tests: run each record's solution (its response's code, in code_language) against "
+        "the record's own `tests` with eval.code's runners, sandbox and verdict cache; keep the passing ones, "
+        "reject the others with their verdict (verify_wrong_answer, ...). See data.verify.",
     )
 
     @model_validator(mode="after")
@@ -107,6 +113,7 @@ class DataConfig(Section):
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     decontam: DecontamConfig = Field(default_factory=DecontamConfig)
     mix: MixConfig = Field(default_factory=MixConfig)
+    verify: VerifyConfig = Field(default_factory=VerifyConfig)
     num_proc: int = Field(0, ge=0, description="Worker processes for prepare; 0: one per available CPU core.")
     shard_size: int = Field(50_000, gt=0, description="Examples per Arrow shard file of each split.")
 

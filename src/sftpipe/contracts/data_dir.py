@@ -117,6 +117,35 @@ class LengthFigures(Record):
     splits: dict[str, SplitLengths]
 
 
+class FigureSummary(Record):
+    """One code-quality figure over the records that passed verification: summary and histogram."""
+
+    records: int  # records it was measured on
+    integer: bool = False  # every value is a whole number: bins [a, b) hold the integers a .. b-1
+    mean: float | None = None
+    p50: float | None = None
+    p90: float | None = None
+    max: float | None = None
+    bin_edges: list[float]
+    histogram: list[int]
+
+
+class Verification(Record):
+    """What `verify: tests` did: records judged against their own tests, their verdicts, cache hits, records
+    without tests, and the code-quality figures of the passing ones (before dedup)."""
+
+    sources: list[str]  # the sources with verify: tests
+    verified: int  # records with tests, judged (run, or their verdict found in the cache)
+    passed: int
+    cached: int  # of `verified`: verdicts taken from the cache or shared with an identical record (nothing run)
+    verdicts: dict[str, int]  # verdict -> records, pass included
+    untested: int  # records without tests
+    untested_policy: str  # data.verify.untested: keep or drop
+    quality: dict[str, FigureSummary]  # figure -> summary
+    skipped_figures: dict[str, str]  # figure -> why it was not measured (a missing tool, named)
+    tools: dict[str, str] = {}  # language runner or quality tool -> its version (what the figures depend on)
+
+
 class DataManifest(Record):
     """manifest.json: what the data dir holds and how it was made."""
 
@@ -138,6 +167,15 @@ class DataManifest(Record):
     mixing: Mixing | None
     lengths: LengthFigures
     data_config: dict[str, Any]  # the data section it was prepared with, secrets redacted
+    verification: Verification | None = None  # present only when a source sets verify: tests
+
+    @model_serializer(mode="wrap")
+    def _leave_out_no_verification(self, handler: Any) -> dict[str, Any]:
+        # Without verification the file is what it was before the field existed, so older readers still read it.
+        out = handler(self)
+        if out.get("verification") is None:
+            out.pop("verification", None)
+        return out
 
     @property
     def sha256(self) -> str:

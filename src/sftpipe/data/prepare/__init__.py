@@ -4,6 +4,8 @@
 
 1. scan (`scan.py`): read the sources as a stream; on all cores convert, filter, tokenize with masks and
    fingerprint each record (`fingerprint.py`); examples go to Arrow chunk files, per-example figures to arrays.
+   Records of sources with `verify: tests` are first run against their own tests (`verify.py`, with eval's
+   executor; code-quality figures in `quality.py`).
 2. split (`split.py`): a content-keyed deterministic split with exact ratios, before dedup.
 3. dedup (`dedup.py`): exact and near duplicates, test first, then val, then train, so a near duplicate of
    a test example is removed from train, never kept on both sides.

@@ -7,7 +7,7 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
-from sftpipe.contracts.data_dir import DataManifest, LengthFigures, SplitLengths
+from sftpipe.contracts.data_dir import DataManifest, LengthFigures, SplitLengths, Verification
 
 HISTOGRAM_BINS = 20
 COLORS = {"train": "#4c72b0", "val": "#dd8452", "test": "#55a868"}
@@ -17,6 +17,8 @@ STAGE_TITLES = {
     "tokenize": "Tokenization (masks, length)",
     "dedup": "Duplicates",
     "decontam": "Decontamination (overlap with val/test or eval sets)",
+    "verify": "Execution verification (each solution against its own tests)",
+    "quality": "Code-quality thresholds",
 }
 
 
@@ -86,17 +88,20 @@ def data_card(manifest: DataManifest) -> str:
         "",
         "## Sources",
         "",
-        "| source | read | kept | rejected | filtered | errors | duplicates | contaminated |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| source | read | kept | rejected | filtered | errors | duplicates | contaminated |"
+        + (" failed verification |" if m.verification else ""),
+        "|---|---:|---:|---:|---:|---:|---:|---:|" + ("---:|" if m.verification else ""),
     ]
     stage_of = {reason: stage for stage, reasons in m.removed_by_stage.items() for reason in reasons}
+    column = {"read": "errors", "tokenize": "errors", "quality": "filter"}
     for name, c in m.sources.items():
-        by_stage = {"filter": 0, "errors": 0, "dedup": 0, "decontam": 0}
+        by_stage = {"filter": 0, "errors": 0, "dedup": 0, "decontam": 0, "verify": 0}
         for reason, n in m.rejected_by_source.get(name, {}).items():
             stage = stage_of.get(reason, "read")
-            by_stage["errors" if stage in ("read", "tokenize") else stage] += n
+            by_stage[column.get(stage, stage)] += n
         lines.append(f"| {name} | {c.read} | {c.kept} | {c.rejected} | {by_stage['filter']} | "
-                     f"{by_stage['errors']} | {by_stage['dedup']} | {by_stage['decontam']} |")
+                     f"{by_stage['errors']} | {by_stage['dedup']} | {by_stage['decontam']} |"
+                     + (f" {by_stage['verify']} |" if m.verification else ""))
     lines += ["", "`kept` counts distinct records in any split, before mixing.", "", "## Splits", "",
               "| split | examples | tokens | trained tokens | truncated | longest | shards |",
               "|---|---:|---:|---:|---:|---:|---:|"]
@@ -120,7 +125,10 @@ def data_card(manifest: DataManifest) -> str:
                          f"| {figures.p90:g} | {figures.p99:g} | {figures.max} |")
         else:
             lines.append(f"| {name} | 0 | | | | | | |")
-    lines += ["", "![Token length histogram](length_histogram.svg)", "", "## Removed records", ""]
+    lines += ["", "![Token length histogram](length_histogram.svg)", ""]
+    if m.verification:
+        lines += verification_section(m.verification)
+    lines += ["## Removed records", ""]
     if not m.rejected:
         lines.append("None.")
     for stage, title in STAGE_TITLES.items():
@@ -139,3 +147,43 @@ def data_card(manifest: DataManifest) -> str:
         lines.append("Each one is listed with its file, line, reason (and what it duplicates) in `rejected.jsonl`.")
     lines += ["", "## Template", "", "```jinja", m.template.text, "```"]
     return "\n".join(lines) + "\n"
+
+
+def verification_section(v: Verification) -> list[str]:
+    """Verdicts of the records run against their own tests, cache hits, untested records, quality figures."""
+    lines = ["## Execution verification", "",
+             f"Sources with `verify: tests`: {', '.join(v.sources)}. {v.verified} records with tests were judged "
+             f"by running their solution against their own tests: {v.passed} passed. {v.cached} verdicts came "
+             "from the verdict cache (nothing run). "
+             f"{v.untested} records had no tests ({'kept' if v.untested_policy == 'keep' else 'dropped'}, "
+             f"data.verify.untested: {v.untested_policy}).",
+             "", "Tools: " + ", ".join(f"{name} `{version}`" for name, version in v.tools.items()) + ".",
+             "", "| verdict | records |", "|---|---:|"]
+    lines += [f"| {verdict} | {n} |" for verdict, n in v.verdicts.items()]
+    lines.append("")
+    if v.quality or v.skipped_figures:
+        lines += ["### Code quality of the passing records", "",
+                  "Measured on every record that passed its tests (before thresholds, dedup and decontamination).",
+                  "", "| figure | records | mean | p50 | p90 | max |", "|---|---:|---:|---:|---:|---:|"]
+        for name, f in v.quality.items():
+            lines.append(f"| {name} | {f.records} | {f.mean:g} | {f.p50:g} | {f.p90:g} | {f.max:g} |"
+                         if f.records else f"| {name} | 0 | | | | |")
+        lines.append("")
+        for name, why in v.skipped_figures.items():
+            lines.append(f"- {name}: not measured, {why}.")
+        if v.skipped_figures:
+            lines.append("")
+        for name, f in v.quality.items():
+            if not f.records:
+                continue
+            lines += [f"Histogram of {name}:", "", "| range | records | |", "|---|---:|---|"]
+            peak = max(f.histogram) or 1
+            last = len(f.histogram) - 1
+            for i, (low, high, n) in enumerate(zip(f.bin_edges, f.bin_edges[1:], f.histogram)):
+                if f.integer:
+                    label = f"{low:g}" if high - low == 1 else f"{low:g}–{high - 1:g}"
+                else:
+                    label = f"[{low:g}, {high:g}{']' if i == last else ')'}"
+                lines.append(f"| {label} | {n} | {'█' * round(20 * n / peak)} |")
+            lines.append("")
+    return lines

@@ -50,4 +50,5 @@ def build_manifest(cfg: Config, tokenizer: PreTrainedTokenizerBase, template: st
             unit=cfg.data.mix.unit, total=sum(m.achieved for m in result.mixing), sources=result.mixing),
         lengths=lengths,
         data_config=redact(cfg.data.model_dump(mode="json")),
+        verification=result.verification,
     )

@@ -27,6 +27,13 @@ from sftpipe.data.prepare.mix import plan_mix
 from sftpipe.data.prepare.results import PrepareResult, ScanTable, SourceMix, SplitStats
 from sftpipe.data.prepare.scan import LocationStore, read_chunks, run_chunks
 from sftpipe.data.prepare.shards import metadata_template
+from sftpipe.data.prepare.verify import (
+    VerifyTally,
+    check_verify_inputs,
+    skipped_figures,
+    verification_figures,
+    verified_sources,
+)
 from sftpipe.data.prepare.split import SPLIT_NAMES, TRAIN, assign_splits
 from sftpipe.data.prepare.write import write_splits
 from sftpipe.data.syntax import require_checker
@@ -109,6 +116,7 @@ def check_inputs(cfg: Config) -> None:
         raise SftpipeError("; ".join(problems))
     for i, source in enumerate(data.sources):
         require_checker(source.syntax_check, f"data.sources[{i}].syntax_check")
+    check_verify_inputs(cfg)
     names = [s.display_name for s in data.sources]
     if data.sources[0].weight is not None and len(set(names)) < len(names):
         twice = sorted({n for n in names if names.count(n) > 1})
@@ -124,8 +132,9 @@ def _prepare(cfg: Config, tokenizer, template: str, out: Path, tmp: Path) -> Pre
     locations = LocationStore(work / "locations.txt")
     try:
         counts: dict[str, dict[str, int]] = {}
+        tally = VerifyTally()
         table = _scan(cfg, tokenizer, template, work, ledger=ledger, signatures=signatures, locations=locations,
-                      counts=counts)
+                      counts=counts, tally=tally)
         split = assign_splits(table.key, data.split)
         if signatures is not None:
             signatures.finish_writing()
@@ -149,6 +158,8 @@ def _prepare(cfg: Config, tokenizer, template: str, out: Path, tmp: Path) -> Pre
     result = PrepareResult(out, sum(c["read"] for c in counts.values()), splits, rejected=Counter(ledger.by_reason),
                            first_rejected=first, per_source=counts,
                            removed_by_stage={stage: dict(c) for stage, c in ledger.by_stage.items()}, mixing=mixes)
+    if verified_sources(cfg):
+        result.verification = verification_figures(cfg, tally, skipped_figures(cfg))
     figures = length_figures(lengths, data.max_length)
     manifest = build_manifest(cfg, tokenizer, template, result, figures, ledger)
     DataDir(tmp).write_manifest(manifest)
@@ -176,7 +187,7 @@ def _split_stats(table: ScanTable, split: np.ndarray, kept: np.ndarray, repeat: 
 
 
 def _scan(cfg: Config, tokenizer, template: str, work: Path, *, ledger: Ledger, signatures: SignatureStore | None,
-          locations: LocationStore, counts: dict[str, dict[str, int]]) -> ScanTable:
+          locations: LocationStore, counts: dict[str, dict[str, int]], tally: VerifyTally) -> ScanTable:
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("source", "digest", "key", "tokens", "trained", "truncated")}
     chunks: list[tuple[int, str]] = []
     rows = 0
@@ -186,6 +197,8 @@ def _scan(cfg: Config, tokenizer, template: str, work: Path, *, ledger: Ledger, 
         for res in run_chunks(read_chunks(cfg, counts), cfg.data.num_proc, init_args):
             for rejection in res.rejections:
                 ledger.add(rejection)
+            if res.verify is not None:
+                tally.add(res.verify)
             if res.kept:
                 assert res.path is not None
                 chunks.append((rows, res.path))

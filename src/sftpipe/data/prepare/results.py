@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sftpipe.contracts.data_dir import SourceMix, SplitStats
+from sftpipe.contracts.data_dir import SourceMix, SplitStats, Verification
 
 
 @dataclass
@@ -40,4 +40,5 @@ class PrepareResult:
     per_source: dict[str, dict[str, int]] = field(default_factory=dict)
     removed_by_stage: dict[str, dict[str, int]] = field(default_factory=dict)
     mixing: list[SourceMix] | None = None
+    verification: Verification | None = None  # when a source has verify: tests
     wall_s: float = 0.0

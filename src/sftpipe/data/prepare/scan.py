@@ -1,7 +1,8 @@
 """Stage 1 of prepare: stream the sources through per-record work on all cores.
 
 The main process reads records and hands out chunks of `CHUNK_RECORDS`; a worker converts each record to
-a conversation, runs the quality filters and syntax check, tokenizes the chunk in batched calls, and
+a conversation, runs the quality filters and syntax check, runs the code of sources with `verify: tests`
+against its tests (`verify.py`, the whole chunk at once), tokenizes the chunk in batched calls, and
 fingerprints each example for the split, dedup and decontamination stages. A worker writes its
 examples to one Arrow file per chunk and returns only rejections and fixed-size per-example figures,
 so the main process never holds records or tokens: memory stays bounded whatever the input size.
@@ -34,6 +35,7 @@ from sftpipe.data.prepare.ledger import Rejection
 from sftpipe.data.readers import read_source
 from sftpipe.data.records import Conversation, RecordError
 from sftpipe.data.prepare.spill import SpillFile
+from sftpipe.data.prepare.verify import Verifier, VerifyTally, verified_sources
 from sftpipe.data.syntax import check_syntax
 from sftpipe.data.tokenize import ConversationTokenizer, TokenizedExample
 from sftpipe.errors import SftpipeError
@@ -67,6 +69,7 @@ class ChunkResult:
     truncated: np.ndarray  # bool
     locations: list[str]
     signatures: np.ndarray | None  # uint32 [kept, num_perm] MinHash signatures, when near dedup is on
+    verify: VerifyTally | None = None  # when a source has verify: tests
 
     @property
     def kept(self) -> int:
@@ -79,18 +82,23 @@ class _Worker:
     encode: ConversationTokenizer
     signer: Signer | None
     work_dir: Path
+    verifier: Verifier | None
 
 
 _WORKER: _Worker | None = None
 
 
-def init_worker(cfg: Config, tokenizer: Any, template: str, work_dir: str) -> None:
-    """Per-process state: the tokenizer (inherited when forked), the encoder and the MinHash signer."""
+def init_worker(cfg: Config, tokenizer: Any, template: str, work_dir: str, processes: int = 1) -> None:
+    """Per-process state: the tokenizer (inherited when forked), the encoder, the MinHash signer and the
+    verifier, whose execution threads share eval.code.workers (default: the cores) among `processes`."""
     global _WORKER
     dedup = cfg.data.dedup
     signer = Signer(dedup.num_perm, dedup.shingle_words) if dedup.near else None
     encode = ConversationTokenizer(tokenizer, template, cfg.data.max_length, cfg.data.overlong)
-    _WORKER = _Worker(cfg, encode, signer, Path(work_dir))
+    verifier = None
+    if verified_sources(cfg):
+        verifier = Verifier(cfg, workers=max(1, (cfg.eval.code.workers or available_cores()) // processes))
+    _WORKER = _Worker(cfg, encode, signer, Path(work_dir), verifier)
 
 
 def scan_chunk(chunk: Chunk) -> ChunkResult:
@@ -104,7 +112,7 @@ def scan_chunk(chunk: Chunk) -> ChunkResult:
     data = worker.cfg.data
     out = _ChunkOutput(worker, str(worker.work_dir / f"chunk-{chunk.index:07d}.arrow"))
     names = [source.display_name for source in data.sources]
-    batch: list[tuple[int, int, Conversation]] = []  # (position in chunk, source index, conversation)
+    ready: list[tuple[int, int, Conversation]] = []  # (position in chunk, source index, conversation)
     for pos, (src, location, record, fmt) in enumerate(chunk.items):
         source = data.sources[src]
         try:
@@ -123,12 +131,11 @@ def scan_chunk(chunk: Chunk) -> ChunkResult:
         except RecordError as err:
             out.rejections.append((pos, Rejection.of(names[src], location, "filter", err, conv.messages)))
             continue
-        batch.append((pos, src, conv))
-        if len(batch) == TOKENIZE_BATCH:
-            out.add_batch(batch)
-            batch = []
-    if batch:
-        out.add_batch(batch)
+        ready.append((pos, src, conv))
+    if worker.verifier is not None:
+        ready = out.verify(worker.verifier, ready)
+    for start in range(0, len(ready), TOKENIZE_BATCH):
+        out.add_batch(ready[start:start + TOKENIZE_BATCH])
     return out.finish(chunk)
 
 
@@ -142,6 +149,18 @@ class _ChunkOutput:
         self._writer: pa.ipc.RecordBatchStreamWriter | None = None
         self.figures: dict[str, list] = {k: [] for k in ("source", "digest", "key", "tokens", "trained", "truncated",
                                                          "locations", "signatures")}
+        self.tally: VerifyTally | None = None
+
+    def verify(self, verifier: Verifier, ready: list[tuple[int, int, Conversation]]
+               ) -> list[tuple[int, int, Conversation]]:
+        """Judge the records of verified sources; the records that go on to tokenization, in order."""
+        sources = self.worker.cfg.data.sources
+        self.tally = VerifyTally()
+        items = [(pos, conv, sources[src].code_language) for pos, src, conv in ready if sources[src].verify == "tests"]
+        rejected = verifier.run(items, self.tally)
+        self.rejections += rejected
+        gone = {pos for pos, _ in rejected}
+        return [item for item in ready if item[0] not in gone]
 
     def add_batch(self, batch: list[tuple[int, int, Conversation]]) -> None:
         filters = self.worker.cfg.data.filters
@@ -207,6 +226,7 @@ class _ChunkOutput:
             truncated=np.array(f["truncated"], dtype=bool),
             locations=f["locations"],
             signatures=np.stack(f["signatures"]) if f["signatures"] else None,
+            verify=self.tally,
         )
 
 
@@ -292,7 +312,7 @@ def run_chunks(chunks: Iterator[Chunk], num_proc: int, init_args: tuple[Any, ...
     second = next(chunks, None)
     workers = num_proc or available_cores()
     if second is None or workers <= 1:
-        init_worker(*init_args)
+        init_worker(*init_args, 1)
         yield scan_chunk(first)
         if second is not None:
             yield scan_chunk(second)
@@ -303,7 +323,8 @@ def run_chunks(chunks: Iterator[Chunk], num_proc: int, init_args: tuple[Any, ...
     # fork: workers inherit the loaded tokenizer and libraries instead of importing them again.
     # ProcessPoolExecutor (not Pool): a worker that dies raises BrokenProcessPool here instead of hanging.
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker, initargs=init_args) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker,
+                             initargs=(*init_args, workers)) as pool:
         pending: deque[Future[ChunkResult]] = deque([pool.submit(scan_chunk, first), pool.submit(scan_chunk, second)])
         try:
             for chunk in chunks:
