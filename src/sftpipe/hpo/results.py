@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sftpipe.config.loader import dump_config
 from sftpipe.config.schema import Config
 from sftpipe.contracts.study_dir import StudyDir
-from sftpipe.hpo.trial import FAIL_REASON_ATTR, HOST_ATTR, RESUMED_FROM_ATTR, RUN_DIR_ATTR, trial_config
+from sftpipe.hpo.trial import FAIL_REASON_ATTR, WORKER_ATTR, RESUMED_FROM_ATTR, RUN_DIR_ATTR, trial_config
 
 INTERRUPTED = "interrupted: its worker stopped mid-trial (killed, crashed or lost its machine)"
 
@@ -36,7 +36,7 @@ class TrialRow:
     step: int | None  # the last step that reported a figure
     params: dict[str, Any]
     run_dir: str | None
-    host: str | None
+    worker: str | None  # host/pid
     duration_s: float | None
     note: str  # why it failed, where it was pruned, which trial it resumed
 
@@ -70,7 +70,7 @@ def trial_row(trial: FrozenTrial) -> TrialRow:
         note = f"resumed trial {trial.user_attrs[RESUMED_FROM_ATTR]}" + (f"; {note}" if note else "")
     duration = trial.duration.total_seconds() if trial.duration is not None else None
     return TrialRow(number=trial.number, state=trial.state.name, value=value, step=last_step, params=trial.params,
-                    run_dir=trial.user_attrs.get(RUN_DIR_ATTR), host=trial.user_attrs.get(HOST_ATTR),
+                    run_dir=trial.user_attrs.get(RUN_DIR_ATTR), worker=trial.user_attrs.get(WORKER_ATTR),
                     duration_s=duration, note=note)
 
 
@@ -111,12 +111,12 @@ def trials_csv(rows: list[TrialRow]) -> str:
     params = sorted({key for row in rows for key in row.params})
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["number", "state", "value", "last_step", *params, "duration_s", "run_dir", "host", "note"])
+    writer.writerow(["number", "state", "value", "last_step", *params, "duration_s", "run_dir", "worker", "note"])
     for row in sorted(rows, key=lambda r: r.number):
         writer.writerow([row.number, row.state, "" if row.value is None else repr(row.value),
                          "" if row.step is None else row.step, *(row.params.get(p, "") for p in params),
                          "" if row.duration_s is None else f"{row.duration_s:.1f}", row.run_dir or "",
-                         row.host or "", row.note])
+                         row.worker or "", row.note])
     return out.getvalue()
 
 

@@ -69,7 +69,7 @@ def open_storage(cfg: Config) -> BaseStorage:
     except Exception as exc:  # noqa: BLE001 (SQLAlchemy/driver errors: no host, bad login, missing driver)
         raise SftpipeError(f"hpo.storage {shown_url(url)}: cannot open the study storage: {type(exc).__name__}: "
                            f"{exc}. Check the URL (e.g. postgresql+psycopg://user:pass@host/db, with `pip install "
-                           "'sftpipe[hpo]'` for the driver), that the server is reachable, or leave hpo.storage "
+                           "'sftpipe[postgres]'` for the driver), that the server is reachable, or leave hpo.storage "
                            "null for a SQLite file in hpo.output_dir") from None
 
 

@@ -36,7 +36,7 @@ from sftpipe.stages import train
 
 # Trial user attributes (what trials.csv and the leaderboard show beside Optuna's own columns)
 RUN_DIR_ATTR = "run_dir"
-HOST_ATTR = "host"
+WORKER_ATTR = "worker"  # host/pid of the process that ran it
 FAIL_REASON_ATTR = "fail_reason"
 RESUMED_FROM_ATTR = "resumed_from_trial"
 
@@ -105,7 +105,7 @@ def objective(cfg: Config, study: optuna.Study) -> Callable[[optuna.Trial], floa
     def run_trial(trial: optuna.Trial) -> float:
         run_dir = study_dir.trial(trial.number)
         trial.set_user_attr(RUN_DIR_ATTR, str(run_dir.resolve()))
-        trial.set_user_attr(HOST_ATTR, socket.gethostname())
+        trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}/{os.getpid()}")
         try:
             values = suggest(trial, cfg.hpo.search_space)
             resume_interrupted(study, trial, study_dir, run_dir)
