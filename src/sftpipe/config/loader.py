@@ -21,7 +21,7 @@ from sftpipe.config.fields import all_fields, model_in
 from sftpipe.config.foreign_keys import FOREIGN_KEYS
 from sftpipe.config.hpo_section import PARAM_TYPES
 from sftpipe.config.schema import Config
-from sftpipe.config.search_space import search_space_problems
+from sftpipe.config.search_space import refused_values, unknown_keys
 from sftpipe.errors import SftpipeError
 from sftpipe.redact import REDACTED, is_secret_key, redact
 
@@ -79,14 +79,19 @@ def load_config(
     merged: dict[str, Any] = {}
     for layer in layers:
         merged = deep_merge(_without_alternatives(merged, layer.values), layer.values)
+    cfg, problems = None, []
     try:
         cfg = Config.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError([_describe(err, layers) for err in exc.errors()]) from None
-    problems = search_space_problems(cfg)
+        problems = [_describe(err, layers) for err in exc.errors()]
+    space = merged.get("hpo", {}).get("search_space") if isinstance(merged.get("hpo"), dict) else None
+    found = unknown_keys(list(space)) if isinstance(space, dict) else {}
+    found |= refused_values(cfg) if cfg is not None else {}
+    problems += [f"{_origin_of(('hpo', 'search_space', key), layers)}: hpo.search_space.{key}: {problem}"
+                 for key, problem in found.items()]
     if problems:
-        raise ConfigError([f"{_origin_of(('hpo', 'search_space', key), layers)}: hpo.search_space.{key}: {problem}"
-                           for key, problem in problems.items()])
+        raise ConfigError(problems)
+    assert cfg is not None
     return cfg
 
 

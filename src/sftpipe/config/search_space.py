@@ -27,18 +27,24 @@ def searchable_keys() -> list[str]:
     return [f.key for f in all_fields() if not f.key.startswith("hpo.") and "[]" not in f.key]
 
 
-def search_space_problems(cfg: Config) -> dict[str, str]:
-    """Search-space key -> what is wrong with it (an unknown key, or a bound/choice the schema refuses)."""
+def unknown_keys(keys: list[str]) -> dict[str, str]:
+    """Search-space key -> why it is not one (with the nearest valid key), for each key that is not a field."""
     valid = searchable_keys()
     problems = {}
-    for key, spec in cfg.hpo.search_space.items():
+    for key in keys:
         if key not in valid:
             hint = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
             problems[key] = "not a config field" + (f"; did you mean '{hint[0]}'?" if hint else
                                                      " (see `sftpipe show-config --help-fields`)")
-            continue
-        candidates = spec.choices if isinstance(spec, CategoricalParam) else [spec.low, spec.high]
-        for value in candidates:
+    return problems
+
+
+def refused_values(cfg: Config) -> dict[str, str]:
+    """Search-space key -> the first bound or choice that the config refuses when set alone."""
+    problems = {}
+    for key in set(cfg.hpo.search_space) - set(unknown_keys(list(cfg.hpo.search_space))):
+        spec = cfg.hpo.search_space[key]
+        for value in spec.choices if isinstance(spec, CategoricalParam) else [spec.low, spec.high]:
             try:
                 with_values(cfg, {key: value})
             except ValidationError as exc:
