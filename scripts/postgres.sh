@@ -22,8 +22,10 @@ if [ "$STATUS" != online ]; then
 fi
 psql_admin() { runuser -u postgres -- psql -p "$PORT" -v ON_ERROR_STOP=1 -qtA "$@"; }
 if [ "$(psql_admin -c "SELECT 1 FROM pg_roles WHERE rolname='$USER_NAME'")" != 1 ]; then
-    psql_admin -c "CREATE ROLE $USER_NAME LOGIN PASSWORD '$USER_NAME'"
+    psql_admin -c "CREATE ROLE $USER_NAME LOGIN CREATEDB PASSWORD '$USER_NAME'"
 fi
+# CREATEDB: each test makes a fresh database, so workers meet an empty one as on a first run
+psql_admin -c "ALTER ROLE $USER_NAME CREATEDB"
 if [ "$(psql_admin -c "SELECT 1 FROM pg_database WHERE datname='$DB_NAME'")" != 1 ]; then
     psql_admin -c "CREATE DATABASE $DB_NAME OWNER $USER_NAME"
 fi

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from sftpipe.contracts.study_dir import StudyDir
 from sftpipe.errors import SftpipeError
 
 JOURNAL_PREFIX = "journal:"
+STORAGE_ATTEMPTS = 3
 BASE_CONFIG_ATTR = "sftpipe_base_config_sha256"  # study user attribute: what every worker must train
 
 
@@ -60,17 +62,24 @@ def open_storage(cfg: Config) -> BaseStorage:
         return JournalStorage(JournalFileBackend(str(path)))
     # SQLite waits for a lock held by another worker on this machine instead of failing at once
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            retry = RetryHeartbeatStaleTrialCallback(hpo.retry_interrupted) if hpo.retry_interrupted else None
-            return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=hpo.heartbeat_s,
-                              grace_period=2 * hpo.heartbeat_s, heartbeat_stale_trial_callback=retry)
-    except Exception as exc:  # noqa: BLE001 (SQLAlchemy/driver errors: no host, bad login, missing driver)
-        raise SftpipeError(f"hpo.storage {shown_url(url)}: cannot open the study storage: {type(exc).__name__}: "
-                           f"{exc}. Check the URL (e.g. postgresql+psycopg://user:pass@host/db, with `pip install "
-                           "'sftpipe[postgres]'` for the driver), that the server is reachable, or leave hpo.storage "
-                           "null for a SQLite file in hpo.output_dir") from None
+    for attempt in range(STORAGE_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                retry = RetryHeartbeatStaleTrialCallback(hpo.retry_interrupted) if hpo.retry_interrupted else None
+                return RDBStorage(url, engine_kwargs=engine, heartbeat_interval=hpo.heartbeat_s,
+                                  grace_period=2 * hpo.heartbeat_s, heartbeat_stale_trial_callback=retry)
+        except Exception as exc:  # noqa: BLE001 (SQLAlchemy/driver errors: no host, bad login, missing driver)
+            # Workers started together on an empty database race to create Optuna's tables, and the loser's
+            # CREATE fails (seen with PostgreSQL: duplicate type studydirection); once created, opening works.
+            if attempt + 1 < STORAGE_ATTEMPTS and not isinstance(exc, (ImportError, ValueError)):
+                time.sleep(1 + attempt)
+                continue
+            raise SftpipeError(f"hpo.storage {shown_url(url)}: cannot open the study storage: {type(exc).__name__}: "
+                               f"{exc}. Check the URL (e.g. postgresql+psycopg://user:pass@host/db, with `pip "
+                               "install 'sftpipe[postgres]'` for the driver), that the server is reachable, or "
+                               "leave hpo.storage null for a SQLite file in hpo.output_dir") from None
+    raise AssertionError("unreachable")
 
 
 def make_pruner(cfg: Config) -> optuna.pruners.BasePruner:
