@@ -28,7 +28,7 @@ def test_every_shipped_config_loads():
     sftpipe_configs = [f for f in files if "accelerate" not in f.parts and "deepspeed" not in f.parts]
     for path in sftpipe_configs:
         load_config(path)
-    assert len(sftpipe_configs) == 3, [f.name for f in sftpipe_configs]
+    assert len(sftpipe_configs) == 4, [f.name for f in sftpipe_configs]
 
 
 def test_precedence_defaults_preset_file_set(tmp_path):
