@@ -119,7 +119,8 @@ def print_hpo(result: HpoResult, top: int = 10) -> None:
     for path in result.files:
         print(f"  wrote {path}")
     if result.best is not None:
-        print(f"best: trial {result.best.number}, {result.objective} {result.best.value:.6g}, run dir {result.best.run_dir}")
+        best = result.best
+        print(f"best: trial {best.number}, {result.objective} {best.value:.6g}, run dir {best.run_dir}")
 
 
 def _short(value: object) -> str:

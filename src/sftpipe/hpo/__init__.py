@@ -11,7 +11,6 @@ Modules: `study` (storage, sampler, pruner), `trial` (one trial as a training ru
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -71,7 +70,8 @@ def run(cfg: Config, retrain_best: bool = False) -> HpoResult:
     result.files = write_results(cfg, study, result)
     if failures.in_a_row >= MAX_FAILURES_IN_A_ROW:
         raise SftpipeError(f"{MAX_FAILURES_IN_A_ROW} trials in a row failed, so this worker stopped; the last: "
-                           f"{failures.last_reason or 'no reason recorded'}. See {StudyDir(result.study_dir).trials_csv}")
+                           f"{failures.last_reason or 'no reason recorded'}. All trials: "
+                           f"{StudyDir(result.study_dir).trials_csv}")
     if retrain_best:
         if result.best is None:
             raise SftpipeError(f"--retrain-best: study '{result.study_name}' has no complete trial yet")

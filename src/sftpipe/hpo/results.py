@@ -21,7 +21,13 @@ from optuna.trial import FrozenTrial, TrialState
 from sftpipe.config.loader import dump_config
 from sftpipe.config.schema import Config
 from sftpipe.contracts.study_dir import StudyDir
-from sftpipe.hpo.trial import FAIL_REASON_ATTR, WORKER_ATTR, RESUMED_FROM_ATTR, RUN_DIR_ATTR, trial_config
+from sftpipe.hpo.trial import (
+    FAIL_REASON_ATTR,
+    RESUMED_FROM_ATTR,
+    RUN_DIR_ATTR,
+    WORKER_ATTR,
+    trial_config,
+)
 
 INTERRUPTED = "interrupted: its worker stopped mid-trial (killed, crashed or lost its machine)"
 
