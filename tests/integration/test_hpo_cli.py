@@ -12,6 +12,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from sqlalchemy.engine import make_url
 
 from sftpipe.contracts.run_dir import RunDir
 from sftpipe.contracts.study_dir import StudyDir
@@ -132,3 +133,6 @@ def test_two_workers_on_one_postgres_study_run_disjoint_trials(tmp_path, tiny_di
     first, second = by_worker.values()
     assert not first & second and first | second == {t.number for t in trials}  # ...disjoint, all recorded
     assert len({t.user_attrs["run_dir"] for t in trials}) == len(trials)
+    password = make_url(fresh_postgres).password
+    for path in [*(tmp_path / "study").rglob("*.yaml"), *(tmp_path / "study").glob("*.csv"), *tmp_path.glob("*.log")]:
+        assert f":{password}@" not in path.read_text(), path  # configs, best.yaml, trials.csv, what was printed

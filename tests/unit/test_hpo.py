@@ -13,8 +13,9 @@ import optuna
 import pytest
 
 from sftpipe import hpo
-from sftpipe.config import ConfigError, load_config
+from sftpipe.config import ConfigError, dump_config, load_config
 from sftpipe.config.hpo_section import HpoConfig
+from sftpipe.config.search_space import with_values
 from sftpipe.contracts.run_dir import RunDir
 from sftpipe.contracts.study_dir import StudyDir
 from sftpipe.errors import SftpipeError
@@ -74,6 +75,16 @@ def test_search_space_refuses_keys_outside_the_training_config(tmp_path):
         load_config(path)
     with pytest.raises(ConfigError, match="log: true needs low > 0"):
         load_config(overrides=["hpo.search_space={train.lr: {type: float, low: 0, high: 1, log: true}}"])
+
+
+def test_saved_configs_never_hold_the_storage_password():
+    cfg = load_config(overrides=["hpo.storage=postgresql+psycopg://alice:s3cr@t@db-host:5432/studies"])
+    assert cfg.hpo.storage == "postgresql+psycopg://alice:s3cr@t@db-host:5432/studies"  # what Optuna connects with
+    saved = dump_config(cfg)  # run dirs' config.yaml, best.yaml, show-config
+    assert "s3cr" not in saved and "storage: postgresql+psycopg://alice:***@db-host:5432/studies" in saved
+    assert "s3cr" not in with_values(cfg, {"train.lr": 1e-3}).hpo.storage  # trial configs are built this way
+    journal = load_config(overrides=["hpo.storage=journal:/shared/a@b.journal"])
+    assert "storage: journal:/shared/a@b.journal" in dump_config(journal)  # no password there: left alone
 
 
 def test_grid_sampler_needs_a_finite_list_of_values():

@@ -6,13 +6,20 @@ Its keys are checked against the rest of the schema by `config.search_space` onc
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_serializer, model_validator
 
 from sftpipe.config.base import Section
 
 Choice = bool | int | float | str | None  # what Optuna stores for a categorical parameter
+_URL_PASSWORD = re.compile(r"^([\w+.-]+://[^:/@]*:)[^/?#]*@")  # scheme://user:PASSWORD@host (to the last @)
+
+
+def hide_password(url: str) -> str:
+    """A storage URL with the password of its user:password@ part replaced by ***."""
+    return _URL_PASSWORD.sub(r"\1***@", url)
 
 
 class FloatParam(Section):
@@ -85,8 +92,8 @@ class HpoConfig(Section):
     sampler: Literal["tpe", "random", "grid"] = Field(
         "tpe", description="tpe: Bayesian (Tree-structured Parzen Estimator); random; grid: every combination of "
         "categorical and int parameters (floats need a step).")
-    seed: int = Field(0, description="Seed of the sampler (a worker joining a study adds the trials already in "
-                      "it, so two workers draw different values).")
+    seed: int = Field(0, description="Seed of the sampler; a worker adds the trials already in the study, so "
+                      "one that joins or restarts a study does not repeat the draws before it.")
     pruner: Literal["median", "hyperband", "successive_halving", "none"] = Field(
         "median", description="Stops trials whose objective at a validation (every train.eval_every steps) is "
         "worse than the others' at the same step. median: worse than the median of earlier trials; hyperband / "
@@ -99,6 +106,7 @@ class HpoConfig(Section):
         None, description="Where the study lives. null: sqlite:///<output_dir>/study.db. Any SQLAlchemy URL "
         "(postgresql+psycopg://user:pass@host/db) for workers on many machines, or journal:<path> for Optuna's "
         "journal file (a shared file system, no database server).")
+
     output_dir: str = Field("runs/hpo", description="Study dir: trials/trial-NNNN run dirs, best.yaml, trials.csv, "
                             "report.html, best/ (--retrain-best).")
     heartbeat_s: int = Field(
@@ -107,3 +115,14 @@ class HpoConfig(Section):
     retry_interrupted: int = Field(
         1, ge=0, description="Times an interrupted trial is run again with the same values, resuming from its "
         "newest complete checkpoint (database storages).")
+
+    @field_serializer("storage", when_used="json")
+    def _storage_without_password(self, url: str | None) -> str | None:
+        """Saved configs (run dirs, best.yaml) and show-config never hold the database password."""
+        return hide_password(url) if url else url
+
+    @model_validator(mode="after")
+    def _stops(self) -> "HpoConfig":
+        if self.n_trials is None and self.timeout_s is None:
+            raise ValueError("n_trials and timeout_s are both null, so the search would never stop; set one")
+        return self

@@ -28,7 +28,13 @@ from optuna.storages import (
 )
 from optuna.storages.journal import JournalFileBackend
 
-from sftpipe.config.hpo_section import CategoricalParam, FloatParam, HpoConfig, IntParam
+from sftpipe.config.hpo_section import (
+    CategoricalParam,
+    FloatParam,
+    HpoConfig,
+    IntParam,
+    hide_password,
+)
 from sftpipe.config.schema import Config
 from sftpipe.config.search_space import with_values
 from sftpipe.contracts.study_dir import StudyDir
@@ -45,15 +51,8 @@ def storage_url(cfg: Config) -> str:
 
 
 def shown_url(url: str) -> str:
-    """The storage URL with its password hidden, for messages, logs and the configs written to disk."""
-    if url.startswith(JOURNAL_PREFIX):
-        return url
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 (an unparsable URL is refused by open_storage with its reason)
-        return "<storage URL that SQLAlchemy cannot parse>"
+    """The storage URL with its password hidden, for messages and logs."""
+    return hide_password(url)
 
 
 def open_storage(cfg: Config) -> BaseStorage:
@@ -144,8 +143,6 @@ def open_study(cfg: Config) -> optuna.Study:
         SftpipeError: the study exists with another base config (workers of one study must train the same one).
     """
     hpo = cfg.hpo
-    if hpo.n_trials is None and hpo.timeout_s is None:
-        raise SftpipeError("hpo: n_trials and timeout_s are both null, so the search would never stop; set one")
     study = optuna.create_study(storage=open_storage(cfg), study_name=hpo.study_name, direction=hpo.direction,
                                 pruner=make_pruner(cfg), sampler=make_sampler(hpo, hpo.seed), load_if_exists=True)
     if study.direction.name.lower() != hpo.direction:

@@ -31,7 +31,6 @@ from sftpipe.config.search_space import with_values
 from sftpipe.contracts.run_dir import RunDir
 from sftpipe.contracts.study_dir import StudyDir
 from sftpipe.errors import SftpipeError
-from sftpipe.hpo.study import shown_url
 from sftpipe.stages import train
 
 # Trial user attributes (what trials.csv and the leaderboard show beside Optuna's own columns)
@@ -59,14 +58,13 @@ def suggest(trial: optuna.Trial, space: dict[str, ParamSpec]) -> dict[str, Any]:
 
 
 def trial_config(cfg: Config, values: dict[str, Any], run_dir: Path) -> Config:
-    """The base config with the sampled values, training into `run_dir` (storage password hidden).
+    """The base config with the sampled values, training into `run_dir`.
 
     Raises:
         TrialFailed: the combination is refused by the config schema.
     """
     try:
-        return with_values(cfg, {**values, "train.output_dir": str(run_dir),
-                                 "hpo.storage": shown_url(cfg.hpo.storage) if cfg.hpo.storage else None})
+        return with_values(cfg, {**values, "train.output_dir": str(run_dir)})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise TrialFailed(f"the sampled values {values} give an invalid config: {problems}") from None
