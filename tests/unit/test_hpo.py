@@ -199,3 +199,17 @@ def test_a_failed_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_pa
     assert result.best.number == 1
     rows = {int(r["number"]): r for r in csv.DictReader(StudyDir(tmp_path / "study").trials_csv.open())}
     assert rows[0]["state"] == "FAIL" and "invalid config" in rows[0]["note"]
+
+
+def test_a_worker_whose_trials_keep_failing_stops_and_says_why(tmp_path, tiny_dir, prepared):
+    """Run dirs left by another study in the same output dir fail each trial before it trains; after 3 failures
+    in a row the worker stops with the reason instead of failing trials forever."""
+    cfg = study_config(tmp_path, tiny_dir, prepared[1], n_trials=5)
+    for number in range(3):
+        StudyDir(tmp_path / "study").trial(number).mkdir(parents=True)
+    with pytest.raises(SftpipeError, match=r"3 trials in a row failed, so this worker stopped; the last: TrialFailed: "
+                                           r".*trial-0002 exists already, left by another study"):
+        hpo.run(cfg)
+    study = open_study(cfg)
+    assert [t.state.name for t in study.trials] == ["FAIL"] * 3
+    assert not any(StudyDir(tmp_path / "study").trial(n).joinpath("logs").exists() for n in range(3))  # untouched

@@ -106,6 +106,9 @@ def objective(cfg: Config, study: optuna.Study) -> Callable[[optuna.Trial], floa
         trial.set_user_attr(WORKER_ATTR, f"{socket.gethostname()}/{os.getpid()}")
         try:
             values = suggest(trial, cfg.hpo.search_space)
+            if run_dir.exists():  # trial numbers are unique in a study: another study left it
+                raise TrialFailed(f"{run_dir} exists already, left by another study in hpo.output_dir "
+                                  f"{cfg.hpo.output_dir}; give each study its own hpo.output_dir")
             resume_interrupted(study, trial, study_dir, run_dir)
             trial_cfg = trial_config(cfg, values, run_dir)
             logged: set[str] = set()
@@ -138,7 +141,7 @@ def resume_interrupted(study: optuna.Study, trial: optuna.Trial, study_dir: Stud
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         history = RetryHeartbeatStaleTrialCallback.retry_history(frozen)
-    if not history or run_dir.exists():
+    if not history:
         return
     interrupted = study_dir.trial(history[-1])
     if not interrupted.is_dir():  # it ran on another machine, whose disk this one does not see
