@@ -14,6 +14,7 @@ import optuna
 import pytest
 from sqlalchemy.engine import make_url
 
+from sftpipe.config import load_config
 from sftpipe.contracts.run_dir import RunDir
 from sftpipe.contracts.study_dir import StudyDir
 from sftpipe.data import prepare
@@ -21,7 +22,7 @@ from sftpipe.hpo.results import INTERRUPTED, leaderboard
 from sftpipe.hpo.trial import RESUMED_FROM_ATTR, WORKER_ATTR
 from sftpipe.train.faults import ENV
 from tests.cli_forkserver import start_cli
-from tests.conftest import EXAMPLES, make_config
+from tests.conftest import EXAMPLES, REPO, make_config
 
 pytestmark = pytest.mark.integration
 
@@ -87,6 +88,25 @@ def test_kill_9_mid_trial_then_the_same_command_completes_the_study(tmp_path, ti
     assert third.exitcode == 0 and len(_study(tmp_path).trials) == 4
     ran = [line for line in log.read_text().splitlines() if "this worker ran" in line]
     assert len(ran) == 2 and "this worker ran 0 trial(s)" in ran[-1]
+
+
+@pytest.mark.heavy  # a couple of minutes on 2 busy cores
+def test_the_shipped_haskell_study_runs_6_trials_with_pruning(tmp_path, tiny_dir):
+    """configs/haskell_hpo.yaml as the README runs it (on the micro tiny model): 6 finished trials, the median
+    pruner stops some, best.yaml is a config `sftpipe train` accepts."""
+    (tmp_path / "examples").symlink_to(EXAMPLES)  # the config's relative data path, from a scratch dir
+    config = REPO / "configs" / "haskell_hpo.yaml"
+    sets = ["--set", f"model.name_or_path={tiny_dir}"]
+    log = tmp_path / "hpo.log"
+    for argv in (["prepare", config, *sets], ["hpo", config, *sets]):
+        process = start_cli(argv, cwd=tmp_path, log=log, env=THREADS)
+        process.join(timeout=900)
+        assert process.exitcode == 0, log.read_text()[-3000:]
+    study = optuna.load_study(study_name="sftpipe", storage=StudyDir(tmp_path / "runs/haskell-hpo").default_storage)
+    states = [t.state.name for t in study.trials]
+    assert len(states) == 6 and states.count("PRUNED") >= 1 and "FAIL" not in states, states
+    best = load_config(tmp_path / "runs/haskell-hpo/best.yaml")
+    assert best.train.lr == study.best_trial.params["train.lr"] and best.lora.r == study.best_trial.params["lora.r"]
 
 
 @pytest.fixture

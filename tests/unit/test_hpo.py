@@ -121,8 +121,10 @@ def test_reporter_fails_a_diverged_trial_and_never_prunes_the_last_step():
     pruning(6, {"val_loss": 2.0}, True)  # the last step: the trial is done, its value counts
     with pytest.raises(optuna.TrialPruned):
         pruning(2, {"val_loss": 2.0}, False)
-    with pytest.raises(TrialFailed, match="gen_pass@1 was not logged at step 6"):
-        ObjectiveReporter(_FakeTrial(prune=False), "gen_pass@1").value_at(6, {"val_loss"})
+    gen = ObjectiveReporter(_FakeTrial(prune=False), "gen_pass@1")
+    gen(6, {"val_loss": 2.0}, True)
+    with pytest.raises(TrialFailed, match="gen_pass@1 was not logged at step 6 .*; figures logged: val_loss"):
+        gen.value_at(6)
 
 
 def test_sampled_values_land_in_trial_configs_and_best_yaml_retrains_bitwise(tmp_path, tiny_dir, prepared):

@@ -76,8 +76,10 @@ class ObjectiveReporter:
     def __init__(self, trial: optuna.Trial, metric: str):
         self.trial, self.metric = trial, metric
         self.values: dict[int, float] = {}  # step -> objective figure
+        self.logged: set[str] = set()  # every figure name seen, for the error when the objective is not one
 
     def __call__(self, step: int, figures: dict[str, float], last: bool) -> None:
+        self.logged.update(figures)
         if self.metric not in figures:  # e.g. generation figures at a step without validation
             return
         value = float(figures[self.metric])
@@ -88,10 +90,10 @@ class ObjectiveReporter:
         if not last and self.trial.should_prune():
             raise optuna.TrialPruned(f"{self.metric} {value:.6g} at step {step}")
 
-    def value_at(self, step: int, logged: set[str]) -> float:
+    def value_at(self, step: int) -> float:
         if step not in self.values:
             raise TrialFailed(f"hpo.objective: {self.metric} was not logged at step {step} (the step final/ holds); "
-                              f"figures logged: {', '.join(sorted(logged)) or 'none'}. Use val_loss (needs a val "
+                              f"figures logged: {', '.join(sorted(self.logged)) or 'none'}. Use val_loss (needs a val "
                               "split) or a gen_* figure with eval.during_training.every dividing the last step")
         return self.values[step]
 
@@ -111,15 +113,11 @@ def objective(cfg: Config, study: optuna.Study) -> Callable[[optuna.Trial], floa
                                   f"{cfg.hpo.output_dir}; give each study its own hpo.output_dir")
             resume_interrupted(study, trial, study_dir, run_dir)
             trial_cfg = trial_config(cfg, values, run_dir)
-            logged: set[str] = set()
             reporter = ObjectiveReporter(trial, cfg.hpo.objective)
-
-            def on_figures(step: int, figures: dict[str, float], last: bool) -> None:
-                logged.update(figures)
-                reporter(step, figures, last)
-
-            result = train(trial_cfg, resume="auto", on_figures=on_figures)
-            return reporter.value_at(result.final.step, logged)
+            result = train(trial_cfg, resume="auto", on_figures=reporter)
+            if result.final.selected_by == cfg.hpo.objective and result.final.value is not None:
+                return result.final.value  # train.select_best's checkpoint, perhaps from before a resume
+            return reporter.value_at(result.final.step)
         except optuna.TrialPruned:
             raise
         except Exception as exc:
