@@ -41,10 +41,10 @@ def prepared(tmp_path_factory, tiny_dir):
 
 
 def study_config(tmp: Path, tiny_dir: Path, data_dir: str, **hpo_fields):
-    """A fast_test config with 6 optimizer steps validated every 2, and an hpo section writing under `tmp`."""
+    """A fast_test config with 4 optimizer steps validated every 2, and an hpo section writing under `tmp`."""
     hpo_section = {"output_dir": str(tmp / "study"), "search_space": SPACE, **hpo_fields}
     return make_config(tmp, tiny_dir, [{"path": str(EXAMPLES / "prompt_completion" / "pc_sample.jsonl")}],
-                       data={"output_dir": data_dir}, train={"max_steps": 6, "eval_every": 2},
+                       data={"output_dir": data_dir}, train={"max_steps": 4, "eval_every": 2},
                        hpo=hpo_section)
 
 
@@ -128,11 +128,11 @@ def test_reporter_fails_a_diverged_trial_and_never_prunes_the_last_step():
 
 
 def test_sampled_values_land_in_trial_configs_and_best_yaml_retrains_bitwise(tmp_path, tiny_dir, prepared):
-    """3 random trials, no pruner; then --retrain-best trains best.yaml and gets the best trial's val loss."""
-    cfg = study_config(tmp_path, tiny_dir, prepared[1], n_trials=3, sampler="random", pruner="none", seed=3)
+    """2 random trials, no pruner; then --retrain-best trains best.yaml and gets the best trial's val loss."""
+    cfg = study_config(tmp_path, tiny_dir, prepared[1], n_trials=2, sampler="random", pruner="none", seed=3)
     result = hpo.run(cfg, retrain_best=True)
     study_dir = StudyDir(tmp_path / "study")
-    assert result.counts == {"COMPLETE": 3} and result.trials_run == 3
+    assert result.counts == {"COMPLETE": 2} and result.trials_run == 2
     seen = set()
     for row in result.rows:
         run_dir = study_dir.trial(row.number)
@@ -141,10 +141,10 @@ def test_sampled_values_land_in_trial_configs_and_best_yaml_retrains_bitwise(tmp
         assert trained.train.lr == row.params["train.lr"] and trained.lora.r == row.params["lora.r"]
         assert trained.train.output_dir == str(run_dir)
         seen.add((row.params["train.lr"], row.params["lora.r"]))
-    assert len(seen) == 3  # the sampler's values differ from trial to trial, and each reached its run
+    assert len(seen) == 2  # the sampler's values differ from trial to trial, and each reached its run
 
     rows = list(csv.DictReader(study_dir.trials_csv.open()))
-    assert [int(r["number"]) for r in rows] == [0, 1, 2]
+    assert [int(r["number"]) for r in rows] == [0, 1]
     assert all(float(r["value"]) == next(x.value for x in result.rows if x.number == int(r["number"])) for r in rows)
     best = result.best
     assert best is not None and best.value == min(r.value for r in result.rows)
@@ -164,7 +164,7 @@ def test_sampled_values_land_in_trial_configs_and_best_yaml_retrains_bitwise(tmp
 
 def test_pruner_stops_a_clearly_worse_trial_and_without_it_the_trial_runs_to_the_end(tmp_path, tiny_dir, prepared):
     """Trial 0 learns (lr 3e-2), trial 1 cannot (lr 1e-9): the median pruner stops trial 1 at its first
-    validation, leaving no final/; with pruner none (the control) the same trial trains all 6 steps."""
+    validation, leaving no final/; with pruner none (the control) the same trial trains all 4 steps."""
     for pruner in ("median", "none"):
         cfg = study_config(tmp_path / pruner, tiny_dir, prepared[1], n_trials=2, pruner=pruner,
                            pruner_startup_trials=1, search_space={"train.lr": SPACE["train.lr"] | {"low": 1e-9}})
@@ -181,19 +181,19 @@ def test_pruner_stops_a_clearly_worse_trial_and_without_it_the_trial_runs_to_the
             assert next(r for r in result.rows if r.number == 1).note == "pruned at step 2"
         else:
             assert states == {0: "COMPLETE", 1: "COMPLETE"}
-            assert worse.final.is_dir() and len(steps) == 6
+            assert worse.final.is_dir() and len(steps) == 4
             assert result.best.number == 0  # clearly worse indeed
 
 
 def test_a_failed_trial_is_recorded_with_its_reason_and_the_study_goes_on(tmp_path, tiny_dir, prepared):
     """A sampled combination the schema refuses (select_best val_loss with a checkpoint every 3 steps but a
     validation every 2) fails its trial only; each value alone is valid, so the config loads."""
-    space = {"train.save_every": {"type": "categorical", "choices": [3, 6]},
+    space = {"train.save_every": {"type": "categorical", "choices": [3, 4]},
              "train.select_best": {"type": "categorical", "choices": ["none", "val_loss"]}}
     cfg = study_config(tmp_path, tiny_dir, prepared[1], n_trials=1, pruner="none", search_space=space)
     study = open_study(cfg)
     study.enqueue_trial({"train.save_every": 3, "train.select_best": "val_loss"})
-    study.enqueue_trial({"train.save_every": 6, "train.select_best": "val_loss"})
+    study.enqueue_trial({"train.save_every": 4, "train.select_best": "val_loss"})
     result = hpo.run(cfg)
     assert {row.number: row.state for row in result.rows} == {0: "FAIL", 1: "COMPLETE"}
     failed = study.trials[0]
