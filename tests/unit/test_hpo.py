@@ -5,6 +5,7 @@ and the study goes on, best.yaml retrains to the best trial's val loss bitwise, 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import re
 from pathlib import Path
@@ -40,12 +41,12 @@ def prepared(tmp_path_factory, tiny_dir):
     return tmp, cfg.data.output_dir
 
 
-def study_config(tmp: Path, tiny_dir: Path, data_dir: str, **hpo_fields):
+def study_config(tmp: Path, tiny_dir: Path, data_dir: str, eval_section: dict | None = None, **hpo_fields):
     """A fast_test config with 4 optimizer steps validated every 2, and an hpo section writing under `tmp`."""
     hpo_section = {"output_dir": str(tmp / "study"), "search_space": SPACE, **hpo_fields}
     return make_config(tmp, tiny_dir, [{"path": str(EXAMPLES / "prompt_completion" / "pc_sample.jsonl")}],
                        data={"output_dir": data_dir}, train={"max_steps": 4, "eval_every": 2},
-                       hpo=hpo_section)
+                       eval=eval_section or {}, hpo=hpo_section)
 
 
 def test_search_space_typo_is_a_config_error_naming_the_nearest_key(tmp_path):
@@ -215,3 +216,19 @@ def test_a_worker_whose_trials_keep_failing_stops_and_says_why(tmp_path, tiny_di
     study = open_study(cfg)
     assert [t.state.name for t in study.trials] == ["FAIL"] * 3
     assert not any(StudyDir(tmp_path / "study").trial(n).joinpath("logs").exists() for n in range(3))  # untouched
+
+
+def test_an_in_training_eval_figure_as_objective_in_a_journal_storage(tmp_path, tiny_dir, prepared):
+    """hpo.objective may be any figure the run logs at validation: here gen_distinct_2 of the in-training eval
+    (maximised), with the study in Optuna's journal file instead of a database."""
+    journal = tmp_path / "shared" / "study.journal"
+    cfg = study_config(tmp_path, tiny_dir, prepared[1], n_trials=1, pruner="none", objective="gen_distinct_2",
+                       direction="maximize", storage=f"journal:{journal}",
+                       eval_section={"during_training": {"every": 2, "max_prompts": 2, "max_new_tokens": 8}})
+    result = hpo.run(cfg)
+    assert journal.is_file() and not (tmp_path / "study" / "study.db").exists()
+    assert result.counts == {"COMPLETE": 1} and result.direction == "maximize"
+    logged = [json.loads(line) for line in RunDir(StudyDir(tmp_path / "study").trial(0)).metrics.read_text()
+              .splitlines()]
+    last_gen = [m["gen_distinct_2"] for m in logged if "gen_distinct_2" in m][-1]
+    assert result.best.value == last_gen  # the figure of the last step, as the run logged it
