@@ -88,6 +88,13 @@ def test_saved_configs_never_hold_the_storage_password():
     assert "storage: journal:/shared/a@b.journal" in dump_config(journal)  # no password there: left alone
 
 
+def test_hpo_refuses_a_multi_process_launch(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SftpipeError, match="start N workers as separate `sftpipe hpo` processes"):
+        hpo.run(load_config(overrides=[f"hpo.output_dir={tmp_path}"]))
+    assert not any(tmp_path.iterdir())  # refused before a storage was made
+
+
 def test_grid_sampler_needs_a_finite_list_of_values():
     space = {"lora.r": {"type": "categorical", "choices": [4, 8]}, "train.max_steps": {"type": "int", "low": 2,
                                                                                          "high": 6, "step": 2},

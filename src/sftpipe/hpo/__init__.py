@@ -10,6 +10,7 @@ Modules: `study` (storage, sampler, pruner), `trial` (one trial as a training ru
 
 from __future__ import annotations
 
+import os
 import time
 
 import optuna
@@ -50,9 +51,13 @@ def run(cfg: Config, retrain_best: bool = False) -> HpoResult:
     """Run this worker's share of the study, write the results; with `retrain_best`, then train best.yaml.
 
     Raises:
-        SftpipeError: the storage cannot be opened, the study belongs to another config, trials keep failing,
+        SftpipeError: launched as several processes (torchrun), the storage cannot be opened, the study belongs to another config, trials keep failing,
             or --retrain-best has no complete trial to train.
     """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SftpipeError("sftpipe hpo runs each trial in one process, and was started as one of "
+                           f"{os.environ['WORLD_SIZE']} (torchrun or accelerate launch): start N workers as separate "
+                           "`sftpipe hpo` processes sharing hpo.storage instead")
     started = time.perf_counter()
     hpo = cfg.hpo
     study = open_study(cfg)
