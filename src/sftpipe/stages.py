@@ -6,6 +6,8 @@ this module, above both, joins them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +24,19 @@ from sftpipe.train import loop
 from sftpipe.train.evaluators import Evaluators
 
 
-def train(cfg: Config, resume: str = "auto", resume_force: bool = False) -> loop.TrainResult:
+def train(cfg: Config, resume: str = "auto", resume_force: bool = False,
+          on_figures: Callable[[int, dict[str, float], bool], None] | None = None) -> loop.TrainResult:
     """Train as configured, validating on the val split and evaluating generation as `cfg` says.
 
     Args:
         resume: auto (newest usable complete checkpoint, if any), never, or a checkpoint path.
         resume_force: resume even from a checkpoint made with other settings, data or model.
+        on_figures: called with each validation's figures (see `Evaluators.on_figures`); HPO prunes there.
     """
-    return loop.run(cfg, training_evaluators, resume=resume, resume_force=resume_force)
+    def evaluators(cfg: Config, tokenizer: Any, accelerator: Accelerator) -> Evaluators:
+        return replace(training_evaluators(cfg, tokenizer, accelerator), on_figures=on_figures)
+
+    return loop.run(cfg, evaluators, resume=resume, resume_force=resume_force)
 
 
 def training_evaluators(cfg: Config, tokenizer: Any, accelerator: Accelerator) -> Evaluators:

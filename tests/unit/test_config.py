@@ -28,7 +28,7 @@ def test_every_shipped_config_loads():
     sftpipe_configs = [f for f in files if "accelerate" not in f.parts and "deepspeed" not in f.parts]
     for path in sftpipe_configs:
         load_config(path)
-    assert len(sftpipe_configs) == 7, [f.name for f in sftpipe_configs]
+    assert len(sftpipe_configs) == 8, [f.name for f in sftpipe_configs]
 
 
 def test_precedence_defaults_preset_file_set(tmp_path):
@@ -222,7 +222,9 @@ def test_show_config_help_fields_documents_every_field(capsys):
         assert f"\n{line}\n" in out, line
     sections = [line for line in out.splitlines() if line.startswith("[")]
     assert sections[:3] == ["[model]", "[data]", "[data.sources[]]  Input datasets."]
-    assert "[eval.code.limits]" in sections and len(sections) == 19
+    assert "[eval.code.limits]" in sections and len(sections) == 20
+    assert "[hpo]  Hyperparameter search (`sftpipe hpo`): each trial is a normal training run with sampled " \
+           "values." in sections
 
 
 def test_show_config_help_fields_is_fast_and_takes_no_config(tmp_path, capsys):

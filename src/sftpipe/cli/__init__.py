@@ -37,6 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default="auto", help="auto (newest complete checkpoint), never, or a checkpoint dir")
     p.add_argument("--resume-force", action="store_true",
                    help="resume even from a checkpoint made with other settings, data or model")
+    p = sub.add_parser("hpo", help="hyperparameter search (Optuna): each trial is a training run; best.yaml, report",
+                       description="Search the config's hpo.search_space with Optuna. Several processes given the "
+                       "same storage and study name (on any machines) share one study; run the same command again "
+                       "after a crash to continue it. The flags are shortcuts for --set and override it.")
+    _config_args(p)
+    p.add_argument("--n-trials", type=int, help="--set hpo.n_trials=N: finished trials the study ends with")
+    p.add_argument("--storage", help="--set hpo.storage=URL (SQLAlchemy URL or journal:PATH)")
+    p.add_argument("--study-name", help="--set hpo.study_name=NAME")
+    p.add_argument("--retrain-best", action="store_true",
+                   help="after the search, train best.yaml into <hpo.output_dir>/best")
     p = sub.add_parser("eval", help="loss/accuracy on a prepared split, generation metrics, executed tests (pass@k)")
     _config_args(p)
     which = p.add_mutually_exclusive_group()
@@ -160,6 +170,21 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train(_load(args), resume=args.resume, resume_force=args.resume_force)
     if result.main_process:  # one summary for a multi-process launch (torchrun, accelerate launch)
         print_train(result)
+    return 0
+
+
+def cmd_hpo(args: argparse.Namespace) -> int:
+    from sftpipe.cli.report import print_hpo, print_train
+    from sftpipe.config import load_config
+    from sftpipe.hpo import run
+
+    flags = {"hpo.n_trials": args.n_trials, "hpo.storage": args.storage, "hpo.study_name": args.study_name}
+    shortcuts = [f"{key}={value}" for key, value in flags.items() if value is not None]
+    result = run(load_config(args.config, preset=args.preset, overrides=[*args.overrides, *shortcuts]),
+                 retrain_best=args.retrain_best)
+    print_hpo(result)
+    if result.retrained is not None:
+        print_train(result.retrained)
     return 0
 
 
@@ -291,6 +316,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 COMMANDS = {
     "prepare": cmd_prepare,
     "train": cmd_train,
+    "hpo": cmd_hpo,
     "eval": cmd_eval,
     "merge": cmd_merge,
     "infer": cmd_infer,

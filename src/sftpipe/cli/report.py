@@ -9,6 +9,7 @@ from sftpipe.contracts.run_dir import RunDir
 if TYPE_CHECKING:
     from sftpipe.data.prepare import PrepareResult
     from sftpipe.evaluate.run import CompareResult, EvalResult
+    from sftpipe.hpo import HpoResult
     from sftpipe.preflight import Check
     from sftpipe.train.loop import TrainResult
 
@@ -108,3 +109,26 @@ def print_checks(checks: list[Check]) -> None:
     for check in checks:
         print(check.line())
     print(summary(checks))
+
+
+def print_hpo(result: HpoResult, top: int = 10) -> None:
+    counts = ", ".join(f"{n} {state.lower()}" for state, n in sorted(result.counts.items())) or "no trials"
+    print(f"study '{result.study_name}' ({result.storage}): {counts}; this worker ran {result.trials_run} trial(s) "
+          f"in {result.wall_s:.1f}s")
+    keys = sorted({k for row in result.rows for k in row.params})
+    print(f"  {'#':>4}  {'state':<8}  {result.objective:>12}  " + "  ".join(f"{k:>12}" for k in keys) + "  note")
+    for row in result.rows[:top]:
+        value = "" if row.value is None else f"{row.value:.6g}"
+        params = "  ".join(f"{_short(row.params.get(k, '')):>12}" for k in keys)
+        print(f"  {row.number:>4}  {row.state:<8}  {value:>12}  {params}  {row.note[:80]}")
+    if len(result.rows) > top:
+        print(f"  ... {len(result.rows) - top} more")
+    for path in result.files:
+        print(f"  wrote {path}")
+    if result.best is not None:
+        best = result.best
+        print(f"best: trial {best.number}, {result.objective} {best.value:.6g}, run dir {best.run_dir}")
+
+
+def _short(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

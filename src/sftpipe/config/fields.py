@@ -61,6 +61,8 @@ def model_in(annotation: Any) -> type[BaseModel] | None:
     """The section model inside an annotation (`X`, `list[X]`, `X | None`), or None for a plain value."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
+    if typing.get_origin(annotation) is dict:  # keys are data (hpo.search_space), not fields
+        return None
     for arg in typing.get_args(annotation):
         found = model_in(arg)
         if found is not None:
@@ -75,6 +77,8 @@ def _is_list(annotation: Any) -> bool:
 def type_name(annotation: Any) -> str:
     """A field's type as a config author reads it: `int | null`, `auto | sdpa`, `list[str]`."""
     origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return type_name(typing.get_args(annotation)[0])
     if origin is Literal:
         return " | ".join(str(a) for a in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):

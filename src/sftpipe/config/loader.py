@@ -19,7 +19,9 @@ from pydantic import BaseModel, ValidationError
 
 from sftpipe.config.fields import all_fields, model_in
 from sftpipe.config.foreign_keys import FOREIGN_KEYS
+from sftpipe.config.hpo_section import PARAM_TYPES
 from sftpipe.config.schema import Config
+from sftpipe.config.search_space import refused_values, unknown_keys
 from sftpipe.errors import SftpipeError
 from sftpipe.redact import REDACTED, is_secret_key, redact
 
@@ -77,10 +79,20 @@ def load_config(
     merged: dict[str, Any] = {}
     for layer in layers:
         merged = deep_merge(_without_alternatives(merged, layer.values), layer.values)
+    cfg, problems = None, []
     try:
-        return Config.model_validate(merged)
+        cfg = Config.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError([_describe(err, layers) for err in exc.errors()]) from None
+        problems = [_describe(err, layers) for err in exc.errors()]
+    space = merged.get("hpo", {}).get("search_space") if isinstance(merged.get("hpo"), dict) else None
+    found = unknown_keys(list(space)) if isinstance(space, dict) else {}
+    found |= refused_values(cfg) if cfg is not None else {}
+    problems += [f"{_origin_of(('hpo', 'search_space', key), layers)}: hpo.search_space.{key}: {problem}"
+                 for key, problem in found.items()]
+    if problems:
+        raise ConfigError(problems)
+    assert cfg is not None
+    return cfg
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -264,6 +276,8 @@ def _unknown_key_hint(loc: tuple[Any, ...]) -> str:
 
 
 def _valid_keys(loc: tuple[Any, ...]) -> list[str]:
+    if loc[:2] == ("hpo", "search_space") and len(loc) == 4:  # (..., dotted key, the spec's type)
+        return sorted(PARAM_TYPES[loc[3]].model_fields) if loc[3] in PARAM_TYPES else []
     model: type[BaseModel] = Config
     for part in loc:
         if isinstance(part, int):

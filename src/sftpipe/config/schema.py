@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 from sftpipe.config.base import Section
 from sftpipe.config.data_sections import DecontamConfig, DedupConfig, FilterConfig, MixConfig
 from sftpipe.config.verify_section import VerifyConfig
+from sftpipe.config.hpo_section import HpoConfig
 
 
 class ModelConfig(Section):
@@ -369,4 +370,5 @@ class Config(Section):
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    hpo: HpoConfig = Field(default_factory=HpoConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)

@@ -35,6 +35,11 @@ class Evaluators:
     validate: Callable[[torch.nn.Module], LossMetrics] | None = None
     # Called on the main process with the unwrapped model after every step it says is `due`.
     generation: GenerationEval | None = None
+    # Called with (step, the figures of that step's validation and generation, whether it is the last step)
+    # after they are logged, before the step's checkpoint. An HPO pruner raises here to stop a trial: the
+    # exception leaves `loop.run` with the run dir as a kill would (complete checkpoints, no final/).
+    # Single-process runs only: raised on one process, it would leave the others waiting at a collective.
+    on_figures: Callable[[int, dict[str, float], bool], None] | None = None
 
 
 # Builds a run's evaluators once the loop has set up: (config, tokenizer, accelerator) -> Evaluators.

@@ -387,16 +387,22 @@ def train_steps(s: Session, evaluation: Evaluators) -> tuple[float, LossMetrics 
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{figures['tokens_per_s']:.0f}")
         bar.update(1)
         saves = bool(tc.save_every and state.step % tc.save_every == 0) or is_last
+        reported: dict[str, float] = {}  # this step's validation and generation figures, for on_figures
         if (tc.eval_every and state.step % tc.eval_every == 0) or is_last:
             last_val = evaluation.validate(s.model) if evaluation.validate else None
             if last_val is not None:
+                reported.update(last_val.as_dict("val_"))
                 s.logger.log(state.step, last_val.as_dict("val_"))
                 if saves:  # the best is a checkpoint: one that is kept and can become final/
                     note_best(state, last_val.as_dict("val_"), ranking_metric(tc))
             if s.source_tokens is not None:
                 s.logger.log(state.step, s.source_tokens.upto(state.micro_batch))
         if gen_eval is not None and gen_eval.due(state.step):
-            s.logger.log(state.step, gen_eval(acc.unwrap_model(s.model)))
+            generated = gen_eval(acc.unwrap_model(s.model))
+            s.logger.log(state.step, generated)
+            reported.update(generated)
+        if reported and evaluation.on_figures is not None:
+            evaluation.on_figures(state.step, reported, is_last)
         if saves:
             checkpoint(s)
     bar.close()
