@@ -7,10 +7,11 @@ documented variables, since this node has no GPU.
 
 - A job trains LoRA (with dropout, so every process draws random numbers) to the end, and `final/` loads with
   plain transformers + peft.
-- The same job, requeued with `scontrol requeue` after its first checkpoint, is killed by Slurm, starts again
-  as attempt 2, resumes from that checkpoint and ends bitwise equal to the uninterrupted job, weights and
-  every logged record. The log must show the kill and a resume from a checkpoint before the last step: a job
-  that finished before the requeue, or restarted from scratch, would also end equal, and fails here instead.
+- The same job, signalled as Slurm signals it before its time limit, requeues itself; in its second attempt it
+  is requeued with `scontrol requeue`; each time Slurm kills it, it starts again, resumes from its newest
+  checkpoint, and the third attempt ends bitwise equal to the uninterrupted job, weights and every logged
+  record. The log must show each requeue and a resume from a checkpoint before the last step: a job that
+  finished before a requeue, or restarted from scratch, would also end equal, and fails here instead.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pytest
 
 from sftpipe.contracts.checkpoint import COMPLETE
 from sftpipe.data import prepare
+from sftpipe.train.tracking import read_metrics
 from tests.conftest import make_config, pc_records, write_jsonl
 from tests.run_compare import final_weights, run_differences
 
@@ -36,6 +38,7 @@ REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "configs" / "slurm" / "sftpipe.sbatch"
 STEPS = 24  # 24 train examples, 2 per micro-batch, 2 processes: 6 steps per epoch, 4 epochs
 REQUEUE_AFTER = 2  # the first checkpoint
+SECOND_REQUEUE_AFTER = 10
 JOB_TIMEOUT_S = 600
 FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "DEADLINE")
 
@@ -153,22 +156,41 @@ def test_sbatch_job_trains_on_two_processes_and_final_loads_with_plain_peft(refe
     assert not torch.allclose(tuned_logits, base_logits), "the trained adapter does not change the model"
 
 
-def test_requeued_job_resumes_from_its_checkpoint_and_ends_bitwise_equal(reference):
-    tmp, reference_job, _ = reference
+def newest_complete(run: Path) -> int:
+    steps = [int(p.parent.name.rsplit("-", 1)[1]) for p in (run / "checkpoints").glob(f"checkpoint-*/{COMPLETE}")]
+    return max(steps, default=0)
+
+
+def test_job_requeued_twice_resumes_and_ends_bitwise_equal(reference):
+    """Attempt 1 gets the time-limit warning (what `--signal=B:USR1@300` sends, here by scancel) and requeues
+    itself; attempt 2 is requeued by `scontrol requeue`; attempt 3 finishes."""
+    tmp, _, _ = reference
     run = tmp / "requeued"
     job = submit(tmp, run)
-    marker = run / "checkpoints" / f"checkpoint-{REQUEUE_AFTER}" / COMPLETE
-    wait_for(tmp, job, marker.exists, f"checkpoint-{REQUEUE_AFTER}")
+    wait_for(tmp, job, lambda: newest_complete(run) >= REQUEUE_AFTER, f"checkpoint-{REQUEUE_AFTER}")
+    first_requeue = time.time()
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True, timeout=30)
+    wait_for(tmp, job, lambda: job_info(job).get("Restarts") == "1" and newest_complete(run) >= SECOND_REQUEUE_AFTER,
+             f"attempt 2 and checkpoint-{SECOND_REQUEUE_AFTER}")
+    second_requeue = time.time()
     subprocess.run(["scontrol", "requeue", job], check=True, timeout=30)
     info = wait_finished(tmp, job)
 
     log = job_log(tmp, job)
-    assert info["Restarts"] == "1", log
-    assert f"CANCELLED AT" in log and "DUE TO JOB REQUEUE" in log, log
-    assert f"job {job}, attempt 2," in log, log
+    assert info["Restarts"] == "2", log
+    assert f"time limit near: requeueing job {job}" in log, log
+    assert log.count("DUE TO JOB REQUEUE") >= 2, log
+    assert f"job {job}, attempt 3," in log, log
+    # the summary, printed by the attempt that finished: it resumed from attempt 2's checkpoint
     resumed = re.findall(r"resumed from .*checkpoint-(\d+)", log)
-    assert len(resumed) == 1 and REQUEUE_AFTER <= int(resumed[0]) < STEPS, log  # not a fresh start
-    assert log.count(f"trained {STEPS} steps") == 1, log  # the first attempt did not finish
+    assert len(resumed) == 1 and SECOND_REQUEUE_AFTER <= int(resumed[0]) < STEPS, log
+    assert log.count(f"trained {STEPS} steps") == 1, log  # no attempt before it finished
+    # A resumed run keeps the metrics records up to its checkpoint and a fresh start drops them all, so the
+    # times at which the kept records were logged show that no attempt started from scratch.
+    when = {r["step"]: r["time"] for r in read_metrics(run / "logs" / "metrics.jsonl") if "loss" in r}
+    assert when[1] < first_requeue, "attempt 2 or 3 started from scratch"
+    assert any(first_requeue < t < second_requeue for t in when.values()), "attempt 3 did not go on from attempt 2"
+    assert when[STEPS] > second_requeue
     diffs = run_differences(tmp / "reference", run)
     assert not diffs, "\n".join(diffs[:10])
     assert final_weights(run), "no weights compared"
