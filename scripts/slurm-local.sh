@@ -9,8 +9,10 @@
 # node is idle.
 #
 # The config works in a container: no cgroup plugins (proctrack/linuxproc tracks a job's processes by parent
-# pid, task/none binds nothing, no accounting), root as SlurmUser. The node is called `localhost`, so the jobs'
-# rendezvous address (the allocation's first node name) resolves anywhere.
+# pid, task/none binds nothing, no accounting), root as SlurmUser. Two slurmd run on this machine, nodes
+# `sftpipe1` and `sftpipe2` at 127.0.0.1 (Debian builds Slurm with multiple-slurmd support), so a job can ask
+# for 2 nodes and the multi-node launch is tested for real. The names need not resolve: the sbatch script
+# meets at the first node's NodeAddr.
 #
 # Exit status: 0 when Slurm is up. Non-zero, with the reason, when it could not be set up; the tests marked
 # `slurm` then skip and say why, and .ci/run, which requires Slurm, fails.
@@ -19,30 +21,36 @@ set -uo pipefail
 MARK="# written by sftpipe scripts/slurm-local.sh"
 CONF=/etc/slurm/slurm.conf
 LOGS=/var/log/slurm
-NODE=localhost
+HOST=$(hostname -s)
+NODES="sftpipe1 sftpipe2"
 
 fail() { echo "slurm-local: $*" >&2; exit 1; }
 
-node_state() { sinfo -h -N -o %T 2>/dev/null | sed -n 1p; }
+# every node's state, e.g. "idle idle"
+node_states() { sinfo -h -N -o %T 2>/dev/null | tr '\n' ' '; }
 
-node_usable() {
+nodes_usable() {
+    local state
     scontrol ping 2>/dev/null | grep -q UP || return 1
-    case "$(node_state)" in idle*|mixed*|allocated*|completing*) return 0 ;; *) return 1 ;; esac
+    [ "$(sinfo -h -N -o %N 2>/dev/null | wc -l)" = "$(echo $NODES | wc -w)" ] || return 1
+    for state in $(node_states); do
+        case "$state" in idle*|mixed*|allocated*|completing*) ;; *) return 1 ;; esac
+    done
 }
 
 wanted_config() {
     cat <<EOF
 $MARK
 ClusterName=sftpipe-ci
-SlurmctldHost=$(hostname -s)(127.0.0.1)
+SlurmctldHost=$HOST(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
 StateSaveLocation=/var/spool/slurmctld
-SlurmdSpoolDir=/var/spool/slurmd
+SlurmdSpoolDir=/var/spool/slurmd/%n
 SlurmctldPidFile=/run/slurmctld.pid
-SlurmdPidFile=/run/slurmd.pid
+SlurmdPidFile=/run/slurmd-%n.pid
 SlurmctldLogFile=$LOGS/slurmctld.log
-SlurmdLogFile=$LOGS/slurmd.log
+SlurmdLogFile=$LOGS/slurmd-%n.log
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none
@@ -54,14 +62,19 @@ SelectTypeParameters=CR_CPU
 ReturnToService=2
 # a requeued or cancelled job's processes get SIGTERM, then SIGKILL this many seconds later
 KillWait=10
-NodeName=$NODE NodeHostname=$(hostname -s) NodeAddr=127.0.0.1 CPUs=$(nproc) State=UNKNOWN
-PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
+    # each node offers all of the machine's CPUs: slurmd refuses a node that claims more than it has
+    local port=6818 node
+    for node in $NODES; do
+        echo "NodeName=$node NodeHostname=$HOST NodeAddr=127.0.0.1 Port=$port CPUs=$(nproc) State=UNKNOWN"
+        port=$((port + 1))
+    done
+    echo "PartitionName=debug Nodes=${NODES// /,} Default=YES MaxTime=INFINITE State=UP"
 }
 
 if command -v scontrol >/dev/null 2>&1 && [ -r "$CONF" ] && [ "$(cat "$CONF")" = "$(wanted_config)" ] \
-   && node_usable; then
-    echo "slurm-local: Slurm is already up (node $NODE, $(node_state))"
+   && nodes_usable; then
+    echo "slurm-local: Slurm is already up (nodes $NODES: $(node_states))"
     exit 0
 fi
 
@@ -79,7 +92,8 @@ fi
 if [ -e "$CONF" ] && ! grep -qF "$MARK" "$CONF"; then
     fail "$CONF exists and was not written by this script: not touching a real cluster's config"
 fi
-mkdir -p /etc/slurm /var/spool/slurmctld /var/spool/slurmd "$LOGS" /run/munge
+mkdir -p /etc/slurm /var/spool/slurmctld "$LOGS" /run/munge
+for node in $NODES; do mkdir -p "/var/spool/slurmd/$node"; done
 wanted_config >"$CONF"
 
 if [ ! -s /etc/munge/munge.key ]; then
@@ -94,22 +108,28 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
 fi
 
 # daemons started earlier (by this script, from their pid files) run with an older config: start them afresh
-for daemon in slurmd slurmctld; do
-    pid=$(cat "/run/$daemon.pid" 2>/dev/null)
+for pidfile in /run/slurmd*.pid /run/slurmctld.pid; do
+    pid=$(cat "$pidfile" 2>/dev/null)
     if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
         kill "$pid"
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     fi
 done
 /usr/sbin/slurmctld || fail "slurmctld did not start (see $LOGS/slurmctld.log)"
-/usr/sbin/slurmd || fail "slurmd did not start (see $LOGS/slurmd.log)"
+for node in $NODES; do
+    /usr/sbin/slurmd -N "$node" || fail "slurmd for node $node did not start (see $LOGS/slurmd-$node.log)"
+done
 
 for _ in $(seq 60); do
-    state=$(node_state)
-    case "$state" in
-        idle*|mixed*|allocated*) echo "slurm-local: Slurm is up: node $NODE, $(nproc) CPUs, $state"; exit 0 ;;
-        down*|drain*) scontrol update nodename="$NODE" state=resume >/dev/null 2>&1 ;;
-    esac
+    if nodes_usable; then
+        echo "slurm-local: Slurm is up: nodes $NODES, $(nproc) CPUs each: $(node_states)"
+        exit 0
+    fi
+    for node in $NODES; do  # a node that was down under an earlier config comes back
+        case "$(sinfo -h -n "$node" -o %T 2>/dev/null)" in
+            down*|drain*) scontrol update nodename="$node" state=resume >/dev/null 2>&1 ;;
+        esac
+    done
     sleep 0.5
 done
-fail "the node did not become idle within 30 s (state '${state:-unknown}'); see $LOGS/slurmctld.log and $LOGS/slurmd.log"
+fail "the nodes did not become idle within 30 s ($(node_states)); see $LOGS/slurmctld.log and $LOGS/slurmd-*.log"

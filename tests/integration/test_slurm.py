@@ -1,12 +1,13 @@
 """The shipped configs/slurm/sftpipe.sbatch submitted to a real Slurm: 2 training processes on CPU (gloo).
 
-Needs a Slurm controller with a node to run on: `sudo bash scripts/slurm-local.sh` starts a one-node cluster on
-localhost (CI does, in .ci/run); without one these tests skip and say so. The job runs the script exactly as
-a user submits it; the test only chooses the interpreter and 2 processes per node through the script's
-documented variables, since this node has no GPU.
+Needs a Slurm controller with a node to run on: `sudo bash scripts/slurm-local.sh` starts a two-node cluster
+on this machine (CI does, in .ci/run); without one these tests skip and say so. The job runs the script exactly
+as a user submits it; the test only chooses the interpreter and the processes per node through the script's
+documented variables, since the nodes have no GPU.
 
 - A job trains LoRA (with dropout, so every process draws random numbers) to the end, and `final/` loads with
   plain transformers + peft.
+- The same job on 2 nodes with 1 process each ends bitwise equal to it.
 - The same job, signalled as Slurm signals it before its time limit, requeues itself; in its second attempt it
   is requeued with `scontrol requeue`; each time Slurm kills it, it starts again, resumes from its newest
   checkpoint, and the third attempt ends bitwise equal to the uninterrupted job, weights and every logged
@@ -64,17 +65,19 @@ def slurm():
         pytest.skip(reason)
 
 
-def job_env() -> dict[str, str]:
-    """What the submitting shell exports: this interpreter, 2 processes per node (no GPUs to count)."""
-    return {**os.environ, "SFTPIPE_PYTHON": sys.executable, "SFTPIPE_NPROC_PER_NODE": "2", "OMP_NUM_THREADS": "1",
+def job_env(nproc_per_node: int) -> dict[str, str]:
+    """What the submitting shell exports: this interpreter, the processes per node (no GPUs to count)."""
+    return {**os.environ, "SFTPIPE_PYTHON": sys.executable, "SFTPIPE_NPROC_PER_NODE": str(nproc_per_node),
+            "OMP_NUM_THREADS": "1",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
 
 
-def submit(tmp: Path, output_dir: Path) -> str:
+def submit(tmp: Path, output_dir: Path, nodes: int = 1) -> str:
+    """sbatch the shipped script: `nodes` nodes, 2 training processes in all."""
     proc = subprocess.run(
-        ["sbatch", "--parsable", "--chdir", str(tmp), str(SCRIPT), str(tmp / "config.json"), "--preset",
-         "fast_test", "--set", f"train.output_dir={output_dir}"],
-        capture_output=True, text=True, timeout=60, env=job_env())
+        ["sbatch", "--parsable", "--nodes", str(nodes), "--chdir", str(tmp), str(SCRIPT), str(tmp / "config.json"),
+         "--preset", "fast_test", "--set", f"train.output_dir={output_dir}"],
+        capture_output=True, text=True, timeout=60, env=job_env(2 // nodes))
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().split(";")[0]
 
@@ -194,3 +197,20 @@ def test_job_requeued_twice_resumes_and_ends_bitwise_equal(reference):
     diffs = run_differences(tmp / "reference", run)
     assert not diffs, "\n".join(diffs[:10])
     assert final_weights(run), "no weights compared"
+
+
+def test_two_node_job_computes_what_the_one_node_job_does(reference):
+    """2 nodes x 1 process (two slurmd on this machine, scripts/slurm-local.sh): srun starts torchrun on both
+    nodes, they meet at the first node's rendezvous, and the run equals the 1 node x 2 processes one bitwise."""
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N"], capture_output=True, text=True, timeout=30).stdout
+    if len(set(nodes.split())) < 2:
+        pytest.skip(f"needs a Slurm with 2 nodes (this one has {nodes.split()}); scripts/slurm-local.sh starts 2")
+    tmp, _, _ = reference
+    job = submit(tmp, tmp / "two_nodes", nodes=2)
+    info = wait_finished(tmp, job)
+    log = job_log(tmp, job)
+    assert info["NumNodes"] == "2", info
+    assert f"job {job}, attempt 1, 2 node(s) x 1 process(es)" in log, log
+    assert log.count(f"trained {STEPS} steps") == 1, log
+    diffs = run_differences(tmp / "reference", tmp / "two_nodes")
+    assert not diffs, "\n".join(diffs[:10])

@@ -32,6 +32,7 @@ exit "${FAKE_SRUN_STATUS:-0}"
 FAKE_SCONTROL = """#!/bin/bash
 case "$1 $2" in
     "show hostnames") printf '%s\\n' $FAKE_HOSTS ;;
+    "-o show") echo "NodeName=$4 Arch=x86_64 CoresPerSocket=1 NodeAddr=${FAKE_ADDR:-$4} NodeHostName=$4 Port=0" ;;
     "requeue $SLURM_JOB_ID") echo "$@" >> "$FAKE_OUT/scontrol.log"; touch "$FAKE_OUT/requeued" ;;
     *) echo "unexpected scontrol $*" >&2; exit 1 ;;
 esac
@@ -100,14 +101,14 @@ def test_processes_per_node(tmp_path, slurm_env, variables, nproc):
 
 def test_settings_from_the_environment(tmp_path, slurm_env):
     slurm_env.update(SFTPIPE_RDZV_PORT="41000", SFTPIPE_PYTHON="/opt/venv/bin/python", SLURM_JOB_NUM_NODES="1",
-                     FAKE_HOSTS="cn1", SLURM_JOB_NODELIST="cn1")
+                     FAKE_HOSTS="cn1", SLURM_JOB_NODELIST="cn1", FAKE_ADDR="10.1.2.3")
     del slurm_env["SLURM_CPUS_PER_TASK"]
     assert run_script(slurm_env, "c.yaml").returncode == 0
     argv = srun_args(tmp_path)
     assert argv[argv.index("--cpus-per-task") + 1] == "1"
     assert "/opt/venv/bin/python" in argv
     args = torchrun_args(argv)
-    assert (args.nnodes, args.rdzv_endpoint) == ("1", "cn1:41000")
+    assert (args.nnodes, args.rdzv_endpoint) == ("1", "10.1.2.3:41000")  # where Slurm reaches the node
 
 
 def test_dry_run_prints_the_command_and_runs_nothing(tmp_path, slurm_env):
