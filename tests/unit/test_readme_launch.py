@@ -21,18 +21,20 @@ ACCELERATE_CONFIGS = {"ddp.yaml", "fsdp.yaml", "fsdp_4xa40.yaml"}
 
 
 def section_commands() -> list[list[str]]:
-    """The section's ```bash lines as argv lists, environment assignments and comments removed."""
+    """The section's ```bash lines as argv lists (`a && b` as two), environment assignments and comments
+    removed."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
     assert text.count(SECTION) == 1, f"README.md needs exactly one '{SECTION}' section"
     section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
+    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL):
         for line in block.splitlines():
-            argv = shlex.split(line, comments=True)
-            while argv and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", argv[0]):
-                argv.pop(0)
-            if argv:
-                commands.append(argv)
+            for part in line.split(" && "):
+                argv = shlex.split(part, comments=True)
+                while argv and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", argv[0]):
+                    argv.pop(0)
+                if argv:
+                    commands.append(argv)
     return commands
 
 
@@ -78,8 +80,18 @@ def check_scontrol(argv: list[str]) -> None:
     assert argv[1] == "requeue" and argv[2].isdigit(), argv
 
 
+def check_sudo(argv: list[str]) -> None:
+    assert argv[1] == "bash" and (REPO / argv[2]).is_file() and argv[2].startswith("scripts/"), argv
+
+
+def check_pytest(argv: list[str]) -> None:
+    marker = argv[argv.index("-m") + 1]
+    assert f'"{marker}: ' in (REPO / "pyproject.toml").read_text(), f"marker {marker} is not declared"
+    assert all((REPO / a).exists() for a in argv[1:] if a.startswith("tests/")), argv
+
+
 CHECKS = {"torchrun": check_torchrun, "accelerate": check_accelerate, "sbatch": check_sbatch,
-          "scontrol": check_scontrol}
+          "scontrol": check_scontrol, "sudo": check_sudo, "pytest": check_pytest}
 
 
 def test_the_section_shows_every_launcher_and_multi_node_forms():
@@ -104,6 +116,7 @@ def test_command_parses(argv):
     (["accelerate", "launch", "--config_file", "configs/accelerate/ddp.yaml", "--num_machines", "2",
       "--num_processes", "8", "-m", "sftpipe.cli", "train", "configs/haskell_lora.yaml"], "main process"),
     (["sbatch", "configs/slurm/other.sbatch", "configs/haskell_lora.yaml"], "script"),
+    (["pytest", "-m", "slurmm", "tests/integration/test_slurm.py"], "marker"),
 ])
 def test_the_checks_catch_a_broken_command(argv, why):
     with pytest.raises((AssertionError, SystemExit)):
