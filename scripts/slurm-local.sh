@@ -84,9 +84,17 @@ if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! comm
    || ! command -v munged >/dev/null; then
     command -v apt-get >/dev/null || fail "slurmctld/slurmd/sbatch/munged are not installed and there is no apt-get"
     echo "slurm-local: installing slurmctld, slurmd, slurm-client and munge with apt-get"
-    # policy-rc.d in containers keeps the packages' services from starting; this script starts them itself
+    # The packages start their services on install, which fails without a slurm.conf and fails the install.
+    # A policy-rc.d that says no (Docker images ship one) keeps them from starting; this script starts them.
+    policy=/usr/sbin/policy-rc.d added_policy=
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy" && added_policy=1
+    fi
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        slurmctld slurmd slurm-client munge >/dev/null || fail "apt-get could not install slurm-wlm and munge"
+        slurmctld slurmd slurm-client munge >/dev/null
+    installed=$?
+    [ -z "$added_policy" ] || rm -f "$policy"
+    [ "$installed" = 0 ] || fail "apt-get could not install slurm-wlm and munge"
 fi
 
 if [ -e "$CONF" ] && ! grep -qF "$MARK" "$CONF"; then
