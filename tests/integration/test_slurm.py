@@ -37,9 +37,11 @@ pytestmark = [pytest.mark.slurm, pytest.mark.heavy, pytest.mark.integration]
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "configs" / "slurm" / "sftpipe.sbatch"
-STEPS = 24  # 24 train examples, 2 per micro-batch, 2 processes: 6 steps per epoch, 4 epochs
+STEPS = 36  # 24 train examples, 2 per micro-batch, 2 processes: 6 steps per epoch, 6 epochs
+# A requeue must land before the job ends: requeueing after early checkpoints leaves 28 or more steps to go
+# (steps of this tiny model are short next to the processes' start, so the margin costs little time).
 REQUEUE_AFTER = 2  # the first checkpoint
-SECOND_REQUEUE_AFTER = 10
+SECOND_REQUEUE_AFTER = 8
 JOB_TIMEOUT_S = 600
 FINISHED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "DEADLINE")
 
@@ -103,7 +105,7 @@ def wait_for(tmp: Path, job: str, condition, what: str) -> None:
             subprocess.run(["scancel", job], timeout=30)
             pytest.fail(f"job {job}: {what} did not happen within {JOB_TIMEOUT_S} s ({info.get('JobState')});"
                         f" log:\n{job_log(tmp, job)[-3000:]}")
-        time.sleep(0.2)
+        time.sleep(0.1)
 
 
 def wait_finished(tmp: Path, job: str) -> dict[str, str]:
@@ -123,7 +125,7 @@ def reference(tmp_path_factory, dropout_model):
         data={"split": {"train": 0.8, "val": 0.2, "test": 0.0}},
         lora={"dropout": 0.1},
         train={"method": "lora", "packing": False, "tokens_per_batch": 0, "micro_batch_size": 2, "grad_accum": 1,
-               "max_steps": 0, "epochs": 4, "lr": 1e-2, "warmup_ratio": 0.1, "scheduler": "cosine",
+               "max_steps": 0, "epochs": 6, "lr": 1e-2, "warmup_ratio": 0.1, "scheduler": "cosine",
                "save_every": REQUEUE_AFTER, "save_total_limit": 2, "eval_every": 4},
     )
     prepare.run(cfg)
