@@ -16,6 +16,17 @@ from sftpipe.config.base import Section
 from sftpipe.config.data_sections import DecontamConfig, DedupConfig, FilterConfig, MixConfig
 
 
+class QuantizationConfig(Section):
+    bits: Literal[4, 8] = Field(4, description="Bits per frozen base weight: 4 (QLoRA, bitsandbytes Linear4bit) or 8 "
+                                "(LLM.int8, Linear8bitLt; GPU only).")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type: nf4 (QLoRA's NormalFloat) or fp4.")
+    double_quant: bool = Field(True, description="Quantize the 4-bit blocks' absmax constants too (~0.37 bit less "
+                               "per weight).")
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="dtype the 4-bit weights are dequantized to for each matmul. auto: model.dtype as "
+        "resolved (bfloat16 on a GPU that supports it, else float32).")
+
+
 class ModelConfig(Section):
     name_or_path: str = Field(
         "tiny",
@@ -36,6 +47,9 @@ class ModelConfig(Section):
         False, description="Run Python code shipped with a hub model. Off by default: only enable for models you trust."
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    quantization: QuantizationConfig = Field(
+        default_factory=QuantizationConfig,
+        description="How train.method: qlora loads the frozen base (bitsandbytes); unused by full and lora.")
 
 
 class SourceConfig(Section):
@@ -126,15 +140,25 @@ class DataConfig(Section):
 
 class LoraConfig(Section):
     r: int = Field(16, gt=0, description="LoRA rank.")
-    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with "
+                       "use_rslora).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Module names to adapt, or all-linear for every linear layer but the LM head."
     )
+    use_dora: bool = Field(False, description="DoRA: learn a magnitude per output feature besides the LoRA "
+                           "direction (PEFT's use_dora; slower steps, merges like LoRA).")
+    use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(r) instead of alpha / r, which keeps "
+                             "high ranks learning (PEFT's use_rslora).")
+    modules_to_save: list[str] = Field(
+        default_factory=list, description="Modules trained in full and saved with the adapter, e.g. [embed_tokens, "
+        "lm_head] when tokens were added to the vocabulary.")
 
 
 class TrainConfig(Section):
-    method: Literal["full", "lora"] = Field("lora", description="full fine-tune or LoRA adapters.")
+    method: Literal["full", "lora", "qlora"] = Field(
+        "lora", description="full fine-tune, LoRA adapters, or qlora: LoRA adapters on a base quantized as "
+        "model.quantization says (bitsandbytes; pip install 'sftpipe[qlora]').")
     output_dir: str = Field("runs/sftpipe", description="Run directory: checkpoints, logs, final model.")
     epochs: float = Field(1.0, gt=0, description="Passes over the train split (ignored when max_steps > 0).")
     max_steps: int = Field(0, ge=0, description="Optimizer steps to run; 0 means use epochs.")

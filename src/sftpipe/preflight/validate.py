@@ -204,7 +204,7 @@ def _check_model(cfg: Config, checks: list[Check]) -> ModelPlan | None:
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
-        if cfg.train.method == "lora":
+        if cfg.train.method != "full":
             model = peft.get_peft_model(model, lora_config(cfg))
     except (ValueError, TypeError, KeyError) as exc:  # peft: target modules not found; transformers: bad config
         checks.append(Check("model", "fail", f"cannot build {cfg.train.method} on {source!r}: {exc} "
@@ -216,13 +216,14 @@ def _check_model(cfg: Config, checks: list[Check]) -> ModelPlan | None:
         weight_bytes = torch.finfo(resolve_dtype(cfg.model.dtype, pick_device(cfg.train.device))).bits // 8
     except SftpipeError:
         weight_bytes = 4
-    if cfg.train.method == "lora":
+    if cfg.train.method != "full":
         saved = trainable * 4  # peft keeps adapters in fp32
         plan = ModelPlan(total, trainable, saved + 2 * saved, saved)
     else:
         saved = total * weight_bytes
         plan = ModelPlan(total, trainable, saved + 2 * trainable * weight_bytes, saved)
-    method = f"LoRA r={cfg.lora.r} on {cfg.lora.target_modules}" if cfg.train.method == "lora" else "full"
+    method = "full" if cfg.train.method == "full" else \
+        f"{'QLoRA' if cfg.train.method == 'qlora' else 'LoRA'} r={cfg.lora.r} on {cfg.lora.target_modules}"
     checks.append(Check("model", "ok", f"{source}: {config.model_type}, {total:,} params, {trainable:,} trainable "
                                        f"({method})"))
     max_positions = getattr(config, "max_position_embeddings", None)

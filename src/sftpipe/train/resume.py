@@ -41,14 +41,19 @@ SAFE_TO_CHANGE = frozenset({
 })
 
 
+ADAPTER_METHODS = ("lora", "qlora")
+
+
 def run_fingerprint(cfg: Config, data_dir: Path, tokenizer_sha256: str, world_size: int) -> dict[str, Any]:
     """What a checkpoint must share with the current run for resuming to continue the same trajectory."""
     sections = {"model": cfg.model, "train": cfg.train}
-    if cfg.train.method == "lora":
+    if cfg.train.method in ADAPTER_METHODS:
         sections["lora"] = cfg.lora
+    # the quantized base is rebuilt from the base model's weights, so its settings are what the checkpoint must match
+    unused = set() if cfg.train.method == "qlora" else {"model.quantization"}
     settings = {f"{name}.{key}": value for name, section in sections.items()
                 for key, value in redact(section.model_dump(mode="json")).items()
-                if f"{name}.{key}" not in SAFE_TO_CHANGE}
+                if f"{name}.{key}" not in SAFE_TO_CHANGE | unused}
     return {
         "config": settings,
         "data_sha256": data_fingerprint(data_dir),
