@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import BitsAndBytesConfig, PreTrainedModel
 
-INSTALL_HINT = "pip install 'sftpipe[qlora]' (bitsandbytes >= 0.45; its 4-bit layers run on CPU and CUDA)"
+INSTALL_HINT = "pip install 'sftpipe[qlora]' (bitsandbytes >= 0.50; its 4-bit layers run on CPU and CUDA)"
 
 
 def require_bitsandbytes(what: str = "train.method: qlora") -> None:
