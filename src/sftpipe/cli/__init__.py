@@ -80,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, help="--set eval.generation.top_p=P (default 1.0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="--set train.device=DEVICE (default auto)")
     p.set_defaults(batch_size=None)  # one conversation: infer's --batch-size has nothing to batch
+    p = sub.add_parser("estimate", help="memory per device of a training step, before loading weights; the "
+                       "largest micro-batch that fits")
+    _config_args(p)
+    p.add_argument("--gpus", type=int, default=1, help="devices the run is launched on (default 1)")
+    p.add_argument("--gpu-memory", help="memory per device, e.g. 24GiB or 48GB (default: the first GPU's)")
+    p.add_argument("--sharding", choices=["auto", "none", "fsdp"], default="auto",
+                   help="FSDP full sharding of weights, gradients and optimizer states (auto: for a full "
+                   "fine-tune on more than one GPU)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON (bytes)")
     p = sub.add_parser("validate", help="check a config, its files, masks, disk and device without training")
     _config_args(p)
     sub.add_parser("doctor", help="check the environment: torch, CUDA, GPUs, bf16, optional packages")
@@ -233,6 +242,22 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    import json
+
+    from sftpipe.cli.estimate import print_estimate
+    from sftpipe.preflight.estimate import parse_bytes, run
+
+    budget = parse_bytes(args.gpu_memory) if args.gpu_memory else None
+    sharded = None if args.sharding == "auto" else args.sharding == "fsdp"
+    result = run(_load(args), gpus=args.gpus, gpu_memory=budget, sharded=sharded)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        print_estimate(result)
+    return 0 if result.fits is not False else 1
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from sftpipe.preflight.validate import run
     from sftpipe.cli.report import print_checks
@@ -295,6 +320,7 @@ COMMANDS = {
     "merge": cmd_merge,
     "infer": cmd_infer,
     "chat": cmd_chat,
+    "estimate": cmd_estimate,
     "validate": cmd_validate,
     "doctor": cmd_doctor,
     "show-config": cmd_show_config,

@@ -190,4 +190,21 @@ def recommend(at, acts: ActivationSettings, batch: BatchShape, params: Parameter
 
 
 def human(nbytes: int) -> str:
-    return f"{nbytes / GiB:.2f} GiB"
+    """GiB with two decimals, MiB below 1 GiB."""
+    return f"{nbytes / GiB:.2f} GiB" if nbytes >= GiB else f"{nbytes / 2**20:.1f} MiB"
+
+
+def summary(result: EstimateResult) -> str:
+    """One line: the peak per device, and against the budget when there is one."""
+    e = result.planned
+    line = (f"~{human(e.reserved)} per device at the peak ({human(e.total)} in tensors), micro-batch {e.rows} x "
+            f"{e.row_length} tokens, checkpointing {'on' if e.checkpointing else 'off'}")
+    if result.budget is not None:
+        line += f"; budget {human(result.budget)}: " + ("fits" if result.fits else "does NOT fit")
+        rec = result.recommendation
+        if rec is not None:
+            line += (f"; largest that fits: micro_batch_size {rec.micro_batch_size}, grad_accum {rec.grad_accum}"
+                     f", gradient_checkpointing {str(rec.gradient_checkpointing).lower()}")
+        else:
+            line += "; nothing fits, even one row with checkpointing"
+    return line

@@ -69,7 +69,23 @@ def run(cfg: Config) -> ValidateResult:
     _check_run_dir(cfg, tokenizer, checks)
     _check_disk(cfg, plan, steps, checks)
     _check_device(cfg, checks)
+    if plan is not None:
+        _check_memory(cfg, checks)
     return result
+
+
+def _check_memory(cfg: Config, checks: list[Check]) -> None:
+    """The figures of `sftpipe estimate` in one line; a run that does not fit the GPU is a failed check."""
+    from sftpipe.preflight.estimate import run as estimate_memory
+    from sftpipe.preflight.estimate import summary
+
+    try:
+        result = estimate_memory(cfg)
+    except SftpipeError as exc:
+        checks.append(Check("memory", "skip", str(exc)))
+        return
+    checks.append(Check("memory", "fail" if result.fits is False else "ok",
+                        summary(result) + " (estimate; `sftpipe estimate` for the breakdown)"))
 
 
 def _check_tokenizer(cfg: Config, checks: list[Check]):
