@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default="auto", help="auto (newest complete checkpoint), never, or a checkpoint dir")
     p.add_argument("--resume-force", action="store_true",
                    help="resume even from a checkpoint made with other settings, data or model")
+    p.add_argument("--method", choices=["lora", "qlora", "full"], help="--set train.method=METHOD")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate, estimate memory, build the model and run one step on the largest micro-batch; "
+                   "print step time and peak memory next to the estimate; write nothing (exit 1 if it does not fit)")
+    p.add_argument("--gpu-memory", help="with --dry-run: memory per device to fit, e.g. 24GiB (default: the GPU's)")
     p = sub.add_parser("eval", help="loss/accuracy on a prepared split, generation metrics, executed tests (pass@k)")
     _config_args(p)
     which = p.add_mutually_exclusive_group()
@@ -166,6 +171,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from sftpipe.cli.report import print_train
     from sftpipe.stages import train
 
+    if args.method:  # a shortcut for --set, applied after every --set
+        args.overrides = [*args.overrides, f"train.method={args.method}"]
+    if args.dry_run:
+        from sftpipe.cli.estimate import print_dry_run
+        from sftpipe.preflight.dry_run import run as dry_run
+        from sftpipe.preflight.estimate import parse_bytes
+
+        result = dry_run(_load(args), gpu_memory=parse_bytes(args.gpu_memory) if args.gpu_memory else None)
+        print_dry_run(result)
+        return 0 if result.ok else 1
+    if args.gpu_memory:
+        raise SftpipeError("train --gpu-memory goes with --dry-run (a training run uses the memory it has)")
     result = train(_load(args), resume=args.resume, resume_force=args.resume_force)
     if result.main_process:  # one summary for a multi-process launch (torchrun, accelerate launch)
         print_train(result)

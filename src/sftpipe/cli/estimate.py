@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from sftpipe.models.memory import MemoryEstimate
+from sftpipe.preflight.dry_run import DryRunResult
 from sftpipe.preflight.estimate import EstimateResult, human
 
 PARTS = [("weights", "weights"), ("gradients", "gradients"), ("optimizer (AdamW states)", "optimizer"),
@@ -43,3 +44,23 @@ def print_estimate(result: EstimateResult) -> None:
     print(f"  recommended: train.micro_batch_size {rec.micro_batch_size}, train.grad_accum {rec.grad_accum} "
           f"({b.rows_per_step} rows per optimizer step as configured{', rounded up' if rec.micro_batch_size * rec.grad_accum != b.rows_per_step else ''}), "
           f"model.gradient_checkpointing {str(rec.gradient_checkpointing).lower()}: ~{human(rec.estimate.reserved)}")
+
+
+def print_dry_run(result: DryRunResult) -> None:
+    from sftpipe.cli.report import print_checks
+
+    print_checks(result.checks)
+    print()
+    print_estimate(result.estimate)
+    print()
+    if result.failed:
+        print("dry run: no step tried, validation failed: " + ", ".join(c.name for c in result.failed))
+    elif not result.ran:
+        print("dry run: no step tried: the estimate does not fit the memory budget (see the recommendation)")
+    else:
+        e = result.estimate.planned
+        print(f"dry run: one step on the largest micro-batch ({result.rows} rows, {result.tokens:,} token slots) in "
+              f"{result.step_s:.2f} s, loss {result.loss:.4f}, {result.trainable_params:,} trainable params")
+        print(f"  peak memory: {human(result.peak_bytes)} measured ({result.peak_kind}); estimate "
+              f"{human(e.total)} in tensors, {human(e.reserved)} reserved")
+    print("nothing was written")
