@@ -162,8 +162,15 @@ class TrainConfig(Section):
     output_dir: str = Field("runs/sftpipe", description="Run directory: checkpoints, logs, final model.")
     epochs: float = Field(1.0, gt=0, description="Passes over the train split (ignored when max_steps > 0).")
     max_steps: int = Field(0, ge=0, description="Optimizer steps to run; 0 means use epochs.")
-    micro_batch_size: int = Field(4, gt=0, description="Examples per forward pass.")
-    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    micro_batch_size: int | Literal["auto"] = Field(
+        4, description="Examples per forward pass (packed rows with packing). auto: the largest that fits the "
+        "device's memory by the estimate (confirmed by a step on CUDA), with grad_accum chosen to keep "
+        "tokens_per_step; the choice is recorded in the run manifest and reused on resume.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step (with an auto batch size, "
+                            "chosen to keep tokens_per_step: the value set here is replaced, with a log line).")
+    tokens_per_step: int = Field(
+        0, ge=0, description="With micro_batch_size or tokens_per_batch auto: token slots per optimizer step per "
+        "device to keep (the micro-batch's tokens x grad_accum, rounded up to whole micro-batches).")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not applied to biases and norms).")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
@@ -204,8 +211,8 @@ class TrainConfig(Section):
     packing: bool = Field(
         False, description="Pack examples best-fit-decreasing into rows of pack_length tokens; position ids restart "
         "at each example and attention never crosses examples. Same loss per example as unpacked, far less padding.")
-    tokens_per_batch: int = Field(
-        0, ge=0, description="Token budget of one micro-batch (padding included). With packing: rows per micro-batch "
+    tokens_per_batch: int | Literal["auto"] = Field(
+        0, description="auto: the largest budget that fits the device's memory (see micro_batch_size). Token budget of one micro-batch (padding included). With packing: rows per micro-batch "
         "= tokens_per_batch // pack_length (0: micro_batch_size rows). Without packing: > 0 groups examples of "
         "similar length, as many per micro-batch as fit; 0 uses micro_batch_size examples.")
     pack_length: int = Field(
@@ -233,6 +240,26 @@ class TrainConfig(Section):
         if steps is None and ratio is None:
             raise ValueError("warmup_steps and warmup_ratio are both null; set one of them (0 for no warmup)")
         return {**data, "warmup_ratio": None} if steps is not None else data
+
+    @model_validator(mode="after")
+    def _auto_batch(self) -> "TrainConfig":
+        """auto chooses the micro-batch and grad_accum for a number of tokens per step, which must be given."""
+        autos = [name for name in ("micro_batch_size", "tokens_per_batch") if getattr(self, name) == "auto"]
+        for name in ("micro_batch_size", "tokens_per_batch"):
+            value = getattr(self, name)
+            if value != "auto" and value < (1 if name == "micro_batch_size" else 0):
+                raise ValueError(f"{name} must be {'> 0' if name == 'micro_batch_size' else '>= 0'} or auto, "
+                                 f"got {value}")
+        if len(autos) == 2:
+            raise ValueError("micro_batch_size and tokens_per_batch are both auto; set one of them to auto")
+        if autos and not self.tokens_per_step:
+            raise ValueError(f"{autos[0]}: auto needs tokens_per_step, the token slots per optimizer step per device "
+                             "to keep (e.g. tokens_per_step: 65536)")
+        return self
+
+    @property
+    def auto_batch(self) -> bool:
+        return "auto" in (self.micro_batch_size, self.tokens_per_batch)
 
     @model_validator(mode="after")
     def _best_is_validated(self) -> "TrainConfig":

@@ -24,6 +24,18 @@ class FinalSource(Record):
     value: float | None = None  # that figure at `step`, when selected by one
 
 
+class AutoBatch(Record):
+    """The batch `micro_batch_size: auto` / `tokens_per_batch: auto` chose; a resumed run reuses it."""
+
+    micro_batch_size: int
+    tokens_per_batch: int
+    grad_accum: int
+    gradient_checkpointing: bool
+    budget_bytes: int  # memory per device it was fitted to
+    estimate_bytes: int  # the estimated peak (reserved) of the chosen micro-batch
+    probed: bool  # confirmed by a training step on CUDA (halved on out-of-memory)
+
+
 class RunManifest(Record):
     """run_manifest.json: what made the run (versions, git SHA, seed) and from what (model, data, tokenizer)."""
 
@@ -43,6 +55,7 @@ class RunManifest(Record):
     device: str
     host: str
     final: FinalSource | None = None  # written when final/ is; absent in manifests of older runs and unfinished ones
+    batch: AutoBatch | None = None  # what auto batch sizes chose; absent when the config set them
 
 
 @dataclass(frozen=True)

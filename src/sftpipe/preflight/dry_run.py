@@ -15,13 +15,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from sftpipe.config.schema import Config
 from sftpipe.contracts.data_dir import DataDir
-from sftpipe.data.batches.collate import MicroBatch, TokenStore, collate_padded
-from sftpipe.data.batches.plan import build_plan, rows_stats
+from sftpipe.data.batches.collate import TokenStore
 from sftpipe.errors import SftpipeError
 from sftpipe.models.adapters import build_trainable_model, count_parameters
 from sftpipe.models.loading import load_tokenizer, pick_device, resolve_attn
@@ -29,6 +27,8 @@ from sftpipe.models.varlen_attention import VARLEN_ATTENTION, packed_attention
 from sftpipe.preflight import Check, validate
 from sftpipe.preflight.estimate import EstimateResult
 from sftpipe.preflight.estimate import run as estimate_memory
+from sftpipe.models.memory_plan import resolve_auto_batch
+from sftpipe.train.auto_batch import device_memory, largest_micro_batch
 from sftpipe.train.causal_lm import CausalLMLoss
 
 
@@ -64,8 +64,10 @@ def run(cfg: Config, gpu_memory: int | None = None, gpus: int = 1) -> DryRunResu
     if not data.is_prepared():
         raise SftpipeError(f"{data.path}: not prepared; `sftpipe prepare` it before `train --dry-run` (the step runs "
                            "on the largest micro-batch of the prepared data)")
+    device = pick_device(cfg.train.device)
+    if cfg.train.auto_batch:  # the batch training would choose (without the CUDA probe)
+        cfg = resolve_auto_batch(cfg, gpu_memory or device_memory(device), gpus=gpus, cuda=device.type == "cuda")[0]
     tc = cfg.train
-    device = pick_device(tc.device)
     torch.manual_seed(tc.seed)
     tokenizer = load_tokenizer(cfg.model)
     model = build_trainable_model(cfg, device)
@@ -76,7 +78,8 @@ def run(cfg: Config, gpu_memory: int | None = None, gpus: int = 1) -> DryRunResu
     if tc.packing:
         attention = packed_attention(loss_model.causal_lm(), cfg.model.attn_implementation, attention,
                                      int(store.lengths.max()))
-    batch = largest_micro_batch(cfg, store, tokenizer.pad_token_id, flat=attention in VARLEN_ATTENTION)
+    batch = largest_micro_batch(cfg, store, tokenizer.pad_token_id, data.manifest.max_length,
+                                flat=attention in VARLEN_ATTENTION)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.lr)
     inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.inputs.items()}
     if device.type == "cuda":
@@ -99,20 +102,6 @@ def run(cfg: Config, gpu_memory: int | None = None, gpus: int = 1) -> DryRunResu
     result.tokens, result.rows = batch.slots, int(inputs["input_ids"].shape[0])
     result.ran = True
     return result
-
-
-def largest_micro_batch(cfg: Config, store: TokenStore, pad_id: int, flat: bool) -> MicroBatch:
-    """The micro-batch with the most token slots the run could make: the longest examples together (padded
-    batches are shuffled, so any epoch may group them), or the fullest one of the packed or token-budget plan."""
-    tc = cfg.train
-    lengths = store.lengths
-    if not tc.packing and not tc.tokens_per_batch:
-        longest = np.argsort(-lengths, kind="stable")[: tc.micro_batch_size]
-        return collate_padded(store, [[int(i)] for i in longest], pad_id)
-    plan, layout = build_plan(tc, lengths, int(lengths.max()) if not tc.pack_length else tc.pack_length, 1, 0,
-                              flat=flat)
-    fullest = max(range(plan.micro_batches_per_epoch), key=lambda g: rows_stats(plan.rows(g)[0], lengths).slots)
-    return layout.collate(store, plan.rows(fullest)[0], pad_id, True)
 
 
 def peak_rss() -> int:

@@ -273,6 +273,17 @@ def _check_data_dir(cfg: Config, tokenizer, checks: list[Check]) -> int | None:
         checks.append(Check("data dir", "fail", f"{head}: nothing to train on"))
         return None
     tc = cfg.train
+    if tc.auto_batch:  # plan with the batch training would choose (the estimate's, before any CUDA probe)
+        from sftpipe.models.loading import pick_device
+        from sftpipe.models.memory_plan import resolve_auto_batch
+        from sftpipe.train.auto_batch import device_memory
+
+        try:
+            device = pick_device(tc.device)
+            tc = resolve_auto_batch(cfg, device_memory(device), cuda=device.type == "cuda")[0].train
+        except SftpipeError as exc:
+            checks.append(Check("data dir", "fail", f"{head}: {exc}"))
+            return None
     lengths = TokenStore(data.load_split("train")).lengths
     try:  # the batches train would make (one process): token budgets and packing change the steps per epoch
         per_epoch, efficiency = planned_batches(tc, lengths, manifest.max_length)
