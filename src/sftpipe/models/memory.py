@@ -254,14 +254,18 @@ def estimate(shape: DecoderShape, params: Parameters, a: ActivationSettings, *, 
 
     Args:
         supervised_fraction: share of the tokens with a label (the loss's head runs on those only).
-        sharded: FSDP full sharding over `devices`: weights, gradients and optimizer states split evenly.
+        sharded: FSDP full sharding over `devices`: weights, gradients and optimizer states split evenly, plus
+            two layers' weights gathered whole (the one computing and the one prefetched).
     """
     split = devices if sharded else 1
     tokens = rows * row_length
     supervised = max(1, int(tokens * supervised_fraction))
     activations, recompute = activation_bytes(shape, a, tokens, row_length)
+    # FSDP gathers one layer's full weights for its forward and backward, and prefetches the next
+    gathered = 2 * params.weights_bytes // shape.layers if sharded and devices > 1 else 0
     return MemoryEstimate(
-        weights=math.ceil(params.weights_bytes / split), gradients=math.ceil(params.gradient_bytes / split),
+        weights=math.ceil(params.weights_bytes / split) + gathered,
+        gradients=math.ceil(params.gradient_bytes / split),
         optimizer=math.ceil(params.optimizer_bytes / split),
         activations=activations, recompute=recompute,
         loss=loss_bytes(shape, supervised, a.element_bytes, params.head_trainable, chunk_tokens),
