@@ -68,3 +68,16 @@ def test_auto_needs_tokens_per_step_and_one_auto_field(tmp_path, tiny_dir):
         _config(tmp_path / "a", tiny_dir, tokens_per_step=0)
     with pytest.raises(ConfigError, match="both auto"):
         _config(tmp_path / "c", tiny_dir, tokens_per_batch="auto")
+
+
+def test_the_cuda_probe_halves_the_rows_on_out_of_memory():
+    import torch
+
+    tried = []
+
+    def probe(rows):
+        tried.append(rows)
+        if rows > 5:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    assert auto_batch.probe_rows(probe, 24) == 3 and tried == [24, 12, 6, 3]
