@@ -154,7 +154,7 @@ def run_case(shape: str, method: str, checkpointing: bool, seq: int, steps: int,
     except torch.OutOfMemoryError:
         row.update(status="out of memory")
     finally:
-        del model, loss_model, optimizer
+        model = loss_model = optimizer = None  # noqa: F841 - freed before the next case
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
