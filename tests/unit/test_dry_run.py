@@ -34,6 +34,7 @@ def prepared(tmp_path_factory, tiny_dir):
 
 
 def test_dry_run_steps_once_and_writes_nothing(prepared, capsys, monkeypatch):
+    pytest.importorskip("bitsandbytes", reason="the dry run is of a QLoRA run: pip install 'sftpipe[qlora]'")
     monkeypatch.chdir(prepared)
     before = tree(prepared)
     assert main(["train", str(prepared / "config.json"), "--dry-run", "--method", "qlora"]) == 0

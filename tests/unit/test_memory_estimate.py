@@ -135,6 +135,8 @@ CASES = [  # method, checkpointing, rows, length, lora dropout
 @pytest.mark.parametrize(("method", "checkpointing", "rows", "length", "dropout"), CASES,
                          ids=[f"{c[0]}-ckpt{int(c[1])}-{c[2]}x{c[3]}-drop{c[4]}" for c in CASES])
 def test_estimate_matches_torch_accounting(tmp_path, tiny_dir, method, checkpointing, rows, length, dropout):
+    if method == "qlora":
+        pytest.importorskip("bitsandbytes", reason="QLoRA needs bitsandbytes: pip install 'sftpipe[qlora]'")
     cfg = _cfg(tmp_path, tiny_dir, method, checkpointing, rows, length, dropout)
     est: MemoryEstimate = estimate.run(cfg, cuda=False).planned
     got = measure(cfg, rows, length)

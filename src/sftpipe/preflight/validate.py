@@ -214,6 +214,13 @@ def _check_model(cfg: Config, checks: list[Check]) -> ModelPlan | None:
         checks.append(Check("model", "fail", not_loadable_message(source, "model.name_or_path", "model", MODEL_FILES,
                                                                   exc)))
         return None
+    if cfg.train.method == "qlora":
+        from sftpipe.models.quantization import require_bitsandbytes
+
+        try:
+            require_bitsandbytes()
+        except SftpipeError as exc:
+            checks.append(Check("quantization", "fail", str(exc)))
     if Path(source).is_dir() and not list(Path(source).glob("*.safetensors")):
         checks.append(Check("weights", "fail", f"{source}: no *.safetensors weights; sftpipe loads weights only "
                                                "from safetensors (.bin files are pickles)"))
