@@ -9,6 +9,7 @@ batches), or the packed rows of `tokens_per_batch` / `pack_length`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,6 @@ from sftpipe.models.memory import (
     ActivationSettings,
     DecoderShape,
     MemoryEstimate,
-    Parameters,
     activation_settings,
     count_parameters,
     estimate,
@@ -174,13 +174,13 @@ def estimate_config(cfg: Config, *, gpus: int = 1, gpu_memory: int | None = None
 
     planned = at(acts, batch.rows)
     other = at(replace(acts, checkpointing=not acts.checkpointing), batch.rows)
-    recommendation = recommend(at, acts, batch, params, gpu_memory) if gpu_memory else None
+    recommendation = recommend(at, acts, batch, gpu_memory) if gpu_memory else None
     return EstimateResult(model=cfg.model.name_or_path, method=cfg.train.method, shape=shape, batch=batch,
                           planned=planned, other_checkpointing=other, budget=gpu_memory,
                           recommendation=recommendation)
 
 
-def largest_rows(at, a: ActivationSettings, budget: int, cap: int) -> int:
+def largest_rows(at: Callable[[ActivationSettings, int], MemoryEstimate], a: ActivationSettings, budget: int, cap: int) -> int:
     """The most rows (up to `cap`) whose estimate fits `budget`; 0 when not even one does."""
     if at(a, 1).reserved > budget:
         return 0
@@ -191,11 +191,10 @@ def largest_rows(at, a: ActivationSettings, budget: int, cap: int) -> int:
     return low
 
 
-def recommend(at, acts: ActivationSettings, batch: BatchShape, params: Parameters,
+def recommend(at: Callable[[ActivationSettings, int], MemoryEstimate], acts: ActivationSettings, batch: BatchShape,
               budget: int) -> Recommendation | None:
     """The largest micro-batch that fits `budget` (checkpointing only when it must), with the grad accum that
     keeps the configured rows per optimizer step (rounded up when they do not divide)."""
-    del params  # the parameters are part of every estimate `at` returns
     for checkpointing in ([acts.checkpointing, True] if not acts.checkpointing else [True]):
         a = replace(acts, checkpointing=checkpointing)
         rows = largest_rows(at, a, budget, min(MAX_ROWS, batch.rows_per_step))
