@@ -16,14 +16,6 @@ RUN_MANIFEST = "run_manifest.json"
 FINAL = "final"
 
 
-class FinalSource(Record):
-    """Which step's weights final/ holds, and why."""
-
-    step: int
-    selected_by: Literal["last", "val_loss"]  # the last step, or the checkpoint with the best such figure
-    value: float | None = None  # that figure at `step`, when selected by one
-
-
 class AutoBatch(Record):
     """The batch `micro_batch_size: auto` / `tokens_per_batch: auto` chose; a resumed run reuses it."""
 
@@ -34,6 +26,14 @@ class AutoBatch(Record):
     budget_bytes: int  # memory per device it was fitted to
     estimate_bytes: int  # the estimated peak (reserved) of the chosen micro-batch
     probed: bool  # confirmed by a training step on CUDA (halved on out-of-memory)
+
+
+class FinalSource(Record):
+    """Which step's weights final/ holds, and why."""
+
+    step: int
+    selected_by: Literal["last", "val_loss"]  # the last step, or the checkpoint with the best such figure
+    value: float | None = None  # that figure at `step`, when selected by one
 
 
 class RunManifest(Record):
@@ -52,10 +52,10 @@ class RunManifest(Record):
     data_dir: str
     data_manifest_sha256: str  # `DataManifest.sha256` of the data dir's manifest
     world_size: int
+    batch: AutoBatch | None = None  # what auto batch sizes chose; absent when the config set them
     device: str
     host: str
     final: FinalSource | None = None  # written when final/ is; absent in manifests of older runs and unfinished ones
-    batch: AutoBatch | None = None  # what auto batch sizes chose; absent when the config set them
 
 
 @dataclass(frozen=True)

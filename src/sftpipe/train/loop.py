@@ -324,10 +324,10 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
         trim_metrics(run_dir.metrics, state.step if resumed_from else -1)
         save_config(cfg, run_dir.config)
         write_run_manifest(run_dir, cfg, manifest, accelerator.num_processes, str(device))
-        if auto is not None:
-            run_dir.write_manifest(run_dir.manifest.model_copy(update={"batch": auto}))
     accelerator.init_trackers("tensorboard")
     logger = MetricsLogger(run_dir.metrics, accelerator, enabled=accelerator.is_main_process)
+    if auto is not None and accelerator.is_main_process:  # what auto batch sizes chose, for the resumed run
+        run_dir.write_manifest(run_dir.manifest.model_copy(update={"batch": auto}))
     if state.step == 0:  # once per run: a resumed run must not log it again (resumed logs equal uninterrupted)
         logger.log(0, {"speed": {**layout.describe(), **speed}})
     return Session(cfg=cfg, accelerator=accelerator, run_dir=run_dir, manifest=manifest, tokenizer=tokenizer,

@@ -41,13 +41,10 @@ SAFE_TO_CHANGE = frozenset({
 })
 
 
-ADAPTER_METHODS = ("lora", "qlora")
-
-
 def run_fingerprint(cfg: Config, data_dir: Path, tokenizer_sha256: str, world_size: int) -> dict[str, Any]:
     """What a checkpoint must share with the current run for resuming to continue the same trajectory."""
     sections = {"model": cfg.model, "train": cfg.train}
-    if cfg.train.method in ADAPTER_METHODS:
+    if cfg.train.method in ("lora", "qlora"):
         sections["lora"] = cfg.lora
     # the quantized base is rebuilt from the base model's weights, so its settings are what the checkpoint must match
     unused = set() if cfg.train.method == "qlora" else {"model.quantization"}
