@@ -156,8 +156,8 @@ FOREIGN = {  # a key from transformers / TRL / PEFT configs -> what its error mu
     "save_steps": "sftpipe's key for it is train.save_every",
     "learning_rate": "sftpipe's key for it is train.lr",
     "num_train_epochs": "sftpipe's key for it is train.epochs",
-    "load_in_4bit": "not supported yet: QLoRA",
-    "quantization": "not supported yet: QLoRA",
+    "load_in_4bit": "sftpipe's key for it is train.method: qlora with model.quantization.bits: 4",
+    "bnb_4bit_quant_type": "sftpipe's key for it is model.quantization.quant_type",
     "report_to": "not supported yet",
 }
 SECTIONS = ["", "model", "data", "lora", "train", "eval", "export"]  # "": the top level, as a flat HF config
@@ -188,7 +188,7 @@ def test_a_key_in_the_wrong_section_is_pointed_to_its_section_and_typos_still_ge
     assert f"{path}: model.max_length: unknown key (sftpipe's key for it is data.max_length)" in text
     assert f"{path}: model.lr: unknown key (sftpipe's key for it is train.lr)" in text
     assert f"{path}: train.save_every_n: unknown key (did you mean 'save_every'?)" in text
-    assert f"{path}: lora.quantize: unknown key (valid keys here: alpha, dropout, r, target_modules)" in text
+    assert f"{path}: lora.quantize: unknown key (valid keys here: alpha, dropout, modules_to_save, r, target_modules, use_dora, use_rslora)" in text
 
 
 def _leaf_fields(model=Config, prefix=""):
@@ -221,8 +221,9 @@ def test_show_config_help_fields_documents_every_field(capsys):
                  "  data.decontam.eval_sets[].path: str = required", "  eval.code.k: list[int] = [1, 5, 10]"):
         assert f"\n{line}\n" in out, line
     sections = [line for line in out.splitlines() if line.startswith("[")]
-    assert sections[:3] == ["[model]", "[data]", "[data.sources[]]  Input datasets."]
-    assert "[eval.code.limits]" in sections and len(sections) == 20
+    assert sections[:4] == ["[model]", "[model.quantization]  How train.method: qlora loads the frozen base "
+                            "(bitsandbytes); unused by full and lora.", "[data]", "[data.sources[]]  Input datasets."]
+    assert "[eval.code.limits]" in sections and len(sections) == 21
     assert "[hpo]  Hyperparameter search (`sftpipe hpo`): each trial is a normal training run with sampled " \
            "values." in sections
 

@@ -37,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default="auto", help="auto (newest complete checkpoint), never, or a checkpoint dir")
     p.add_argument("--resume-force", action="store_true",
                    help="resume even from a checkpoint made with other settings, data or model")
+    p.add_argument("--method", choices=["lora", "qlora", "full"], help="--set train.method=METHOD")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate, estimate memory, build the model and run one step on the largest micro-batch; "
+                   "print step time and peak memory next to the estimate; write nothing (exit 1 if it does not fit)")
+    p.add_argument("--gpu-memory", help="with --dry-run: memory per device to fit, e.g. 24GiB (default: the GPU's)")
     p = sub.add_parser("hpo", help="hyperparameter search (Optuna): each trial is a training run; best.yaml, report",
                        description="Search the config's hpo.search_space with Optuna. Several processes given the "
                        "same storage and study name (on any machines) share one study; run the same command again "
@@ -90,6 +95,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, help="--set eval.generation.top_p=P (default 1.0)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="--set train.device=DEVICE (default auto)")
     p.set_defaults(batch_size=None)  # one conversation: infer's --batch-size has nothing to batch
+    p = sub.add_parser("estimate", help="memory per device of a training step, before loading weights; the "
+                       "largest micro-batch that fits")
+    _config_args(p)
+    p.add_argument("--gpus", type=int, default=1, help="devices the run is launched on (default 1)")
+    p.add_argument("--gpu-memory", help="memory per device, e.g. 24GiB or 48GB (default: the first GPU's)")
+    p.add_argument("--sharding", choices=["auto", "none", "fsdp"], default="auto",
+                   help="FSDP full sharding of weights, gradients and optimizer states (auto: for a full "
+                   "fine-tune on more than one GPU)")
+    p.add_argument("--json", action="store_true", help="print the figures as JSON (bytes)")
     p = sub.add_parser("validate", help="check a config, its files, masks, disk and device without training")
     _config_args(p)
     sub.add_parser("doctor", help="check the environment: torch, CUDA, GPUs, bf16, optional packages")
@@ -167,6 +181,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from sftpipe.cli.report import print_train
     from sftpipe.stages import train
 
+    if args.method:  # a shortcut for --set, applied after every --set
+        args.overrides = [*args.overrides, f"train.method={args.method}"]
+    if args.dry_run:
+        from sftpipe.cli.estimate import print_dry_run
+        from sftpipe.preflight.dry_run import run as dry_run
+        from sftpipe.preflight.estimate import parse_bytes
+
+        result = dry_run(_load(args), gpu_memory=parse_bytes(args.gpu_memory) if args.gpu_memory else None)
+        print_dry_run(result)
+        return 0 if result.ok else 1
+    if args.gpu_memory:
+        raise SftpipeError("train --gpu-memory goes with --dry-run (a training run uses the memory it has)")
     result = train(_load(args), resume=args.resume, resume_force=args.resume_force)
     if result.main_process:  # one summary for a multi-process launch (torchrun, accelerate launch)
         print_train(result)
@@ -258,6 +284,22 @@ def cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_estimate(args: argparse.Namespace) -> int:
+    import json
+
+    from sftpipe.cli.estimate import print_estimate
+    from sftpipe.preflight.estimate import parse_bytes, run
+
+    budget = parse_bytes(args.gpu_memory) if args.gpu_memory else None
+    sharded = None if args.sharding == "auto" else args.sharding == "fsdp"
+    result = run(_load(args), gpus=args.gpus, gpu_memory=budget, sharded=sharded)
+    if args.json:
+        print(json.dumps(result.as_dict(), indent=2))
+    else:
+        print_estimate(result)
+    return 0 if result.fits is not False else 1
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from sftpipe.preflight.validate import run
     from sftpipe.cli.report import print_checks
@@ -321,6 +363,7 @@ COMMANDS = {
     "merge": cmd_merge,
     "infer": cmd_infer,
     "chat": cmd_chat,
+    "estimate": cmd_estimate,
     "validate": cmd_validate,
     "doctor": cmd_doctor,
     "show-config": cmd_show_config,

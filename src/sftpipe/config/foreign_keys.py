@@ -2,7 +2,7 @@
 
 An unknown key with one of these names is answered with sftpipe's key for it, or with what sftpipe does not
 have yet, in whichever section it was put. The nearest spelling would mislead for most of them
-(`save_steps` is nearest to `max_steps`, `quantization` to `attn_implementation`).
+(`save_steps` is nearest to `max_steps`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,6 @@ def _renamed(key: str) -> str:
 def _not_yet(what: str) -> str:
     return f"not supported yet: {what}"
 
-
-_QLORA = _not_yet("QLoRA / quantized loading (bitsandbytes) is not built; train LoRA on the unquantized model "
-                  "(train.method: lora, model.dtype: bfloat16 on a GPU)")
 
 # their name -> what to write in sftpipe's config instead
 FOREIGN_KEYS: dict[str, str] = {
@@ -40,13 +37,14 @@ FOREIGN_KEYS: dict[str, str] = {
     "lora_alpha": _renamed("lora.alpha"),
     "lora_dropout": _renamed("lora.dropout"),
     "lora_target_modules": _renamed("lora.target_modules"),
-    "load_in_4bit": _QLORA,
-    "load_in_8bit": _QLORA,
-    "quantization": _QLORA,
-    "quantization_config": _QLORA,
-    "bnb_4bit_quant_type": _QLORA,
-    "bnb_4bit_compute_dtype": _QLORA,
-    "bnb_4bit_use_double_quant": _QLORA,
+    "load_in_4bit": _renamed("train.method: qlora with model.quantization.bits: 4"),
+    "load_in_8bit": _renamed("train.method: qlora with model.quantization.bits: 8"),
+    "quantization_config": _renamed("model.quantization"),
+    "bnb_4bit_quant_type": _renamed("model.quantization.quant_type"),
+    "bnb_4bit_compute_dtype": _renamed("model.quantization.compute_dtype"),
+    "bnb_4bit_use_double_quant": _renamed("model.quantization.double_quant"),
+    "use_dora": _renamed("lora.use_dora"),
+    "use_rslora": _renamed("lora.use_rslora"),
     "report_to": _not_yet("sftpipe always logs to <train.output_dir>/logs/metrics.jsonl and TensorBoard events "
                           "there; other trackers (wandb, mlflow, ...) are not built"),
     "fp16": _not_yet("fp16 mixed precision is not offered; use train.precision: bf16 (or fp32)"),

@@ -18,6 +18,17 @@ from sftpipe.config.verify_section import VerifyConfig
 from sftpipe.config.hpo_section import HpoConfig
 
 
+class QuantizationConfig(Section):
+    bits: Literal[4, 8] = Field(4, description="Bits per frozen base weight: 4 (QLoRA, bitsandbytes Linear4bit) or 8 "
+                                "(LLM.int8, Linear8bitLt; GPU only).")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type: nf4 (QLoRA's NormalFloat) or fp4.")
+    double_quant: bool = Field(True, description="Quantize the 4-bit blocks' absmax constants too (~0.37 bit less "
+                               "per weight).")
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="dtype the 4-bit weights are dequantized to for each matmul. auto: model.dtype as "
+        "resolved (bfloat16 on a GPU that supports it, else float32).")
+
+
 class ModelConfig(Section):
     name_or_path: str = Field(
         "tiny",
@@ -38,6 +49,9 @@ class ModelConfig(Section):
         False, description="Run Python code shipped with a hub model. Off by default: only enable for models you trust."
     )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    quantization: QuantizationConfig = Field(
+        default_factory=QuantizationConfig,
+        description="How train.method: qlora loads the frozen base (bitsandbytes); unused by full and lora.")
 
 
 class SourceConfig(Section):
@@ -134,11 +148,19 @@ class DataConfig(Section):
 
 class LoraConfig(Section):
     r: int = Field(16, gt=0, description="LoRA rank.")
-    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r, or alpha / sqrt(r) with "
+                       "use_rslora).")
     dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: list[str] | Literal["all-linear"] = Field(
         "all-linear", description="Module names to adapt, or all-linear for every linear layer but the LM head."
     )
+    use_dora: bool = Field(False, description="DoRA: learn a magnitude per output feature besides the LoRA "
+                           "direction (PEFT's use_dora; slower steps, merges like LoRA).")
+    use_rslora: bool = Field(False, description="rsLoRA: scale by alpha / sqrt(r) instead of alpha / r, which keeps "
+                             "high ranks learning (PEFT's use_rslora).")
+    modules_to_save: list[str] = Field(
+        default_factory=list, description="Modules trained in full and saved with the adapter, e.g. [embed_tokens, "
+        "lm_head] when tokens were added to the vocabulary.")
 
 
 class TrainDataDir(Section):
@@ -156,12 +178,21 @@ class TrainDataDir(Section):
 
 
 class TrainConfig(Section):
-    method: Literal["full", "lora"] = Field("lora", description="full fine-tune or LoRA adapters.")
+    method: Literal["full", "lora", "qlora"] = Field(
+        "lora", description="full fine-tune, LoRA adapters, or qlora: LoRA adapters on a base quantized as "
+        "model.quantization says (bitsandbytes; pip install 'sftpipe[qlora]').")
     output_dir: str = Field("runs/sftpipe", description="Run directory: checkpoints, logs, final model.")
     epochs: float = Field(1.0, gt=0, description="Passes over the train split (ignored when max_steps > 0).")
     max_steps: int = Field(0, ge=0, description="Optimizer steps to run; 0 means use epochs.")
-    micro_batch_size: int = Field(4, gt=0, description="Examples per forward pass.")
-    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    micro_batch_size: int | Literal["auto"] = Field(
+        4, description="Examples per forward pass (packed rows with packing). auto: the largest that fits the "
+        "device's memory by the estimate (confirmed by a step on CUDA), with grad_accum chosen to keep "
+        "tokens_per_step; the choice is recorded in the run manifest and reused on resume.")
+    grad_accum: int = Field(1, gt=0, description="Micro-batches per optimizer step (with an auto batch size, "
+                            "chosen to keep tokens_per_step: the value set here is replaced, with a log line).")
+    tokens_per_step: int = Field(
+        0, ge=0, description="With micro_batch_size or tokens_per_batch auto: token slots per optimizer step per "
+        "device to keep (the micro-batch's tokens x grad_accum, rounded up to whole micro-batches).")
     lr: float = Field(2e-4, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (not applied to biases and norms).")
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
@@ -202,8 +233,8 @@ class TrainConfig(Section):
     packing: bool = Field(
         False, description="Pack examples best-fit-decreasing into rows of pack_length tokens; position ids restart "
         "at each example and attention never crosses examples. Same loss per example as unpacked, far less padding.")
-    tokens_per_batch: int = Field(
-        0, ge=0, description="Token budget of one micro-batch (padding included). With packing: rows per micro-batch "
+    tokens_per_batch: int | Literal["auto"] = Field(
+        0, description="auto: the largest budget that fits the device's memory (see micro_batch_size). Token budget of one micro-batch (padding included). With packing: rows per micro-batch "
         "= tokens_per_batch // pack_length (0: micro_batch_size rows). Without packing: > 0 groups examples of "
         "similar length, as many per micro-batch as fit; 0 uses micro_batch_size examples.")
     pack_length: int = Field(
@@ -239,6 +270,26 @@ class TrainConfig(Section):
         if steps is None and ratio is None:
             raise ValueError("warmup_steps and warmup_ratio are both null; set one of them (0 for no warmup)")
         return {**data, "warmup_ratio": None} if steps is not None else data
+
+    @model_validator(mode="after")
+    def _auto_batch(self) -> "TrainConfig":
+        """auto chooses the micro-batch and grad_accum for a number of tokens per step, which must be given."""
+        autos = [name for name in ("micro_batch_size", "tokens_per_batch") if getattr(self, name) == "auto"]
+        for name in ("micro_batch_size", "tokens_per_batch"):
+            value = getattr(self, name)
+            if value != "auto" and value < (1 if name == "micro_batch_size" else 0):
+                raise ValueError(f"{name} must be {'> 0' if name == 'micro_batch_size' else '>= 0'} or auto, "
+                                 f"got {value}")
+        if len(autos) == 2:
+            raise ValueError("micro_batch_size and tokens_per_batch are both auto; set one of them to auto")
+        if autos and not self.tokens_per_step:
+            raise ValueError(f"{autos[0]}: auto needs tokens_per_step, the token slots per optimizer step per device "
+                             "to keep (e.g. tokens_per_step: 65536)")
+        return self
+
+    @property
+    def auto_batch(self) -> bool:
+        return "auto" in (self.micro_batch_size, self.tokens_per_batch)
 
     @model_validator(mode="after")
     def _best_is_validated(self) -> "TrainConfig":

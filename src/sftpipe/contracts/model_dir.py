@@ -25,6 +25,12 @@ class FinalInfo(Record):
     base_model: str  # model.name_or_path
     template: str  # data.template (the tokenizer saved beside carries its text)
     tokenizer_sha256: str
+    # model.quantization of a QLoRA run (the base the adapter was trained on); left out of the file otherwise
+    quantization: dict[str, Any] | None = None
+
+    @model_serializer(mode="wrap")
+    def _leave_out_absent(self, handler: Any) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if k != "quantization" or v is not None}
 
 
 class MergedInfo(Record):
@@ -36,6 +42,7 @@ class MergedInfo(Record):
     base_model: str | None = None
     template: str | None = None
     tokenizer_sha256: str | None = None
+    quantization: dict[str, Any] | None = None  # of a QLoRA adapter: the base it was merged into was dequantized
     merged_from: str
     max_abs_logit_diff: float  # between the merged and the adapter model's logits on a sample batch
     dtype: str  # export.dtype

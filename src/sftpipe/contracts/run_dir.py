@@ -17,6 +17,18 @@ FINAL = "final"
 CHECKPOINTS = "checkpoints"
 
 
+class AutoBatch(Record):
+    """The batch `micro_batch_size: auto` / `tokens_per_batch: auto` chose; a resumed run reuses it."""
+
+    micro_batch_size: int
+    tokens_per_batch: int
+    grad_accum: int
+    gradient_checkpointing: bool
+    budget_bytes: int  # memory per device it was fitted to
+    estimate_bytes: int  # the estimated peak (reserved) of the chosen micro-batch
+    probed: bool  # confirmed by a training step on CUDA (halved on out-of-memory)
+
+
 class FinalSource(Record):
     """Which step's weights final/ holds, and why."""
 
@@ -67,6 +79,7 @@ class RunManifest(Record):
     data_dir: str
     data_manifest_sha256: str  # `DataManifest.sha256` of the data dir's manifest
     world_size: int
+    batch: AutoBatch | None = None  # what auto batch sizes chose; absent when the config set them
     device: str
     host: str
     final: FinalSource | None = None  # written when final/ is; absent in manifests of older runs and unfinished ones

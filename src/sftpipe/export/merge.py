@@ -1,5 +1,8 @@
 """The `merge` stage: fold LoRA weights into the base model, check logits, save safetensors.
 
+A QLoRA adapter is folded into its base dequantized from the 4-bit weights it was trained on, and checked against
+the adapter on the 4-bit base (see README, QLoRA, for the tolerance).
+
 The merged model is only written when its logits match the adapter model's on a sample batch within
 `export.logits_atol`: a merge that changes what the model computes is an error, not a warning.
 """
@@ -20,6 +23,7 @@ from sftpipe.contracts.model_dir import MergedInfo, read_final_info, write_info
 from sftpipe.data.tokenize import encode_prompt
 from sftpipe.errors import SftpipeError
 from sftpipe.models.loading import load_trained, resolve_model_dir, torch_dtype
+from sftpipe.models.quantization import dequantized_adapter_model, is_quantized
 
 SAMPLE_CONVERSATIONS = [
     [{"role": "user", "content": "Write a Haskell function that reverses a list."}],
@@ -57,6 +61,12 @@ def run(cfg: Config, adapter_path: str, output_dir: str | None = None) -> MergeR
     batch = sample_batch(tokenizer)
     with torch.no_grad():
         adapter_logits = model(**batch).logits.float()
+    source = Path(resolve_model_dir(adapter_path))
+    if is_quantized(model):
+        # A QLoRA adapter was trained on the quantized base, not on the original weights: it is merged into the
+        # dequantized base (the weights the 4-bit layers multiply by), in fp32, and checked against the
+        # adapter on the quantized model.
+        model = dequantized_adapter_model(model, str(source), torch.float32)
     merged = model.merge_and_unload()
     merged.eval()
     with torch.no_grad():
@@ -72,7 +82,6 @@ def run(cfg: Config, adapter_path: str, output_dir: str | None = None) -> MergeR
     shutil.rmtree(tmp, ignore_errors=True)
     merged.to(torch_dtype(cfg.export.dtype)).save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    source = Path(resolve_model_dir(adapter_path))
     write_info(tmp, MergedInfo.of(read_final_info(source), merged_from=str(source), max_abs_logit_diff=diff,
                                   dtype=cfg.export.dtype))
     write_merged_card(source, tmp, max_abs_logit_diff=diff, dtype=cfg.export.dtype)

@@ -20,7 +20,7 @@ from sftpipe.contracts.data_dir import DataManifest
 from sftpipe.errors import SftpipeError
 
 CARD = "README.md"
-LIBRARY = {"lora": "peft", "full": "transformers"}
+LIBRARY = {"lora": "peft", "qlora": "peft", "full": "transformers"}
 
 
 @dataclass
@@ -74,7 +74,7 @@ def write_merged_card(adapter_dir: Path, out: Path, *, max_abs_logit_diff: float
         return
     metadata, body = read_card(adapter_dir / CARD)
     metadata["library_name"] = "transformers"
-    metadata["tags"] = [t for t in metadata.get("tags", []) if t != "lora"] + ["merged", "lora-merged"]
+    metadata["tags"] = [t for t in metadata.get("tags", []) if t not in ("lora", "qlora")] + ["merged", "lora-merged"]
     body += (f"\n## Merge\n\nLoRA adapter `{adapter_dir}` merged into the base weights, saved as {dtype}; "
              f"max |merged - adapter| logit difference on a sample batch: {max_abs_logit_diff:.2e}.\n")
     (out / CARD).write_text(render_card(metadata, body), encoding="utf-8")
@@ -87,11 +87,18 @@ def _hyperparameters(cfg: Config) -> str:
             ("micro batch size", t.micro_batch_size), ("gradient accumulation", t.grad_accum),
             ("weight decay", f"{t.weight_decay:g}"), ("max grad norm", f"{t.max_grad_norm:g}"),
             ("precision", t.precision), ("packing", t.packing), ("seed", t.seed)]
-    if t.method == "lora":
+    if t.method != "full":
         lora = cfg.lora
         targets = lora.target_modules if isinstance(lora.target_modules, str) else ", ".join(lora.target_modules)
         rows += [("LoRA r", lora.r), ("LoRA alpha", lora.alpha), ("LoRA dropout", f"{lora.dropout:g}"),
                  ("LoRA target modules", targets)]
+        rows += [(name, value) for name, value in (("DoRA", lora.use_dora), ("rsLoRA", lora.use_rslora),
+                                                   ("modules saved in full", ", ".join(lora.modules_to_save)))
+                 if value]
+    if t.method == "qlora":
+        q = cfg.model.quantization
+        rows += [("quantized base", f"{q.bits}-bit" + (f" {q.quant_type}, double quant {q.double_quant}"
+                                                       if q.bits == 4 else "") + f", compute {q.compute_dtype}")]
     return "## Training hyperparameters\n\n" + _table(("setting", "value"), rows)
 
 

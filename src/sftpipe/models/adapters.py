@@ -1,4 +1,5 @@
-"""Build the trainable model: full fine-tune or LoRA. The training loop does not know which it got."""
+"""Build the trainable model: full fine-tune, LoRA, or QLoRA (LoRA on a quantized base). The training loop does
+not know which it got."""
 
 from __future__ import annotations
 
@@ -8,13 +9,18 @@ from transformers import PreTrainedModel
 
 from sftpipe.config.schema import Config
 from sftpipe.models.loading import load_model
+from sftpipe.models.quantization import prepare_for_kbit_training
 
 
 def build_trainable_model(cfg: Config, device: torch.device) -> torch.nn.Module:
     """Load the base model and make the configured part of it trainable."""
-    model: PreTrainedModel = load_model(cfg.model, device)
-    if cfg.model.gradient_checkpointing:
+    qlora = cfg.train.method == "qlora"
+    model: PreTrainedModel = load_model(cfg.model, device, quantized=qlora)
+    if qlora:  # PEFT's k-bit preparation also enables checkpointing when it is configured
+        model = prepare_for_kbit_training(model, cfg.model.gradient_checkpointing)
+    elif cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.model.gradient_checkpointing:
         model.config.use_cache = False
     if cfg.train.method == "full":
         model.requires_grad_(True)
@@ -32,11 +38,18 @@ def lora_config(cfg: Config) -> peft.LoraConfig:
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
         target_modules=cfg.lora.target_modules,
+        use_dora=cfg.lora.use_dora,
+        use_rslora=cfg.lora.use_rslora,
+        modules_to_save=cfg.lora.modules_to_save or None,
         task_type="CAUSAL_LM",
     )
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+    """(trainable, total) parameter counts; a 4-bit weight counts as the parameters it stands for."""
+    def numel(p: torch.nn.Parameter) -> int:
+        shape = getattr(getattr(p, "quant_state", None), "shape", None)  # bitsandbytes Params4bit packs 2 per byte
+        return int(torch.Size(shape).numel()) if shape is not None else p.numel()
+
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
+    return trainable, sum(numel(p) for p in model.parameters())

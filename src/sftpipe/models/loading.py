@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sftpipe.config.schema import ModelConfig
+from sftpipe.contracts.model_dir import read_final_info
 from sftpipe.contracts.run_dir import RunDir
 from sftpipe.errors import SftpipeError
 
@@ -152,24 +153,36 @@ def resolve_attn(name: str, device: torch.device | None = None) -> str:
     return "sdpa" if name == "auto" else name
 
 
-def load_model(cfg: ModelConfig, device: torch.device, path: str | Path | None = None) -> PreTrainedModel:
-    """Load the causal LM from `path` (default: cfg.name_or_path) with the configured dtype and attention."""
+def load_model(cfg: ModelConfig, device: torch.device, path: str | Path | None = None, *,
+               quantized: bool = False) -> PreTrainedModel:
+    """Load the causal LM from `path` (default: cfg.name_or_path) with the configured dtype and attention;
+    `quantized`: its linear layers quantized by bitsandbytes as `cfg.quantization` says (QLoRA's frozen base)."""
     from transformers import AutoModelForCausalLM
 
     source = str(path or cfg.name_or_path)
     check_local_path(source, "model.name_or_path")
+    dtype = resolve_dtype(cfg.dtype, device)
+    placement = {}
+    if quantized:
+        from sftpipe.models.quantization import bnb_config, check_device
+
+        check_device(cfg.quantization, device)
+        compute = dtype if cfg.quantization.compute_dtype == "auto" else torch_dtype(cfg.quantization.compute_dtype)
+        # bitsandbytes quantizes while loading onto the device; a quantized model cannot be moved afterwards
+        placement = {"quantization_config": bnb_config(cfg.quantization, compute), "device_map": {"": device}}
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source,
             revision=None if path else cfg.revision,
-            dtype=resolve_dtype(cfg.dtype, device),
+            dtype=dtype,
             attn_implementation=resolve_attn(cfg.attn_implementation, device),
             trust_remote_code=cfg.trust_remote_code,
             use_safetensors=True,
+            **placement,
         )
     except (OSError, ValueError) as exc:
         raise SftpipeError(not_loadable_message(source, "model.name_or_path", "model", MODEL_FILES, exc)) from None
-    return model.to(device)
+    return model if quantized else model.to(device)
 
 
 def pick_device(name: str) -> torch.device:
@@ -192,7 +205,8 @@ def resolve_model_dir(path: str | Path) -> Path | str:
 
 def load_trained(path: str | Path, device: torch.device, dtype: str = "auto",
                  trust_remote_code: bool = False) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a model for inference: a run dir, a LoRA adapter dir (base loaded from its config), or a full model.
+    """Load a model for inference: a run dir, a LoRA adapter dir (base loaded from its config, quantized as in
+    training for a QLoRA adapter), or a full model.
 
     The tokenizer comes from the same directory, so it carries the template the model was trained with.
     """
@@ -206,8 +220,13 @@ def load_trained(path: str | Path, device: torch.device, dtype: str = "auto",
                                "safetensors (an adapter_model.bin is a pickle, which can run code when loaded); "
                                "convert it with a tool you trust first.")
         base_id = json.loads(adapter.read_text(encoding="utf-8"))["base_model_name_or_path"]
-        base = load_model(ModelConfig(name_or_path=base_id, dtype=dtype, trust_remote_code=trust_remote_code), device)
-        model = peft.PeftModel.from_pretrained(base, str(source)).to(device)
+        info = read_final_info(Path(source))
+        quantization = info.quantization if info is not None else None  # a QLoRA adapter: its base as trained
+        base_cfg = ModelConfig(name_or_path=base_id, dtype=dtype, trust_remote_code=trust_remote_code,
+                               **({"quantization": quantization} if quantization else {}))
+        base = load_model(base_cfg, device, quantized=quantization is not None)
+        model = peft.PeftModel.from_pretrained(base, str(source))
+        model = model if quantization is not None else model.to(device)
     else:
         model = load_model(ModelConfig(name_or_path=str(source), dtype=dtype, trust_remote_code=trust_remote_code),
                            device)

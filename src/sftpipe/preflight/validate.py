@@ -70,7 +70,23 @@ def run(cfg: Config) -> ValidateResult:
     _check_run_dir(cfg, tokenizer, checks)
     _check_disk(cfg, plan, steps, checks)
     _check_device(cfg, checks)
+    if plan is not None:
+        _check_memory(cfg, checks)
     return result
+
+
+def _check_memory(cfg: Config, checks: list[Check]) -> None:
+    """The figures of `sftpipe estimate` in one line; a run that does not fit the GPU is a failed check."""
+    from sftpipe.preflight.estimate import run as estimate_memory
+    from sftpipe.preflight.estimate import summary
+
+    try:
+        result = estimate_memory(cfg)
+    except SftpipeError as exc:
+        checks.append(Check("memory", "skip", str(exc)))
+        return
+    checks.append(Check("memory", "fail" if result.fits is False else "ok",
+                        summary(result) + " (estimate; `sftpipe estimate` for the breakdown)"))
 
 
 def _check_tokenizer(cfg: Config, checks: list[Check]):
@@ -202,13 +218,20 @@ def _check_model(cfg: Config, checks: list[Check]) -> ModelPlan | None:
         checks.append(Check("model", "fail", not_loadable_message(source, "model.name_or_path", "model", MODEL_FILES,
                                                                   exc)))
         return None
+    if cfg.train.method == "qlora":
+        from sftpipe.models.quantization import require_bitsandbytes
+
+        try:
+            require_bitsandbytes()
+        except SftpipeError as exc:
+            checks.append(Check("quantization", "fail", str(exc)))
     if Path(source).is_dir() and not list(Path(source).glob("*.safetensors")):
         checks.append(Check("weights", "fail", f"{source}: no *.safetensors weights; sftpipe loads weights only "
                                                "from safetensors (.bin files are pickles)"))
     try:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=cfg.model.trust_remote_code)
-        if cfg.train.method == "lora":
+        if cfg.train.method != "full":
             model = peft.get_peft_model(model, lora_config(cfg))
     except (ValueError, TypeError, KeyError) as exc:  # peft: target modules not found; transformers: bad config
         checks.append(Check("model", "fail", f"cannot build {cfg.train.method} on {source!r}: {exc} "
@@ -220,13 +243,14 @@ def _check_model(cfg: Config, checks: list[Check]) -> ModelPlan | None:
         weight_bytes = torch.finfo(resolve_dtype(cfg.model.dtype, pick_device(cfg.train.device))).bits // 8
     except SftpipeError:
         weight_bytes = 4
-    if cfg.train.method == "lora":
+    if cfg.train.method != "full":
         saved = trainable * 4  # peft keeps adapters in fp32
         plan = ModelPlan(total, trainable, saved + 2 * saved, saved)
     else:
         saved = total * weight_bytes
         plan = ModelPlan(total, trainable, saved + 2 * trainable * weight_bytes, saved)
-    method = f"LoRA r={cfg.lora.r} on {cfg.lora.target_modules}" if cfg.train.method == "lora" else "full"
+    method = "full" if cfg.train.method == "full" else \
+        f"{'QLoRA' if cfg.train.method == 'qlora' else 'LoRA'} r={cfg.lora.r} on {cfg.lora.target_modules}"
     checks.append(Check("model", "ok", f"{source}: {config.model_type}, {total:,} params, {trainable:,} trainable "
                                        f"({method})"))
     max_positions = getattr(config, "max_position_embeddings", None)
@@ -260,6 +284,17 @@ def _check_data_dir(cfg: Config, tokenizer, checks: list[Check]) -> int | None:
         checks.append(Check("data dir", "fail", f"{head}: nothing to train on"))
         return None
     tc = cfg.train
+    if tc.auto_batch:  # plan with the batch training would choose (the estimate's, before any CUDA probe)
+        from sftpipe.models.loading import pick_device
+        from sftpipe.models.memory_plan import resolve_auto_batch
+        from sftpipe.train.auto_batch import device_memory
+
+        try:
+            device = pick_device(tc.device)
+            tc = resolve_auto_batch(cfg, device_memory(device), cuda=device.type == "cuda")[0].train
+        except SftpipeError as exc:
+            checks.append(Check("data dir", "fail", f"{head}: {exc}"))
+            return None
     lengths = TokenStore(data.load_split("train")).lengths
     try:  # the batches train would make (one process): token budgets and packing change the steps per epoch
         per_epoch, efficiency = planned_batches(tc, lengths, manifest.max_length)

@@ -35,6 +35,7 @@ from sftpipe.models.adapters import build_trainable_model, count_parameters
 from sftpipe.models.loading import load_tokenizer, pick_device, resolve_attn
 from sftpipe.models.loss import LossMetrics
 from sftpipe.models.varlen_attention import VARLEN_ATTENTION, packed_attention
+from sftpipe.train.auto_batch import choose_batch, largest_micro_batch, probe_step
 from sftpipe.train.causal_lm import CausalLMLoss
 from sftpipe.train.checkpoint import capture_rng, load_weights, save_checkpoint
 from sftpipe.train.evaluators import BuildEvaluators, Evaluators
@@ -210,7 +211,7 @@ def run(cfg: Config, evaluators: BuildEvaluators, resume: str = "auto", resume_f
         model = s.accelerator.unwrap_model(s.model)
         if final.step != s.state.step:  # training is over: the model may take the best checkpoint's weights
             load_weights(checkpoint_at(s.run_dir, final.step), model)
-        save_final(final_dir, model, s.tokenizer, s.manifest, cfg)
+        save_final(final_dir, model, s.tokenizer, s.manifest, s.cfg)
         s.run_dir.write_manifest(s.run_dir.manifest.model_copy(update={"final": final}))
     # The DDP wrapper's reducer must be gone before end_training destroys the process group: freed after it,
     # its gloo group's destructor can deadlock and the process never exits (seen with 2 CPU processes).
@@ -290,7 +291,13 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
     if tc.packing:
         attention = packed_attention(loss_model.causal_lm(), cfg.model.attn_implementation, attention,
                                      int(store.lengths.max()))
-    speed = {"cross_entropy": loss_model.cross_entropy, "attention": attention, "compile": tc.compile}
+    cfg, auto = choose_batch(cfg, run_dir, device, accelerator.num_processes, probe=probe_step(
+        loss_model, 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad),
+        lambda rows: largest_micro_batch(cfg, store, tokenizer.pad_token_id, data.max_length,
+                                         attention in VARLEN_ATTENTION, rows), device))
+    tc = cfg.train
+    speed = {"cross_entropy": loss_model.cross_entropy, "attention": attention, "compile": tc.compile,
+             **({"auto_batch": auto.model_dump()} if auto else {})}
     if device.type == "cpu":
         speed["cpu_threads"] = set_cpu_threads(tc.cpu_threads)
     plan, layout = build_plan(tc, store.lengths, data.max_length, accelerator.num_processes,
@@ -316,6 +323,8 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
             run_dir.write_manifest(run_dir.manifest.model_copy(update={"data_mix": data.mix}))
     accelerator.init_trackers("tensorboard")
     logger = MetricsLogger(run_dir.metrics, accelerator, enabled=accelerator.is_main_process)
+    if auto is not None and accelerator.is_main_process:  # what auto batch sizes chose, for the resumed run
+        run_dir.write_manifest(run_dir.manifest.model_copy(update={"batch": auto}))
     if state.step == 0:  # once per run: a resumed run must not log it again (resumed logs equal uninterrupted)
         logger.log(0, {"speed": {**layout.describe(), **speed}})
         if data.mix is not None:

@@ -51,11 +51,13 @@ def run_fingerprint(cfg: Config, data_dirs: Path | Sequence[Path], tokenizer_sha
             names are config settings: a change is listed like any other).
     """
     sections = {"model": cfg.model, "train": cfg.train}
-    if cfg.train.method == "lora":
+    if cfg.train.method in ("lora", "qlora"):
         sections["lora"] = cfg.lora
+    # the quantized base is rebuilt from the base model's weights, so its settings are what the checkpoint must match
+    unused = set() if cfg.train.method == "qlora" else {"model.quantization"}
     settings = {f"{name}.{key}": value for name, section in sections.items()
                 for key, value in redact(section.model_dump(mode="json")).items()
-                if f"{name}.{key}" not in SAFE_TO_CHANGE}
+                if f"{name}.{key}" not in SAFE_TO_CHANGE | unused}
     return {
         "config": settings,
         "data_sha256": data_fingerprint(data_dirs) if isinstance(data_dirs, Path) else mix_fingerprint(data_dirs),

@@ -57,8 +57,10 @@ def save_inference_files(out: Path, model: torch.nn.Module, tokenizer: PreTraine
     generation.save_pretrained(out)
     stops = [tokenizer.convert_ids_to_tokens(i) for i in generation.eos_token_id]
     write_model_card(out, cfg, manifest, CardSource(__version__, git_sha(), stops))
+    quantization = cfg.model.quantization.model_dump(mode="json") if cfg.train.method == "qlora" else None
     write_info(out, FinalInfo(sftpipe_version=__version__, method=cfg.train.method, base_model=cfg.model.name_or_path,
-                              template=manifest.template.name, tokenizer_sha256=manifest.tokenizer.sha256))
+                              template=manifest.template.name, tokenizer_sha256=manifest.tokenizer.sha256,
+                              quantization=quantization))
 
 
 def save_tokenizer_with_template(tokenizer: PreTrainedTokenizerBase, template: str, out: Path) -> None:
