@@ -104,6 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="FSDP full sharding of weights, gradients and optimizer states (auto: for a full "
                    "fine-tune on more than one GPU)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON (bytes)")
+    p = sub.add_parser("report", help="write RUN/report.html: curves, data summary, config changes, eval figures",
+                       description="Write a run dir's report.html from what is on disk (train writes it at the end; "
+                       "this also works on a run that was killed, and after eval adds its figures).")
+    p.add_argument("run", type=Path, help="the run dir (train.output_dir)")
     p = sub.add_parser("validate", help="check a config, its files, masks, disk and device without training")
     _config_args(p)
     sub.add_parser("doctor", help="check the environment: torch, CUDA, GPUs, bf16, optional packages")
@@ -300,6 +304,14 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     return 0 if result.fits is not False else 1
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from sftpipe.contracts.run_dir import RunDir
+    from sftpipe.train.run_report import write_run_report
+
+    print(f"run report: {write_run_report(RunDir(args.run))}")
+    return 0
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     from sftpipe.preflight.validate import run
     from sftpipe.cli.report import print_checks
@@ -364,6 +376,7 @@ COMMANDS = {
     "infer": cmd_infer,
     "chat": cmd_chat,
     "estimate": cmd_estimate,
+    "report": cmd_report,
     "validate": cmd_validate,
     "doctor": cmd_doctor,
     "show-config": cmd_show_config,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from sftpipe.config.base import Section
 from sftpipe.config.data_sections import DecontamConfig, DedupConfig, FilterConfig, MixConfig
@@ -212,6 +212,14 @@ class TrainConfig(Section):
         True, description="Record the SHA-256 of every checkpoint file and verify it before resuming (sizes are "
         "always checked). Hashing reads each checkpoint once more; turn off for huge full fine-tunes.")
     log_every: int = Field(1, gt=0, description="Log metrics every N optimizer steps.")
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        ["tensorboard"], description="Trackers that get the metrics (logs/metrics.jsonl is always written), the "
+        "resolved config (secrets redacted), the data summary and the run manifest: tensorboard (logs/tensorboard), "
+        "wandb (pip install 'sftpipe[wandb]'; WANDB_MODE=offline writes logs/wandb only), mlflow (pip install "
+        "'sftpipe[mlflow]'; MLFLOW_TRACKING_URI says where, default ./mlflow.db). none or []: no tracker.")
+    run_name: str | None = Field(None, description="The run's name in the trackers; default: output_dir's name.")
+    project: str = Field("sftpipe", description="W&B project and MLflow experiment the run is logged to.")
+    tags: list[str] = Field([], description="Tags of the run in W&B and MLflow.")
     seed: int = Field(42, description="Seed for initialisation, dropout and shuffling.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
@@ -257,6 +265,14 @@ class TrainConfig(Section):
     mix_unit: Literal["samples", "tokens", "trained_tokens"] = Field(
         "samples", description="What the weights of train.data share: examples, all tokens, or trained "
         "(assistant) tokens.")
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _no_tracker(cls, value: Any) -> Any:
+        """`none`, [none] and a single name are accepted as they read."""
+        if isinstance(value, str):
+            value = [value]
+        return [] if value == ["none"] else value
 
     @model_validator(mode="before")
     @classmethod

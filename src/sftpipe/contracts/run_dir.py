@@ -125,6 +125,11 @@ class RunDir:
         return self.logs / "metrics.jsonl"
 
     @property
+    def report(self) -> Path:
+        """report.html: the run's curves, data summary, config changes and eval figures (`sftpipe report`)."""
+        return self.path / "report.html"
+
+    @property
     def eval(self) -> Path:
         """Where `eval` writes by default for this run's model."""
         return self.path / "eval"

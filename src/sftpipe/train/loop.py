@@ -1,7 +1,7 @@
 """The `train` stage: one compact loop on accelerate for full fine-tuning and LoRA.
 
 Reads the data dir written by `prepare` (refusing one made with another tokenizer), writes a run dir:
-config.yaml, run_manifest.json, checkpoints/, final/, logs/metrics.jsonl + TensorBoard events.
+config.yaml, run_manifest.json, checkpoints/, final/, logs/metrics.jsonl + the trackers' files, report.html.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ from sftpipe.train.faults import failpoint
 from sftpipe.train.progress import progress
 from sftpipe.train.resume import resume_from_latest_complete, run_fingerprint, trim_metrics
 from sftpipe.train.saving import save_final, save_inference_files
-from sftpipe.train.tracking import MetricsLogger, write_run_manifest
+from sftpipe.train.run_report import write_run_report
+from sftpipe.train.trackers import build_trackers, check_tracker_libraries, final_figures, log_run_end, log_run_start
+from sftpipe.train.tracking import MetricsLogger, peak_memory_mb, write_run_manifest
 
 
 log = logging.getLogger(__name__)
@@ -213,6 +215,8 @@ def run(cfg: Config, evaluators: BuildEvaluators, resume: str = "auto", resume_f
             load_weights(checkpoint_at(s.run_dir, final.step), model)
         save_final(final_dir, model, s.tokenizer, s.manifest, s.cfg)
         s.run_dir.write_manifest(s.run_dir.manifest.model_copy(update={"final": final}))
+        log_run_end(s.accelerator.trackers, final_figures(final, s.state.step, last_val))
+        write_run_report(s.run_dir)
     # The DDP wrapper's reducer must be gone before end_training destroys the process group: freed after it,
     # its gloo group's destructor can deadlock and the process never exits (seen with 2 CPU processes).
     s.loss_model = None
@@ -264,12 +268,13 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
     """Load data, tokenizer and model; plan the batches; resume from a checkpoint where there is one."""
     tc = cfg.train
     check_launch_environment(os.environ)
+    check_tracker_libraries(tc.report_to)
     device = pick_device(tc.device)
     run_dir = RunDir(Path(tc.output_dir))
     accelerator = Accelerator(
         cpu=device.type == "cpu",
         mixed_precision="bf16" if tc.precision == "bf16" else "no",
-        log_with="tensorboard",
+        log_with=build_trackers(tc, run_dir),
         project_dir=str(run_dir.logs),
     )
     check_distribution(accelerator.distributed_type.value)
@@ -321,7 +326,9 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
         write_run_manifest(run_dir, cfg, manifest, accelerator.num_processes, str(device))
         if data.mix is not None:
             run_dir.write_manifest(run_dir.manifest.model_copy(update={"data_mix": data.mix}))
-    accelerator.init_trackers("tensorboard")
+    accelerator.init_trackers(tc.project)  # starts the trackers on the main process only
+    if accelerator.is_main_process:
+        log_run_start(accelerator.trackers, cfg, manifest, run_dir.manifest)
     logger = MetricsLogger(run_dir.metrics, accelerator, enabled=accelerator.is_main_process)
     if auto is not None and accelerator.is_main_process:  # what auto batch sizes chose, for the resumed run
         run_dir.write_manifest(run_dir.manifest.model_copy(update={"batch": auto}))
@@ -391,7 +398,8 @@ def train_steps(s: Session, evaluation: Evaluators) -> tuple[float, LossMetrics 
                 "loss": step_loss, "lr": s.scheduler.get_last_lr()[0], **figures,
                 "epoch": state.micro_batch / s.source.plan.micro_batches_per_epoch,
                 "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                "tokens": state.tokens_seen, "trained_tokens": state.trained_tokens_seen})
+                "tokens": state.tokens_seen, "trained_tokens": state.trained_tokens_seen,
+                "peak_memory_mb": peak_memory_mb(acc.device)})
             failpoint("train.logged")
             bar.set_postfix(loss=f"{step_loss:.4f}", tok_s=f"{figures['tokens_per_s']:.0f}")
         bar.update(1)

@@ -37,7 +37,7 @@ from sftpipe.train.checkpoint import restore_checkpoint
 SAFE_TO_CHANGE = frozenset({
     "train.output_dir", "train.save_every", "train.save_total_limit", "train.eval_every", "train.log_every",
     "train.progress_bar", "train.progress_every_s", "train.num_workers", "train.device", "train.checkpoint_digests",
-    "train.cpu_threads", "train.select_best",
+    "train.cpu_threads", "train.select_best", "train.report_to", "train.run_name", "train.project", "train.tags",
     "model.gradient_checkpointing",
 })
 

@@ -1,10 +1,12 @@
-"""Run bookkeeping: metrics.jsonl + TensorBoard (through accelerate's tracker), and run_manifest.json."""
+"""Run bookkeeping: metrics.jsonl (mirrored to the trackers of train.report_to, see trackers.py), run_manifest.json."""
 
 from __future__ import annotations
 
 import json
 import platform
+import resource
 import subprocess
+import sys
 import time
 from importlib import metadata
 from pathlib import Path
@@ -36,6 +38,17 @@ class MetricsLogger:
             fh.write(json.dumps(record) + "\n")
         numbers = {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         self.accelerator.log(numbers, step=step)
+
+
+def peak_memory_mb(device: Any) -> float:
+    """The run's memory high-water mark so far, in MiB: on CUDA the most memory torch has allocated on `device`
+    (what limits the batch size), elsewhere the peak resident set of this process."""
+    if device.type == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
