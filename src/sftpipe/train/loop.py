@@ -274,7 +274,7 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
     accelerator = Accelerator(
         cpu=device.type == "cpu",
         mixed_precision="bf16" if tc.precision == "bf16" else "no",
-        log_with=build_trackers(tc, run_dir),
+        log_with=build_trackers(tc, run_dir) or None,  # None: accelerate warns about an empty list
         project_dir=str(run_dir.logs),
     )
     check_distribution(accelerator.distributed_type.value)
