@@ -2,7 +2,8 @@
 
 One real interpreter runs the CLI commands a user would (show-config, validate, doctor, prepare, train,
 eval, and a config error) with canary values in the credential variables that the hub, W&B and friends
-read; then every byte printed and every file written under the work dir is searched for the canaries.
+read; then every byte printed and every file written under the work dir is searched for the canaries,
+the files of the three trackers included (W&B offline run files, MLflow's SQLite store, TensorBoard events).
 """
 
 from __future__ import annotations
@@ -63,9 +64,11 @@ model: {{name_or_path: {tiny_dir}}}
 data:
   sources: [{{path: {EXAMPLES / 'prompt_completion' / 'pc_sample.jsonl'}}}]
   output_dir: data
-train: {{output_dir: run, max_steps: 2, save_every: 1}}
+train: {{output_dir: run, max_steps: 2, save_every: 1, report_to: [tensorboard, wandb, mlflow]}}
 """)
-    env = {**os.environ, **CANARIES, "OMP_NUM_THREADS": "1"}
+    # every tracker writes under the work dir: W&B offline (run/logs/wandb), MLflow's SQLite store and artifacts
+    env = {**os.environ, **CANARIES, "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     proc = subprocess.run([sys.executable, "-c", DRIVER], cwd=tmp_path, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -74,6 +77,9 @@ train: {{output_dir: run, max_steps: 2, save_every: 1}}
     assert "HF_TOKEN set" in proc.stdout  # the doctor says whether it is set...
     assert "Traceback" not in proc.stderr
     assert (tmp_path / "run" / "final").is_dir() and (tmp_path / "run" / "checkpoints").is_dir()
+    assert list((tmp_path / "run" / "logs" / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert (tmp_path / "mlflow.db").is_file() and list((tmp_path / "mlruns").rglob("config.json"))
+    assert list((tmp_path / "run" / "logs" / "tensorboard").glob("events.out.tfevents.*"))
 
     canaries = [*CANARIES.values(), CLI_CANARY]
     assert not find_canaries(tmp_path, [proc.stdout, proc.stderr], canaries)
