@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from sftpipe.train.tracking import read_metrics
 
-CLOCK_FIELDS = ("time", "tokens_per_s", "trained_tokens_per_s")
+# what depends on the machine and the moment, not on the trajectory
+CLOCK_FIELDS = ("time", "tokens_per_s", "trained_tokens_per_s", "peak_memory_mb")
 
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
