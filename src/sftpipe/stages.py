@@ -1,4 +1,5 @@
-"""The train stage as the CLI, the demo and tests run it: the loop with evaluate's validation and in-training eval.
+"""The train stage as the CLI, the demo and tests run it: the loop with evaluate's validation and in-training eval;
+and the eval stage on a run's model, which adds its figures to the run's model card and report.
 
 train imports nothing from evaluate (its loop receives evaluation as callables, see `train.evaluators`);
 this module, above both, joins them.
@@ -17,11 +18,17 @@ from datasets import Dataset
 
 from sftpipe.config.schema import Config
 from sftpipe.contracts.data_dir import DataDir
+from sftpipe.contracts.eval_figures import read_eval_figures
+from sftpipe.contracts.run_dir import RunDir
+from sftpipe.evaluate import run as evaluate_run
 from sftpipe.evaluate.in_training import TrainingEval
 from sftpipe.evaluate.metrics import combine_loss, evaluate_loss
+from sftpipe.evaluate.result import EvalResult
+from sftpipe.export.model_card import CARD, add_eval_section
 from sftpipe.models.loss import LossMetrics
 from sftpipe.train import loop
 from sftpipe.train.evaluators import Evaluators
+from sftpipe.train.run_report import write_run_report
 
 
 def train(cfg: Config, resume: str = "auto", resume_force: bool = False,
@@ -37,6 +44,19 @@ def train(cfg: Config, resume: str = "auto", resume_force: bool = False,
         return replace(training_evaluators(cfg, tokenizer, accelerator), on_figures=on_figures)
 
     return loop.run(cfg, evaluators, resume=resume, resume_force=resume_force)
+
+
+def evaluate(cfg: Config, model_path: str, output_dir: str | None = None) -> EvalResult:
+    """`eval` of one model; when it is a run's final model evaluated into the run's eval/, the model card
+    (final/README.md) gains the eval figures and the run's report.html is written again with them."""
+    result = evaluate_run.run(cfg, model_path, output_dir)
+    run = RunDir.of_model(model_path)
+    if run is not None and result.output_dir.resolve() == run.eval.resolve():
+        figures = read_eval_figures(run.eval)
+        if figures is not None and (run.final / CARD).is_file():
+            add_eval_section(run.final / CARD, figures)
+        write_run_report(run)
+    return result
 
 
 def training_evaluators(cfg: Config, tokenizer: Any, accelerator: Accelerator) -> Evaluators:

@@ -219,8 +219,9 @@ def cmd_hpo(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from sftpipe.evaluate.run import compare, run
     from sftpipe.cli.report import print_compare, print_eval
+    from sftpipe.evaluate.run import compare
+    from sftpipe.stages import evaluate
 
     cfg = _load(args)
     if args.completions:
@@ -230,7 +231,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif args.compare:
         print_compare(compare(cfg, args.compare[0], args.compare[1], args.out))
     else:
-        print_eval(run(cfg, args.model or cfg.train.output_dir, args.out))
+        print_eval(evaluate(cfg, args.model or cfg.train.output_dir, args.out))
     return 0
 
 

@@ -4,7 +4,8 @@ YAML front matter (`base_model`, `library_name`, `tags`, `datasets`, `pipeline_t
 `huggingface_hub.ModelCard` read, then what a reader needs to reproduce or trust the model: the training
 hyperparameters, the data card's figures and hashes, the template and its stop tokens, and the exact sftpipe
 version and commit. The card is written from the typed config and data manifest, never read back by sftpipe
-except by a merge, which rewrites the front matter for the merged weights and adds what was merged.
+except by a merge, which rewrites the front matter for the merged weights and adds what was merged, and by
+`eval` of a run's final model, which adds (or replaces) the Evaluation section.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import yaml
 
 from sftpipe.config.schema import Config
 from sftpipe.contracts.data_dir import DataManifest
+from sftpipe.contracts.eval_figures import EvalFigures
 from sftpipe.errors import SftpipeError
 
 CARD = "README.md"
@@ -78,6 +80,35 @@ def write_merged_card(adapter_dir: Path, out: Path, *, max_abs_logit_diff: float
     body += (f"\n## Merge\n\nLoRA adapter `{adapter_dir}` merged into the base weights, saved as {dtype}; "
              f"max |merged - adapter| logit difference on a sample batch: {max_abs_logit_diff:.2e}.\n")
     (out / CARD).write_text(render_card(metadata, body), encoding="utf-8")
+
+
+EVAL_HEADING = "## Evaluation"
+
+
+def add_eval_section(card: Path, figures: EvalFigures) -> None:
+    """Put the figures of `sftpipe eval` into the model card `card` as its Evaluation section (replacing the one
+    an earlier eval wrote), the front matter unchanged.
+
+    Raises:
+        SftpipeError: `card` is not a model card sftpipe wrote.
+    """
+    metadata, body = read_card(card)
+    kept = body.split(f"\n{EVAL_HEADING}\n")[0].rstrip("\n") + "\n"
+    rows = [("split", figures.split), ("loss", _figure(figures.loss, "{:.4f}")),
+            ("perplexity", _figure(figures.perplexity, "{:.2f}")),
+            ("token accuracy", _figure(figures.token_accuracy, "{:.3f}"))]
+    rows += [(k, f"{v:.3f}") for k, v in figures.pass_at_k.items()]
+    executed = (f"pass@k over {figures.problems} problems with tests, {figures.samples} samples, answers executed "
+                "in a sandbox. " if figures.pass_at_k else
+                f"Answers were not executed: {figures.code_skipped}. " if figures.code_skipped else "")
+    section = (f"\n{EVAL_HEADING}\n\nFigures of `sftpipe eval` on the prepared `{figures.split}` split. {executed}"
+               "Loss and accuracy are teacher-forced, on the trained (assistant) tokens.\n\n"
+               + _table(("figure", "value"), rows))
+    card.write_text(render_card(metadata, kept + section), encoding="utf-8")
+
+
+def _figure(value: float | None, pattern: str) -> str:
+    return "–" if value is None else pattern.format(value)
 
 
 def _hyperparameters(cfg: Config) -> str:
