@@ -18,7 +18,7 @@ from datasets import Dataset
 
 from sftpipe.config.schema import Config
 from sftpipe.contracts.data_dir import DataDir
-from sftpipe.contracts.eval_figures import read_eval_figures
+from sftpipe.contracts.run_dir import read_eval_figures
 from sftpipe.contracts.run_dir import RunDir
 from sftpipe.evaluate import run as evaluate_run
 from sftpipe.evaluate.in_training import TrainingEval

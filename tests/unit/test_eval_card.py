@@ -9,8 +9,7 @@ import huggingface_hub
 import pytest
 
 from sftpipe import stages
-from sftpipe.contracts.eval_figures import EvalFigures
-from sftpipe.contracts.run_dir import RunDir
+from sftpipe.contracts.run_dir import EvalFigures, RunDir
 from sftpipe.export.model_card import CARD, add_eval_section, read_card
 from tests.conftest import make_config
 

@@ -1,7 +1,8 @@
 """The run dir `train` writes: the resolved config, run_manifest.json, checkpoints/, final/, logs/, eval/.
 
 A finished run dir (run_manifest.json and final/) stands for its final model wherever a model is asked for:
-`eval`, `merge` and `infer` take the run dir as they take final/ itself.
+`eval`, `merge` and `infer` take the run dir as they take final/ itself. `EvalFigures` are the headline
+figures of an eval dir's metrics.json (`EvalResult.as_dict()`), as the run report and the model card show them.
 """
 
 from __future__ import annotations
@@ -10,11 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sftpipe.contracts.files import FORMAT_VERSION, Record, read_record, write_record
+from pydantic import BaseModel, ConfigDict
+
+from sftpipe.contracts.files import FORMAT_VERSION, Record, read_json, read_record, write_record
+from sftpipe.errors import SftpipeError
 
 RUN_MANIFEST = "run_manifest.json"
 FINAL = "final"
 CHECKPOINTS = "checkpoints"
+# What `eval` writes into an eval dir; the figures other stages show of it are read here (`read_eval_figures`).
+EVAL_METRICS = "metrics.json"
+EVAL_REPORT = "report.html"
 
 
 class AutoBatch(Record):
@@ -177,3 +184,43 @@ class RunDir:
     def write_manifest(self, manifest: RunManifest) -> None:
         write_record(self.manifest_path, manifest)
 
+
+class EvalFigures(BaseModel):
+    """Loss figures on the evaluated split and, when answers were executed, pass@k."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    split: str
+    loss: float | None = None
+    perplexity: float | None = None
+    token_accuracy: float | None = None
+    pass_at_k: dict[str, float] = {}
+    problems: int = 0  # problems with tests whose answers were executed
+    samples: int = 0
+    code_skipped: str | None = None  # why answers were not executed, when they were not
+
+
+def eval_report(eval_dir: Path) -> Path:
+    """The eval dir's report.html."""
+    return eval_dir / EVAL_REPORT
+
+
+def read_eval_figures(eval_dir: Path) -> EvalFigures | None:
+    """The figures of `eval_dir`'s metrics.json; None when there is none (eval has not run).
+
+    Raises:
+        SftpipeError: metrics.json is unreadable or not what `eval` writes for one model.
+    """
+    path = eval_dir / EVAL_METRICS
+    if not path.is_file():
+        return None
+    values = read_json(path)
+    if not isinstance(values, dict) or "model" not in values or "split" not in values:
+        raise SftpipeError(f"{path}: not the metrics.json of `sftpipe eval` for one model (no model/split); "
+                           "run `sftpipe eval` again")
+    code = values.get("code") or {}
+    return EvalFigures(model=str(values["model"]), split=str(values["split"]), loss=values.get("loss"),
+                       perplexity=values.get("perplexity"), token_accuracy=values.get("token_accuracy"),
+                       pass_at_k=code.get("pass_at_k") or {}, problems=code.get("problems", 0),
+                       samples=code.get("samples", 0), code_skipped=code.get("skipped"))

@@ -18,7 +18,7 @@ import yaml
 
 from sftpipe.config.schema import Config
 from sftpipe.contracts.data_dir import DataManifest
-from sftpipe.contracts.eval_figures import EvalFigures
+from sftpipe.contracts.run_dir import EvalFigures
 from sftpipe.errors import SftpipeError
 
 CARD = "README.md"

@@ -23,7 +23,7 @@ from markupsafe import Markup
 from sftpipe.config.schema import Config
 from sftpipe.contracts.checkpoint import checkpoint_step, complete_checkpoints
 from sftpipe.contracts.data_dir import DataDir, DataManifest
-from sftpipe.contracts.eval_figures import EvalFigures, eval_report, read_eval_figures
+from sftpipe.contracts.run_dir import EvalFigures, eval_report, read_eval_figures
 from sftpipe.contracts.run_dir import RunDir, RunManifest
 from sftpipe.errors import SftpipeError
 
