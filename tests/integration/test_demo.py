@@ -43,3 +43,8 @@ def test_quick_demo_without_ghc_says_once_that_pass_at_k_is_not_measured(tmp_pat
     assert summary.startswith("held-out pass@1: not measured")
     assert "execution skipped" not in printed
     assert (tmp_path / "demo" / "merged" / "model.safetensors").is_file()
+    report = tmp_path / "demo" / "run" / "report.html"
+    assert f"run report (curves, data, config, eval): {report}" in printed
+    assert 'id="chart-loss"' in report.read_text() and 'id="eval"' in report.read_text()
+    assert "## Evaluation" in (tmp_path / "demo" / "run" / "final" / "README.md").read_text()
+    assert "## Evaluation" in (tmp_path / "demo" / "merged" / "README.md").read_text()  # the merge keeps it

@@ -1,6 +1,7 @@
 """`sftpipe demo`: the whole pipeline on CPU in minutes, with no network.
 
-init-tiny -> prepare (shipped Haskell problems) -> eval base -> train LoRA -> eval -> merge -> infer.
+init-tiny -> prepare (shipped Haskell problems) -> eval base -> train LoRA -> eval -> merge -> infer; the run's
+report.html (curves, data summary, config changes, eval figures) is written and its path printed.
 It writes `demo.yaml` into the output dir, so every stage can be re-run by hand with the printed commands.
 """
 
@@ -71,7 +72,8 @@ def run(out: Path, quick: bool = False) -> None:
     from sftpipe.export import merge
     from sftpipe.infer.generate import run as infer
     from sftpipe.cli.report import print_eval, print_prepare, print_train
-    from sftpipe.stages import train
+    from sftpipe.contracts.run_dir import RunDir
+    from sftpipe.stages import evaluate as evaluate_run, train
 
     t0 = time.perf_counter()
     out = out.resolve()
@@ -105,7 +107,7 @@ def run(out: Path, quick: bool = False) -> None:
     timings["train"] = time.perf_counter() - t
 
     t = _stage("eval fine-tuned model (test split)")
-    after = evaluate.run(cfg, str(out / "run"))
+    after = evaluate_run(cfg, str(out / "run"))  # also adds its figures to the model card and the run report
     print_eval(after, show_skip=False)
     evaluate.write_compare(out / "eval_compare", before, after, cfg)
     print(f"base vs fine-tuned side by side: {out / 'eval_compare' / 'report.html'}")
@@ -129,6 +131,7 @@ def run(out: Path, quick: bool = False) -> None:
     print("\n== summary ==")
     print(f"held-out test loss: base {before.metrics.loss:.4f} -> fine-tuned {after.metrics.loss:.4f}")
     print(_pass_at_1_line(before, after, out / "eval_compare" / "report.html"))
+    print(f"run report (curves, data, config, eval): {RunDir(out / 'run').report}")
     print("stage times: " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()) + f"; total {total:.1f}s")
     print(f"outputs under {out}: tiny/, data/, run/ (final/, checkpoints/, logs/), run/eval/, eval_base/, "
           "eval_compare/, merged/")
