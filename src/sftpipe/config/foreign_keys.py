@@ -45,8 +45,7 @@ FOREIGN_KEYS: dict[str, str] = {
     "bnb_4bit_use_double_quant": _renamed("model.quantization.double_quant"),
     "use_dora": _renamed("lora.use_dora"),
     "use_rslora": _renamed("lora.use_rslora"),
-    "report_to": _not_yet("sftpipe always logs to <train.output_dir>/logs/metrics.jsonl and TensorBoard events "
-                          "there; other trackers (wandb, mlflow, ...) are not built"),
+    "report_to": _renamed("train.report_to"),
     "fp16": _not_yet("fp16 mixed precision is not offered; use train.precision: bf16 (or fp32)"),
     "deepspeed": _not_yet("DeepSpeed (sharded checkpoints are not built); launch with DDP"),
     "fsdp": _not_yet("FSDP (sharded checkpoints are not built); launch with DDP"),
