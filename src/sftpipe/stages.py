@@ -50,13 +50,19 @@ def evaluate(cfg: Config, model_path: str, output_dir: str | None = None) -> Eva
     """`eval` of one model; when it is a run's final model evaluated into the run's eval/, the model card
     (final/README.md) gains the eval figures and the run's report.html is written again with them."""
     result = evaluate_run.run(cfg, model_path, output_dir)
-    run = RunDir.of_model(model_path)
-    if run is not None and result.output_dir.resolve() == run.eval.resolve():
+    run = evaluated_run(model_path, result)
+    if run is not None:
         figures = read_eval_figures(run.eval)
         if figures is not None and (run.final / CARD).is_file():
             add_eval_section(run.final / CARD, figures)
         write_run_report(run)
     return result
+
+
+def evaluated_run(model_path: str, result: EvalResult) -> RunDir | None:
+    """The run whose final model `model_path` is, when `result` was written into that run's eval/."""
+    run = RunDir.of_model(model_path)
+    return run if run is not None and result.output_dir.resolve() == run.eval.resolve() else None
 
 
 def training_evaluators(cfg: Config, tokenizer: Any, accelerator: Accelerator) -> Evaluators:

@@ -221,7 +221,7 @@ def cmd_hpo(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from sftpipe.cli.report import print_compare, print_eval
     from sftpipe.evaluate.run import compare
-    from sftpipe.stages import evaluate
+    from sftpipe.stages import evaluate, evaluated_run
 
     cfg = _load(args)
     if args.completions:
@@ -231,7 +231,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     elif args.compare:
         print_compare(compare(cfg, args.compare[0], args.compare[1], args.out))
     else:
-        print_eval(evaluate(cfg, args.model or cfg.train.output_dir, args.out))
+        model = args.model or cfg.train.output_dir
+        result = evaluate(cfg, model, args.out)
+        print_eval(result)
+        run = evaluated_run(model, result)
+        if run is not None:
+            print(f"  run report: {run.report} (and the model card {run.final} gained the eval figures)")
     return 0
 
 

@@ -261,8 +261,8 @@ th.text{text-align:left}
 <h1>sftpipe run report: {{ name }}</h1>
 <p class="muted">{{ run_path }}{% if manifest %}<br>{{ manifest.method }} fine-tune of {{ manifest.base_model }},
 seed {{ manifest.seed }}, {{ manifest.world_size }} process(es) on {{ manifest.device }}, started {{ manifest.created }}
-on {{ manifest.host }}<br>sftpipe {{ manifest.versions.get("sftpipe", "?") }}{% if manifest.git_sha %}
-(commit {{ manifest.git_sha[:12] }}){% endif %}, torch {{ manifest.versions.get("torch", "?") }},
+on {{ manifest.host }}<br>sftpipe {{ manifest.versions.get("sftpipe", "?") }}{% if manifest.git_sha %} (commit
+{{ manifest.git_sha[:12] }}){% endif %}, torch {{ manifest.versions.get("torch", "?") }},
 transformers {{ manifest.versions.get("transformers", "?") }}{% endif %}</p>
 <p class="{{ 'ok' if finished else 'note' }}" id="status">{{ status }}</p>
 {% for note in notes %}<p class="note">{{ note }}</p>
