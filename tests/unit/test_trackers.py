@@ -61,7 +61,7 @@ def wandb_records(run_file: Path) -> list:
     return records
 
 
-def _items(items) -> dict:
+def record_items(items) -> dict:
     return {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in items}
 
 
@@ -100,7 +100,7 @@ def test_wandb_offline_run_file_holds_metrics_config_and_summary(tracked_run):
 
     config = {}
     for r in by_kind["config"]:
-        config.update(_items(r.config.update))
+        config.update(record_items(r.config.update))
     assert config["config"]["train"]["lr"] == cfg.train.lr
     assert config["config"]["train"]["report_to"] == ["tensorboard", "wandb", "mlflow"]
     assert config["run"]["seed"] == cfg.train.seed and config["run"]["method"] == "lora"
@@ -109,7 +109,7 @@ def test_wandb_offline_run_file_holds_metrics_config_and_summary(tracked_run):
     logged = {m["step"]: m for m in read_metrics(RunDir(result.run_dir).metrics) if "loss" in m}
     history = {}
     for r in by_kind["history"]:
-        row = _items(r.history.item)
+        row = record_items(r.history.item)
         history.setdefault(row["_step"], {}).update(row)
     assert sorted(s for s, row in history.items() if "loss" in row) == list(range(1, STEPS + 1))
     for step, m in logged.items():
@@ -119,7 +119,7 @@ def test_wandb_offline_run_file_holds_metrics_config_and_summary(tracked_run):
 
     summary = {}
     for r in by_kind["summary"]:
-        summary.update(_items(r.summary.update))
+        summary.update(record_items(r.summary.update))
     assert summary["final/step"] == STEPS and summary["final/selected_by"] == "last"
     assert summary["final/last_val_loss"] == pytest.approx(result.val.loss)
 

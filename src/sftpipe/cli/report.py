@@ -61,6 +61,7 @@ def print_train(result: TrainResult) -> None:
         print(f"  final model: {result.final_dir} (the checkpoint with the best {final.selected_by}: step "
               f"{final.step}, {final.selected_by} {final.value:.4f})")
     print(f"  logs: {RunDir(result.run_dir).metrics}")
+    print(f"  run report: {RunDir(result.run_dir).report}")
 
 
 def print_eval(result: EvalResult, show_skip: bool = True) -> None:
