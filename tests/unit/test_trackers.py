@@ -210,3 +210,15 @@ def test_tracker_settings_are_not_part_of_the_resume_fingerprint(tracked_run):
     base = fingerprint()
     assert fingerprint(report_to=[], run_name="other", project="p", tags=["x"]) == base
     assert fingerprint(lr=cfg.train.lr * 2) != base  # control: a trajectory setting is
+
+
+def test_a_tracker_that_cannot_start_is_an_error_that_says_why(tmp_path, tiny_dir, chat_sources, tracked_run,
+                                                                 monkeypatch):
+    _, prepared_cfg, _ = tracked_run
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "nosuchscheme://nowhere")
+    cfg = make_config(tmp_path, tiny_dir, chat_sources, data={"output_dir": prepared_cfg.data.output_dir},
+                      train={"report_to": ["mlflow"], "max_steps": 1})
+    with pytest.raises(SftpipeError) as err:
+        stages.train(cfg, resume="never")
+    assert "train.report_to ['mlflow']: a tracker could not start" in str(err.value)
+    assert "MLFLOW_TRACKING_URI" in str(err.value)

@@ -44,7 +44,14 @@ from sftpipe.train.progress import progress
 from sftpipe.train.resume import resume_from_latest_complete, run_fingerprint, trim_metrics
 from sftpipe.train.saving import save_final, save_inference_files
 from sftpipe.train.run_report import write_run_report
-from sftpipe.train.trackers import build_trackers, check_tracker_libraries, final_figures, log_run_end, log_run_start
+from sftpipe.train.trackers import (
+    build_trackers,
+    check_tracker_libraries,
+    final_figures,
+    log_run_end,
+    log_run_start,
+    start_trackers,
+)
 from sftpipe.train.tracking import MetricsLogger, peak_memory_mb, write_run_manifest
 
 
@@ -326,7 +333,7 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
         write_run_manifest(run_dir, cfg, manifest, accelerator.num_processes, str(device))
         if data.mix is not None:
             run_dir.write_manifest(run_dir.manifest.model_copy(update={"data_mix": data.mix}))
-    accelerator.init_trackers(tc.project)  # starts the trackers on the main process only
+    start_trackers(accelerator, tc)  # on the main process only
     if accelerator.is_main_process:
         log_run_start(accelerator.trackers, cfg, manifest, run_dir.manifest)
     logger = MetricsLogger(run_dir.metrics, accelerator, enabled=accelerator.is_main_process)

@@ -67,6 +67,20 @@ def build_trackers(tc: TrainConfig, run_dir: RunDir) -> list[GeneralTracker]:
     return trackers
 
 
+def start_trackers(accelerator: Any, tc: TrainConfig) -> None:
+    """Start the trackers (on the main process only); a library that cannot start is an error that says why.
+
+    Raises:
+        SftpipeError: a tracker failed to start (W&B not logged in, MLflow's store unreachable, ...).
+    """
+    try:
+        accelerator.init_trackers(tc.project)
+    except Exception as exc:  # noqa: BLE001 - each library raises its own errors
+        raise SftpipeError(f"train.report_to {tc.report_to}: a tracker could not start ({type(exc).__name__}: "
+                           f"{exc}). W&B needs `wandb login` or WANDB_API_KEY (or WANDB_MODE=offline); MLflow a "
+                           "reachable MLFLOW_TRACKING_URI; or leave the tracker out of train.report_to") from None
+
+
 def data_summary(manifest: DataManifest) -> dict[str, Any]:
     """The data card's figures: records, splits, sources, rejections by reason, and the hashes."""
     return {
