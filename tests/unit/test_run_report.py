@@ -17,7 +17,7 @@ import pytest
 from sftpipe.cli import main
 from sftpipe.contracts.run_dir import RunDir
 from sftpipe.train.faults import ENV
-from sftpipe.train.run_report import CHARTS, read_run, render_run_report, write_run_report
+from sftpipe.train.run_report import CHARTS, MAX_DRAWN, line_chart_svg, read_run, render_run_report, write_run_report
 from sftpipe.train.tracking import read_metrics
 from tests.conftest import make_config
 
@@ -129,6 +129,17 @@ def test_a_killed_run_gets_a_report_from_sftpipe_report(tmp_path, tiny_dir, chat
            "step 2" in text
     assert page.charts["loss"]["points"] == 3 + val_points
     assert all(page.charts[c]["points"] > 0 for c, _, _ in CHARTS)
+
+
+def test_a_long_run_is_drawn_thinned_but_counted_whole():
+    points = [(float(step), 1.0 / step) for step in range(1, 10_001)]
+    svg = str(line_chart_svg("loss", "Loss", [("train", points)]))
+    drawn = svg.split('points="')[1].split('"')[0].split()
+    assert len(drawn) <= MAX_DRAWN + 1
+    assert drawn[0].startswith("64.0,") and drawn[-1].startswith("544.0,")  # first and last step: the plot's edges
+    assert "train (10000)" in svg and "<circle" not in svg and len(svg) < 60_000
+    short = str(line_chart_svg("loss", "Loss", [("train", points[:50])]))
+    assert len(short.split('points="')[1].split('"')[0].split()) == 50 and short.count("<circle") == 50  # control
 
 
 def test_report_of_a_dir_that_is_no_run_is_an_error(tmp_path, capsys):

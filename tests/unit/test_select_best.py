@@ -62,6 +62,8 @@ def test_select_best_puts_the_lowest_val_loss_checkpoint_in_final(prepared, tiny
     assert result.final == final
     print_train(result)
     assert f"the checkpoint with the best val_loss: step {best}" in capsys.readouterr().out
+    assert f"final/ holds the weights of step {best}, the best checkpoint by val_loss ({val[best]:.4f})" in \
+        RunDir(result.run_dir).report.read_text()
 
     # control: the same run with select_best off keeps the last step in final/; the trajectory is the same
     control = _train(prepared, tiny_dir, chat_sources, "last")

@@ -35,6 +35,8 @@ CHARTS = [
     ("tokens_per_s", "Tokens per second (real tokens, in training steps)", [("tokens_per_s", "tokens/s")]),
     ("peak_memory_mb", "Peak memory (MiB)", [("peak_memory_mb", "peak")]),
 ]
+MAX_DRAWN = 2000  # points of one drawn line; every point is in logs/metrics.jsonl
+MAX_DOTS = 200  # points drawn as dots with a tooltip, when a series has no more than this
 SERIES_COLORS = ("#1565c0", "#ef6c00", "#2e7d32")
 SPLIT_COLORS = {"train": "#1565c0", "val": "#ef6c00", "test": "#2e7d32"}
 
@@ -188,10 +190,12 @@ def line_chart_svg(chart_id: str, title: str, lines: list[tuple[str, list[tuple[
     for i, (label, pts) in enumerate(lines):
         color = SERIES_COLORS[i % len(SERIES_COLORS)]
         if len(pts) > 1:
-            path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in pts)
+            stride = max(1, len(pts) // MAX_DRAWN)  # a long run's line, thinned: the page stays small
+            drawn = pts[::stride] + ([pts[-1]] if (len(pts) - 1) % stride else [])
+            path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in drawn)
             parts.append(f'<polyline class="series" data-label="{html.escape(label)}" points="{path}" fill="none" '
                          f'stroke="{color}" stroke-width="1.6"/>')
-        for x, y in pts if len(pts) <= 200 else []:  # a dot per point while they stay apart
+        for x, y in pts if len(pts) <= MAX_DOTS else []:  # a dot per point while they stay apart
             parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.2" fill="{color}"><title>'
                          f'{html.escape(label)} at step {x:.0f}: {y:.6g}</title></circle>')
         parts.append(f'<rect x="{left + plot_w - 110}" y="{top + 6 + 14 * i}" width="10" height="10" '
