@@ -44,12 +44,14 @@ export: {{output_dir: merged}}
     out = sftpipe("prepare", config, cwd=tmp_path).stdout
     assert "79 records read, 79 kept, 0 rejected" in out
     out = sftpipe("train", config, "--set", "train.lr=2e-3", cwd=tmp_path).stdout
-    assert "trained 3 steps" in out and "val loss after" in out
+    assert "trained 3 steps" in out and "val loss after" in out and "run report: run/report.html" in out
     resolved = (tmp_path / "run" / "config.yaml").read_text()
     assert "lr: 0.002" in resolved  # the --set override is in the saved resolved config
     out = sftpipe("eval", config, cwd=tmp_path).stdout
     metrics = json.loads((tmp_path / "run" / "eval" / "metrics.json").read_text())
     assert metrics["examples"] == 8 and metrics["loss"] > 0 and "ppl" in out
+    assert "run report: run/report.html (and the model card run/final gained the eval figures)" in out
+    assert 'id="eval"' in (tmp_path / "run" / "report.html").read_text()
     sftpipe("merge", config, cwd=tmp_path)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text('{"prompt": "Write sumList."}\n{"messages": [{"role": "user", "content": "Hi"}]}\n')
