@@ -192,3 +192,24 @@ def test_the_report_renders_in_a_headless_browser_without_console_errors(lora_ru
     broken = tmp_path / "broken.html"
     broken.write_text("<html><body><script>undefinedFunction()</script></body></html>")
     assert console_errors(browse(broken, tmp_path / "broken.png"))
+
+
+def test_a_train_data_mix_shows_each_dir_and_the_mix(lora_run):
+    from sftpipe.contracts.run_dir import MixedDataDir, TrainDataMix
+
+    cfg, result = lora_run
+    run = read_run(RunDir(result.run_dir))
+    assert len(run.data) == 1  # control: a single data dir
+    (path, data), = run.data
+    dirs = [MixedDataDir(name=name, dir=path, weight=weight, template=data.template.name,
+                         template_sha256=data.template.sha256, data_manifest_sha256=data.sha256,
+                         available_examples=10, examples=examples, tokens=100 * examples,
+                         trained_tokens=50 * examples, epochs=examples / 10, target_share=share, achieved_share=share)
+            for name, weight, examples, share in (("code", 3.0, 15, 0.75), ("chat", 1.0, 5, 0.25))]
+    mixed = replace(run, manifest=run.manifest.model_copy(update={"data_mix": TrainDataMix(
+        unit="samples", seed=cfg.train.seed, dirs=dirs)}), data=[(path, data), (path, data)])
+    page = Charts(render_run_report(mixed))
+    assert {"mix", "splits", "splits1", "sources", "sources1"} <= page.tables
+    assert {"lengths", "lengths1"} <= set(page.charts)
+    text = " ".join(page.text)
+    assert "A train.data mix of 2 data dirs by samples" in text and "code (" in text and "1.50" in text

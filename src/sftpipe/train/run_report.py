@@ -48,7 +48,7 @@ class RunFiles:
     run_dir: RunDir
     config: dict[str, Any] | None
     manifest: RunManifest | None
-    data: DataManifest | None
+    data: list[tuple[str, DataManifest]]  # (data dir, its manifest): one, or each dir of a train.data mix
     metrics: list[dict[str, Any]]
     unreadable_lines: int  # metrics.jsonl lines that are not JSON (the last one of a killed run may be cut)
     eval: EvalFigures | None
@@ -70,11 +70,15 @@ def read_run(run_dir: RunDir) -> RunFiles:
     if config is None:
         notes.append(f"{run_dir.config} is missing: no config changes to show")
     manifest = run_dir.manifest if run_dir.manifest_path.is_file() else None
-    data = None
-    data_path = manifest.data_dir if manifest else (config or {}).get("data", {}).get("output_dir")
-    if data_path:
+    if manifest is not None and manifest.data_mix is not None:
+        data_paths = [d.dir for d in manifest.data_mix.dirs]
+    else:
+        data_path = manifest.data_dir if manifest else (config or {}).get("data", {}).get("output_dir")
+        data_paths = [data_path] if data_path else []
+    data = []
+    for data_path in data_paths:
         try:
-            data = DataDir(Path(data_path)).manifest
+            data.append((str(data_path), DataDir(Path(data_path)).manifest))
         except SftpipeError as exc:
             notes.append(f"data summary left out: {exc}")
     metrics, unreadable = _read_metrics(run_dir.metrics)
@@ -205,7 +209,7 @@ def line_chart_svg(chart_id: str, title: str, lines: list[tuple[str, list[tuple[
     return Markup("".join(parts))
 
 
-def length_histogram_svg(data: DataManifest) -> Markup:
+def length_histogram_svg(data: DataManifest, chart_id: str = "lengths") -> Markup:
     """Bars of example lengths (tokens) per split, on the data dir's shared bins."""
     lengths = data.lengths
     splits = [(name, s.histogram) for name, s in lengths.splits.items() if s.histogram and any(s.histogram)]
@@ -217,7 +221,7 @@ def length_histogram_svg(data: DataManifest) -> Markup:
     top = max(max(h) for _, h in splits) or 1
     slot = (width - 2 * pad) / bins
     bar = slot / (len(splits) + 0.5)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" id="chart-lengths" class="chart" width="{width}" '
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" id="chart-{chart_id}" class="chart" width="{width}" '
              f'height="{height + 40}" role="img" aria-label="example length histogram">',
              f'<line x1="{pad}" y1="{height}" x2="{width - pad}" y2="{height}" stroke="#888"/>']
     for m, (name, counts) in enumerate(splits):
@@ -299,17 +303,30 @@ adds its figures here.</p>
 {% endif %}
 
 <h2>Data</h2>
-{% if data %}
+{% if mix %}
+<p class="muted">A train.data mix of {{ mix.dirs|length }} data dirs by {{ mix.unit }}, the same every epoch
+(seed {{ mix.seed }}):</p>
+<table id="mix">
+<tr><th>dir</th><th>weight</th><th>examples per epoch</th><th>tokens per epoch</th><th>epochs of its data</th>
+<th>share: target</th><th>achieved</th></tr>
+{% for d in mix.dirs %}<tr><td>{{ d.name }} ({{ d.dir }})</td><td>{{ d.weight }}</td><td>{{ d.examples }}</td>
+<td>{{ d.tokens }}</td><td>{{ "%.2f"|format(d.epochs) }}</td><td>{{ "%.3f"|format(d.target_share) }}</td>
+<td>{{ "%.3f"|format(d.achieved_share) }}</td></tr>
+{% endfor %}
+</table>
+{% endif %}
+{% for data_path, data, lengths_svg in datasets %}
+{% if datasets|length > 1 %}<h3>{{ data_path }}</h3>{% endif %}
 <p class="muted">{{ data_path }}: {{ data.records_read }} records read, template {{ data.template.name }}, max length
 {{ data.max_length }} tokens (overlong: {{ data.overlong }}); rejected by reason:
-{% for reason, n in rejected %}{{ reason }} {{ n }}{% if not loop.last %}, {% endif %}{% else %}none{% endfor %}.</p>
-<table id="splits">
+{% for reason, n in data.rejected|dictsort %}{{ reason }} {{ n }}{% if not loop.last %}, {% endif %}{% else %}none{% endfor %}.</p>
+<table id="splits{{ '' if loop.first else loop.index0 }}">
 <tr><th>split</th><th>examples</th><th>tokens</th><th>trained tokens</th><th>truncated</th><th>longest</th></tr>
 {% for name, s in data.splits.items() %}<tr><td>{{ name }}</td><td>{{ s.examples }}</td><td>{{ s.tokens }}</td>
 <td>{{ s.trained_tokens }}</td><td>{{ s.truncated }}</td><td>{{ s.max_tokens }}</td></tr>
 {% endfor %}
 </table>
-<table id="sources">
+<table id="sources{{ '' if loop.first else loop.index0 }}">
 <tr><th>source</th><th>read</th><th>kept</th><th>rejected</th></tr>
 {% for name, c in data.sources.items() %}<tr><td>{{ name }}</td><td>{{ c.read }}</td><td>{{ c.kept }}</td>
 <td>{{ c.rejected }}</td></tr>
@@ -319,7 +336,7 @@ adds its figures here.</p>
 <p class="muted">data manifest SHA-256 {{ data.sha256 }}, tokenizer SHA-256 {{ data.tokenizer.sha256 }}</p>
 {% else %}
 <p class="muted">No data manifest found.</p>
-{% endif %}
+{% endfor %}
 
 <h2>Config: changes from the defaults</h2>
 {% if changes %}
@@ -379,7 +396,7 @@ def render_run_report(run: RunFiles) -> str:
         status=status, finished=status.startswith("finished"), notes=notes, charts=charts,
         last=_last_figures(run.metrics), eval=run.eval, eval_rows=_eval_rows(run.eval) if run.eval else [],
         eval_link=report_link.relative_to(run.run_dir.path).as_posix() if report_link.is_file() else None,
-        data=run.data, data_path=run.manifest.data_dir if run.manifest else "",
-        rejected=sorted(run.data.rejected.items()) if run.data else [],
-        lengths_svg=length_histogram_svg(run.data) if run.data else "",
+        mix=run.manifest.data_mix if run.manifest else None,
+        datasets=[(path, data, length_histogram_svg(data, "lengths" if i == 0 else f"lengths{i}"))
+                  for i, (path, data) in enumerate(run.data)],
         changes=config_changes(run.config) if run.config else [])
