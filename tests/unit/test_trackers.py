@@ -189,7 +189,8 @@ def test_a_missing_tracker_library_names_the_extra(monkeypatch):
 
 
 @pytest.mark.parametrize("value,expected", [("none", []), (["none"], []), ([], []), ("wandb", ["wandb"]),
-                                            (["mlflow", "tensorboard"], ["mlflow", "tensorboard"])])
+                                            (["mlflow", "tensorboard"], ["mlflow", "tensorboard"]),
+                                            (["wandb", "tensorboard", "wandb"], ["wandb", "tensorboard"])])
 def test_report_to_accepts_none_and_single_names(value, expected):
     assert TrainConfig(report_to=value).report_to == expected
 

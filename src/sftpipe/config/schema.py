@@ -269,9 +269,11 @@ class TrainConfig(Section):
     @field_validator("report_to", mode="before")
     @classmethod
     def _no_tracker(cls, value: Any) -> Any:
-        """`none`, [none] and a single name are accepted as they read."""
+        """`none`, [none] and a single name are accepted as they read; a name listed twice is one tracker."""
         if isinstance(value, str):
             value = [value]
+        if isinstance(value, list):
+            value = list(dict.fromkeys(value))
         return [] if value == ["none"] else value
 
     @model_validator(mode="before")
