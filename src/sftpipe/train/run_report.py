@@ -57,7 +57,7 @@ class RunFiles:
 
 
 def read_run(run_dir: RunDir) -> RunFiles:
-    """Everything the report shows, read from `run_dir` (and the data dir its config names).
+    """Everything the report shows, read from `run_dir` (and the data dirs its run manifest names).
 
     Raises:
         SftpipeError: `run_dir` has neither config.yaml nor logs (not a run dir).
@@ -70,11 +70,14 @@ def read_run(run_dir: RunDir) -> RunFiles:
     if config is None:
         notes.append(f"{run_dir.config} is missing: no config changes to show")
     manifest = run_dir.manifest if run_dir.manifest_path.is_file() else None
-    if manifest is not None and manifest.data_mix is not None:
+    if manifest is None:
+        notes.append(f"{run_dir.manifest_path} is missing (the run stopped before it began training): no data "
+                     "summary to show")
+        data_paths = []
+    elif manifest.data_mix is not None:
         data_paths = [d.dir for d in manifest.data_mix.dirs]
     else:
-        data_path = manifest.data_dir if manifest else (config or {}).get("data", {}).get("output_dir")
-        data_paths = [data_path] if data_path else []
+        data_paths = [manifest.data_dir]
     data = []
     for data_path in data_paths:
         try:
