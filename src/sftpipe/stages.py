@@ -1,5 +1,5 @@
 """The train stage as the CLI, the demo and tests run it: the loop with evaluate's validation and in-training eval;
-and the eval stage on a run's model, which adds its figures to the run's model card and report.
+and the eval stage on a run's model, which adds its figures to the run's model card, trackers and report.
 
 train imports nothing from evaluate (its loop receives evaluation as callables, see `train.evaluators`);
 this module, above both, joins them.
@@ -7,6 +7,7 @@ this module, above both, joins them.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -18,8 +19,7 @@ from datasets import Dataset
 
 from sftpipe.config.schema import Config
 from sftpipe.contracts.data_dir import DataDir
-from sftpipe.contracts.run_dir import read_eval_figures
-from sftpipe.contracts.run_dir import RunDir
+from sftpipe.contracts.run_dir import RunDir, read_eval_figures
 from sftpipe.evaluate import run as evaluate_run
 from sftpipe.evaluate.in_training import TrainingEval
 from sftpipe.evaluate.metrics import combine_loss, evaluate_loss
@@ -29,6 +29,10 @@ from sftpipe.models.loss import LossMetrics
 from sftpipe.train import loop
 from sftpipe.train.evaluators import Evaluators
 from sftpipe.train.run_report import write_run_report
+from sftpipe.train.trackers import log_eval
+
+
+log = logging.getLogger(__name__)
 
 
 def train(cfg: Config, resume: str = "auto", resume_force: bool = False,
@@ -48,13 +52,19 @@ def train(cfg: Config, resume: str = "auto", resume_force: bool = False,
 
 def evaluate(cfg: Config, model_path: str, output_dir: str | None = None) -> EvalResult:
     """`eval` of one model; when it is a run's final model evaluated into the run's eval/, the model card
-    (final/README.md) gains the eval figures and the run's report.html is written again with them."""
+    (final/README.md) and the run's trackers (TensorBoard, W&B, MLflow runs of its training) gain the eval
+    figures, and the run's report.html is written again with them."""
     result = evaluate_run.run(cfg, model_path, output_dir)
     run = evaluated_run(model_path, result)
     if run is not None:
         figures = read_eval_figures(run.eval)
         if figures is not None and (run.final / CARD).is_file():
             add_eval_section(run.final / CARD, figures)
+        if figures is not None:
+            try:
+                log_eval(run, figures)
+            except Exception as exc:  # noqa: BLE001 - the eval is done and saved; a tracker's trouble is said
+                log.warning("eval figures not added to the run's trackers (%s: %s)", type(exc).__name__, exc)
         write_run_report(run)
     return result
 

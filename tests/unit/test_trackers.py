@@ -223,3 +223,34 @@ def test_a_tracker_that_cannot_start_is_an_error_that_says_why(tmp_path, tiny_di
         stages.train(cfg, resume="never")
     assert "train.report_to ['mlflow']: a tracker could not start" in str(err.value)
     assert "MLFLOW_TRACKING_URI" in str(err.value)
+
+
+def test_eval_of_the_run_adds_its_figures_to_the_trackers(tracked_run, monkeypatch):
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tmp, cfg, result = tracked_run
+    monkeypatch.chdir(tmp)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp / 'mlflow.db'}")
+    run = RunDir(result.run_dir)
+    ids = run.manifest.trackers
+    assert set(ids) == {"wandb", "wandb_project", "mlflow"} and ids["wandb_project"] == "sftpipe-test"
+    eval_cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={
+        "generation": cfg.eval.generation.model_copy(update={"enabled": False})})})
+    evaluated = stages.evaluate(eval_cfg, str(run.path))
+    loss = evaluated.metrics.loss
+
+    history = MlflowClient().get_metric_history(ids["mlflow"], "eval/loss")
+    assert [(h.step, h.value) for h in history] == [(STEPS, pytest.approx(loss))]
+    resumed = [f for f in (run.logs / "wandb").glob(f"offline-run-*-{ids['wandb']}/run-*.wandb")]
+    assert len(resumed) == 2, resumed  # the training's and the eval's, one W&B run id
+    summary = {}
+    for r in wandb_records(sorted(resumed)[-1]):
+        if r.WhichOneof("record_type") == "summary":
+            summary.update(record_items(r.summary.update))
+    assert summary["eval/loss"] == pytest.approx(loss)
+    events = EventAccumulator(str(run.logs / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("eval/loss")] == [(STEPS, pytest.approx(loss, rel=1e-6))]

@@ -91,6 +91,7 @@ class RunManifest(Record):
     host: str
     final: FinalSource | None = None  # written when final/ is; absent in manifests of older runs and unfinished ones
     data_mix: TrainDataMix | None = None  # runs on train.data (data_dir is then unused); absent in older manifests
+    trackers: dict[str, str] | None = None  # wandb, wandb_project, mlflow: run ids of the last start (for eval)
 
 
 @dataclass(frozen=True)

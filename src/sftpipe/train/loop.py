@@ -335,7 +335,7 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
             run_dir.write_manifest(run_dir.manifest.model_copy(update={"data_mix": data.mix}))
     start_trackers(accelerator, tc)  # on the main process only
     if accelerator.is_main_process:
-        log_run_start(accelerator.trackers, cfg, manifest, run_dir.manifest)
+        log_run_start(accelerator.trackers, cfg, manifest, run_dir)
     logger = MetricsLogger(run_dir.metrics, accelerator, enabled=accelerator.is_main_process)
     if auto is not None and accelerator.is_main_process:  # what auto batch sizes chose, for the resumed run
         run_dir.write_manifest(run_dir.manifest.model_copy(update={"batch": auto}))

@@ -20,7 +20,7 @@ from accelerate.tracking import GeneralTracker, MLflowTracker, TensorBoardTracke
 
 from sftpipe.config.schema import Config, TrainConfig
 from sftpipe.contracts.data_dir import DataManifest
-from sftpipe.contracts.run_dir import FinalSource, RunDir, RunManifest
+from sftpipe.contracts.run_dir import EvalFigures, FinalSource, RunDir
 from sftpipe.errors import SftpipeError
 from sftpipe.models.loss import LossMetrics
 from sftpipe.redact import redact
@@ -98,10 +98,20 @@ def data_summary(manifest: DataManifest) -> dict[str, Any]:
     }
 
 
-def log_run_start(trackers: list[GeneralTracker], cfg: Config, data: DataManifest, run: RunManifest) -> None:
-    """Log the resolved config (secrets redacted), the data summary and the run manifest to every tracker."""
+def log_run_start(trackers: list[GeneralTracker], cfg: Config, data: DataManifest, run_dir: RunDir) -> None:
+    """Log the resolved config (secrets redacted), the data summary and the run manifest to every tracker, and
+    record the W&B and MLflow run ids in the run manifest (`log_eval` adds eval figures to those runs)."""
+    run = run_dir.manifest
     documents = {"config": redact(cfg.model_dump(mode="json")), "data": data_summary(data),
                  "run": run.model_dump(mode="json")}
+    ids = {}
+    for tracker in trackers:
+        if isinstance(tracker, WandBTracker):
+            ids["wandb"], ids["wandb_project"] = tracker.run.id, tracker.run.project
+        elif isinstance(tracker, MLflowTracker):
+            ids["mlflow"] = tracker.active_run.info.run_id
+    if ids:
+        run_dir.write_manifest(run.model_copy(update={"trackers": ids}))
     for tracker in trackers:
         if isinstance(tracker, TensorBoardTracker):
             for key, document in documents.items():
@@ -167,3 +177,49 @@ def _markdown_yaml(document: dict[str, Any]) -> str:
     """YAML as a Markdown code block (TensorBoard renders text summaries as Markdown)."""
     text = yaml.safe_dump(document, sort_keys=False, allow_unicode=True)
     return "\n".join("    " + line for line in text.splitlines())
+
+
+def eval_numbers(figures: EvalFigures) -> dict[str, float]:
+    """The figures of an eval as tracker metrics: eval/loss, eval/perplexity, eval/token_accuracy, eval/pass@k."""
+    numbers = {"loss": figures.loss, "perplexity": figures.perplexity, "token_accuracy": figures.token_accuracy,
+               **figures.pass_at_k}
+    return {f"eval/{k}": float(v) for k, v in numbers.items() if v is not None}
+
+
+def log_eval(run_dir: RunDir, figures: EvalFigures) -> list[str]:
+    """Add the figures of `sftpipe eval` on the run's final model to the tracker runs the training logged to, at
+    the step final/ holds: TensorBoard (the run's logs/tensorboard), W&B (its run resumed by id, as the run's
+    summary) and MLflow (metrics of its run id, in the store MLFLOW_TRACKING_URI names now).
+
+    Returns:
+        The trackers the figures went to.
+    """
+    manifest = run_dir.manifest
+    numbers = eval_numbers(figures)
+    step = manifest.final.step if manifest.final else 0
+    ids = manifest.trackers or {}
+    logged = []
+    if (run_dir.logs / TENSORBOARD_DIR).is_dir():
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir.logs / TENSORBOARD_DIR))
+        for key, value in numbers.items():
+            writer.add_scalar(key, value, global_step=step)
+        writer.add_text("eval", _markdown_yaml(figures.model_dump(mode="json")), global_step=step)
+        writer.close()
+        logged.append("tensorboard")
+    if "wandb" in ids:
+        import wandb
+
+        run = wandb.init(id=ids["wandb"], project=ids["wandb_project"], resume="allow", dir=str(run_dir.logs))
+        run.summary.update(numbers)
+        run.finish()
+        logged.append("wandb")
+    if "mlflow" in ids:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        for key, value in numbers.items():
+            client.log_metric(ids["mlflow"], key, value, step=step)
+        logged.append("mlflow")
+    return logged
