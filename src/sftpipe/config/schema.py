@@ -133,6 +133,17 @@ class LoraConfig(Section):
     )
 
 
+class FsdpConfig(Section):
+    """How FSDP2 shards the model when train.sharding is fsdp (see train/sharding.py)."""
+
+    reshard_after_forward: bool = Field(
+        True, description="Free each layer's gathered weights after its forward and gather them again for backward "
+        "(ZeRO-3: least memory); false keeps them until backward (ZeRO-2 like: one all-gather less per layer).")
+    cpu_offload: bool = Field(
+        False, description="Keep the sharded weights, gradients and optimizer state in CPU memory and copy each "
+        "layer to the GPU for its forward/backward: fits larger models, trains slower.")
+
+
 class TrainConfig(Section):
     method: Literal["full", "lora"] = Field("lora", description="full fine-tune or LoRA adapters.")
     output_dir: str = Field("runs/sftpipe", description="Run directory: checkpoints, logs, final model.")
@@ -196,6 +207,12 @@ class TrainConfig(Section):
         "logits allow.")
     compile: bool = Field(False, description="torch.compile the decoder (first steps are slower while it compiles).")
     pin_memory: bool = Field(True, description="Pin host memory of batches for faster copies to a CUDA device.")
+    sharding: Literal["none", "fsdp"] = Field(
+        "none", description="none: every process holds the whole model (DDP when launched on several). fsdp: "
+        "FSDP2 shards weights, gradients and optimizer state over the processes (per decoder layer, then the rest), "
+        "with sharded checkpoints; `accelerate launch` with an FSDP config means the same. Activation "
+        "checkpointing is model.gradient_checkpointing; bf16 keeps weights in bf16 and reduces gradients in fp32.")
+    fsdp: FsdpConfig = Field(default_factory=FsdpConfig, description="FSDP2 settings (used when sharding: fsdp).")
 
     @model_validator(mode="before")
     @classmethod
