@@ -1,0 +1,152 @@
+"""FSDP2 on two processes (gloo, CPU) makes the same updates as one process with the same global batch.
+
+The fast sibling of tests/integration/test_fsdp_cli.py: the loop's own pieces (sharding, token-weighted gradient
+accumulation, clipping, AdamW) without the CLI. Two optimizer steps of 4 micro-batches: one process runs the 4,
+each of two FSDP ranks runs 2 of them (the split a data plan makes). Full fine-tune and LoRA, with gradient
+clipping on (the norm is well above the limit, so it must be the global norm). Then the gathered weights are
+written by `save_final` and loaded with plain transformers / peft: same logits as the sharded model's.
+The negative control normalises the loss by each rank's own tokens: a different update.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import peft
+import pytest
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
+from transformers import AutoModelForCausalLM
+
+from sftpipe.config import load_config
+from sftpipe.contracts.data_dir import DataDir
+from sftpipe.data import prepare
+from sftpipe.data.batches.collate import TokenStore, collate_padded
+from sftpipe.data.batches.plan import FixedSizePlan
+from sftpipe.data.tokenize import IGNORE_INDEX
+from sftpipe.models.loading import load_tokenizer
+from sftpipe.train import loop
+from sftpipe.train.causal_lm import CausalLMLoss, decoder_layers
+from sftpipe.train.saving import save_final
+from sftpipe.train.sharded_checkpoint import gathered_weights
+from sftpipe.train.sharding import RootForward, full_norm, gradient_sync, shard_model
+from tests.conftest import free_port, make_config, spawn_and_wait
+
+STEPS = 2
+PER_STEP = 4  # micro-batches of one optimizer step, over all processes
+MICRO = 2  # examples per micro-batch
+CLIP = 0.05  # below the gradient norms: clipping is active
+PAD = 0
+
+
+def micro_batches(data_dir: Path, world: int, rank: int) -> list[dict[str, torch.Tensor]]:
+    """This rank's micro-batches: rank r takes every world-th example, as FixedSizePlan splits an epoch."""
+    store = TokenStore(DataDir(data_dir).load_split("train"))
+    plan = FixedSizePlan(len(store), MICRO, seed=0, world_size=world, rank=rank, shuffle=False)
+    return [collate_padded(store, plan.rows(i)[0], PAD).inputs for i in range(STEPS * PER_STEP // world)]
+
+
+def build(model_dir: str, method: str) -> torch.nn.Module:
+    torch.manual_seed(0)  # LoRA's A matrices: the same on every process
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    if method == "lora":
+        model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
+                                                           target_modules="all-linear", task_type="CAUSAL_LM"))
+    return model
+
+
+def naive_accumulate(model, batches, accelerator):
+    """Each rank normalises by its own supervised tokens (a mean of rank means): what the control trains with."""
+    local = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
+    for i, batch in enumerate(batches):
+        with gradient_sync(model, accelerator, i == len(batches) - 1):
+            accelerator.backward(model(**batch) / max(local, 1))
+    return 0.0, local
+
+
+def train(loss_model, model, batches, accelerator, accumulate) -> list[float]:
+    """STEPS AdamW steps of len(batches) // STEPS micro-batches each, clipped at norm CLIP; returns the norms."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    per_step = len(batches) // STEPS
+    norms = []
+    for step in range(STEPS):
+        accumulate(loss_model, batches[step * per_step:(step + 1) * per_step], accelerator)
+        norms.append(full_norm(torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return norms
+
+
+def probe(data_dir: Path) -> torch.Tensor:
+    return micro_batches(data_dir, 1, 0)[0]["input_ids"]
+
+
+def worker(rank: int, world: int, port: int, tmp: str, model_dir: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    accelerator = Accelerator(cpu=True)
+    cfg = load_config(Path(tmp) / "config.json", preset="fast_test")
+    data_dir = Path(cfg.data.output_dir)
+    batches = micro_batches(data_dir, world, rank)
+    for method in ("full", "lora"):
+        for name, accumulate in (("tokens", loop.accumulate_gradients), ("naive", naive_accumulate)):
+            model = build(model_dir, method)
+            loss_model = CausalLMLoss(model)
+            shard_model(loss_model, decoder_layers(loss_model.causal_lm()), cfg, accelerator.device, world)
+            norms = train(loss_model, model, batches, accelerator, accumulate)
+            weights = gathered_weights(model)
+            if name == "naive":
+                if rank == 0:
+                    save_file(weights, f"{tmp}/{method}-naive.safetensors")
+                continue
+            view = RootForward(loss_model).eval()
+            with torch.no_grad():
+                logits = view(input_ids=probe(data_dir)).logits  # every rank takes part
+            if rank == 0:
+                save_file({**weights, "logits": logits, "norms": torch.tensor(norms)},
+                          f"{tmp}/{method}-tokens.safetensors")
+                cfg_m = cfg.model_copy(update={"train": cfg.train.model_copy(update={"method": method})})
+                save_final(Path(tmp) / f"final-{method}", model, load_tokenizer(cfg.model), DataDir(data_dir).manifest,
+                           cfg_m, state_dict=weights)
+    accelerator.wait_for_everyone()
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(tmp_path_factory, tiny_dir, chat_sources):
+    tmp = tmp_path_factory.mktemp("fsdp")
+    cfg = make_config(tmp, tiny_dir, chat_sources)
+    prepare.run(cfg)
+    assert len(DataDir(Path(cfg.data.output_dir)).load_split("train")) >= STEPS * PER_STEP * MICRO
+    spawn_and_wait(worker, (2, free_port(), str(tmp), str(tiny_dir)), 2)
+    return tmp, Path(cfg.data.output_dir)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_fsdp_two_ranks_equal_one_process_and_final_loads_plainly(two_rank_run, tiny_dir, method):
+    tmp, data_dir = two_rank_run
+    model = build(str(tiny_dir), method)
+    loss_model = CausalLMLoss(model)
+    norms = train(loss_model, model, micro_batches(data_dir, 1, 0), Accelerator(cpu=True), loop.accumulate_gradients)
+    single = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    two = load_file(tmp / f"{method}-tokens.safetensors")
+    naive = load_file(tmp / f"{method}-naive.safetensors")
+    assert set(single) <= set(two), sorted(set(single) - set(two))[:3]
+    assert min(norms) > CLIP  # clipping was active: a rank-local norm would have clipped differently
+    torch.testing.assert_close(two["norms"], torch.tensor(norms), rtol=1e-5, atol=0)
+    for name, value in single.items():
+        torch.testing.assert_close(two[name], value, rtol=1e-5, atol=1e-5)
+    # negative control: a rank-local loss normalisation is a different update
+    worst = max((naive[n] - single[n]).abs().max().item() for n in single)
+    assert worst > 1e-4, worst
+
+    # final/ as the sharded run writes it loads with no sftpipe code and gives the sharded model's logits
+    final = tmp / f"final-{method}"
+    plain = AutoModelForCausalLM.from_pretrained(final if method == "full" else tiny_dir)
+    if method == "lora":
+        plain = peft.PeftModel.from_pretrained(plain, final)
+    with torch.no_grad():
+        logits = plain.eval()(input_ids=probe(data_dir)).logits
+    torch.testing.assert_close(logits, two["logits"], rtol=1e-5, atol=1e-5)
