@@ -75,17 +75,18 @@ def sharding_from_launch(cfg: Config, environ: dict[str, str]) -> Config:
     for variable, field in ACCELERATE_FSDP_OPTIONS:
         if variable in environ:
             updates[field] = _env_true(environ, variable)
-    if cfg.train.sharding != "fsdp":
-        log.info("accelerate launched with FSDP (%s=true): training with train.sharding: fsdp", ACCELERATE_FSDP)
     data = cfg.model_dump()
+    changed = []
     for field, value in updates.items():
         *sections, key = field.split(".")
         target = data
         for section in sections:
             target = target[section]
         if target[key] != value:
-            log.info("accelerate's FSDP config sets %s: %s", field, value)
+            changed.append(f"{field}: {value}")
         target[key] = value
+    if changed and environ.get("RANK", "0") == "0":
+        log.info("accelerate launched with FSDP (%s=true): training with %s", ACCELERATE_FSDP, ", ".join(changed))
     # accelerate reads this in Accelerator(...); sftpipe does the wrapping, accelerate only provides the process
     # group, device and autocast, as for DDP. Child processes (DataLoader workers) inherit the switched value.
     environ[ACCELERATE_FSDP] = "false"
@@ -111,8 +112,12 @@ def shard_model(loss_model: torch.nn.Module, layers: list[torch.nn.Module], cfg:
     On a GPU under train.precision bf16 the gathered weights are bf16 and gradients are reduced in fp32; on CPU
     (and fp32) weights stay as loaded. Frozen base weights and LoRA adapters share their layer's unit.
     """
+    import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
+    if not dist.is_initialized():  # one process (accelerate starts no group): FSDP2 still needs one, of one rank
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0,
+                                world_size=1)
     mesh = init_device_mesh(device.type, (world_size,))
     fc = cfg.train.fsdp
     settings: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": fc.reshard_after_forward}
