@@ -50,7 +50,7 @@ FOREIGN_KEYS: dict[str, str] = {
     "report_to": _not_yet("sftpipe always logs to <train.output_dir>/logs/metrics.jsonl and TensorBoard events "
                           "there; other trackers (wandb, mlflow, ...) are not built"),
     "fp16": _not_yet("fp16 mixed precision is not offered; use train.precision: bf16 (or fp32)"),
-    "deepspeed": _not_yet("DeepSpeed (sharded checkpoints are not built); launch with DDP"),
-    "fsdp": _not_yet("FSDP (sharded checkpoints are not built); launch with DDP"),
+    "deepspeed": _not_yet("DeepSpeed; sftpipe shards with FSDP2 instead (train.sharding: fsdp)"),
+    "fsdp": _renamed("train.sharding (fsdp), with train.fsdp for its options"),
     "push_to_hub": _not_yet("uploading to the Hugging Face Hub; upload final/ or the merged model yourself"),
 }
