@@ -60,3 +60,16 @@ def test_in_training_generation_under_fsdp_is_refused_with_the_way_out():
     with pytest.raises(SftpipeError, match=r"eval.during_training.every: 2 with train.sharding: fsdp.*sftpipe eval"):
         check_sharding(cfg)
     check_sharding(load_config(overrides=["train.sharding=fsdp"]))  # control: without it, accepted
+
+
+def test_validate_shows_the_sharding_plan_and_the_state_per_process():
+    from sftpipe.preflight.sharding import sharding_checks
+
+    assert sharding_checks(Config(), 1000, 1000, 4) == []  # not sharded: nothing to show
+    (check,) = sharding_checks(load_config(overrides=["train.sharding=fsdp", "train.method=full"]), 2**20, 2**20, 2)
+    assert check.status == "ok" and "one unit per decoder layer" in check.detail
+    # 1 Mi params in bf16: weights 2 MiB + gradients 2 MiB + AdamW 4 MiB = 8 MiB, over 2 / 4 / 8 processes
+    assert "2 processes 4.0 MiB, 4 processes 2.0 MiB, 8 processes 1.0 MiB" in check.detail, check.detail
+    (refused,) = sharding_checks(load_config(overrides=["train.sharding=fsdp", "eval.during_training.every=1"]),
+                                 10, 10, 4)
+    assert refused.status == "fail" and "eval.during_training.every" in refused.detail
