@@ -1,9 +1,10 @@
 """FSDP2 on two processes (gloo, CPU) makes the same updates as one process with the same global batch.
 
 The fast sibling of tests/integration/test_fsdp_cli.py: the loop's own pieces (sharding, token-weighted gradient
-accumulation, clipping, AdamW) without the CLI. Two optimizer steps of 4 micro-batches: one process runs the 4,
-each of two FSDP ranks runs 2 of them (the split a data plan makes). Full fine-tune and LoRA, with gradient
-clipping on (the norm is well above the limit, so it must be the global norm). Then the gathered weights are
+accumulation, clipping, AdamW) without the CLI, table-driven in one launch of two processes: full fine-tune and
+LoRA, padded and packed micro-batches, gradient accumulation 1 and 2. Two optimizer steps; one process runs all
+2 x GA micro-batches of a step, each of two FSDP ranks every other one (the split a data plan makes), with
+gradient clipping on (the norm is above the limit, so it must be the global norm). Then the gathered weights are
 written by `save_final` and loaded with plain transformers / peft: same logits as the sharded model's.
 The negative control normalises the loss by each rank's own tokens: a different update.
 """
@@ -23,8 +24,7 @@ from transformers import AutoModelForCausalLM
 from sftpipe.config import load_config
 from sftpipe.contracts.data_dir import DataDir
 from sftpipe.data import prepare
-from sftpipe.data.batches.collate import TokenStore, collate_padded
-from sftpipe.data.batches.plan import FixedSizePlan
+from sftpipe.data.batches.collate import TokenStore, collate_packed, collate_padded
 from sftpipe.data.tokenize import IGNORE_INDEX
 from sftpipe.models.loading import load_tokenizer
 from sftpipe.train import loop
@@ -35,17 +35,25 @@ from sftpipe.train.sharding import RootForward, full_norm, gradient_sync, shard_
 from tests.conftest import free_port, make_config, spawn_and_wait
 
 STEPS = 2
-PER_STEP = 4  # micro-batches of one optimizer step, over all processes
 MICRO = 2  # examples per micro-batch
+CASES = [(method, layout, ga) for method in ("full", "lora") for layout in ("padded", "packed") for ga in (1, 2)]
+CONTROL = ("lora", "padded", 2)
 CLIP = 0.05  # below the gradient norms: clipping is active
 PAD = 0
 
 
-def micro_batches(data_dir: Path, world: int, rank: int) -> list[dict[str, torch.Tensor]]:
-    """This rank's micro-batches: rank r takes every world-th example, as FixedSizePlan splits an epoch."""
+def micro_batches(data_dir: Path, layout: str, ga: int, world: int, rank: int) -> list[dict[str, torch.Tensor]]:
+    """This rank's micro-batches of STEPS steps of `ga` micro-batches per rank: rank r takes every world-th
+    micro-batch of the whole run's (2 x ga per step), as the data plans split them. Padded: MICRO examples
+    per micro-batch; packed: the same MICRO examples in one row, position ids restarting at each."""
     store = TokenStore(DataDir(data_dir).load_split("train"))
-    plan = FixedSizePlan(len(store), MICRO, seed=0, world_size=world, rank=rank, shuffle=False)
-    return [collate_padded(store, plan.rows(i)[0], PAD).inputs for i in range(STEPS * PER_STEP // world)]
+    count = STEPS * 2 * ga
+    examples = [list(range(i * MICRO, (i + 1) * MICRO)) for i in range(count)]
+    if layout == "padded":
+        batches = [collate_padded(store, [[e] for e in ex], PAD).inputs for ex in examples]
+    else:
+        batches = [collate_packed(store, [ex], PAD).inputs for ex in examples]
+    return batches[rank::world]
 
 
 def build(model_dir: str, method: str) -> torch.nn.Module:
@@ -80,7 +88,11 @@ def train(loss_model, model, batches, accelerator, accumulate) -> list[float]:
 
 
 def probe(data_dir: Path) -> torch.Tensor:
-    return micro_batches(data_dir, 1, 0)[0]["input_ids"]
+    return micro_batches(data_dir, "padded", 1, 1, 0)[0]["input_ids"]
+
+
+def name(method: str, layout: str, ga: int) -> str:
+    return f"{method}-{layout}-ga{ga}"
 
 
 def worker(rank: int, world: int, port: int, tmp: str, model_dir: str) -> None:
@@ -90,27 +102,23 @@ def worker(rank: int, world: int, port: int, tmp: str, model_dir: str) -> None:
     accelerator = Accelerator(cpu=True)
     cfg = load_config(Path(tmp) / "config.json", preset="fast_test")
     data_dir = Path(cfg.data.output_dir)
-    batches = micro_batches(data_dir, world, rank)
-    for method in ("full", "lora"):
-        for name, accumulate in (("tokens", loop.accumulate_gradients), ("naive", naive_accumulate)):
-            model = build(model_dir, method)
-            loss_model = CausalLMLoss(model)
-            shard_model(loss_model, decoder_layers(loss_model.causal_lm()), cfg, accelerator.device, world)
-            norms = train(loss_model, model, batches, accelerator, accumulate)
-            weights = gathered_weights(model)
-            if name == "naive":
-                if rank == 0:
-                    save_file(weights, f"{tmp}/{method}-naive.safetensors")
-                continue
-            view = RootForward(loss_model).eval()
-            with torch.no_grad():
-                logits = view(input_ids=probe(data_dir)).logits  # every rank takes part
-            if rank == 0:
-                save_file({**weights, "logits": logits, "norms": torch.tensor(norms)},
-                          f"{tmp}/{method}-tokens.safetensors")
+    runs = [(case, "tokens", loop.accumulate_gradients) for case in CASES] + [(CONTROL, "naive", naive_accumulate)]
+    for (method, layout, ga), kind, accumulate in runs:
+        model = build(model_dir, method)
+        loss_model = CausalLMLoss(model)
+        shard_model(loss_model, decoder_layers(loss_model.causal_lm()), cfg, accelerator.device, world)
+        norms = train(loss_model, model, micro_batches(data_dir, layout, ga, world, rank), accelerator, accumulate)
+        weights = gathered_weights(model)
+        view = RootForward(loss_model).eval()
+        with torch.no_grad():
+            logits = view(input_ids=probe(data_dir)).logits  # every rank takes part
+        if rank == 0:
+            save_file({**weights, "logits": logits, "norms": torch.tensor(norms)},
+                      f"{tmp}/{name(method, layout, ga)}-{kind}.safetensors")
+            if kind == "tokens" and layout == "packed" and ga == 2:
                 cfg_m = cfg.model_copy(update={"train": cfg.train.model_copy(update={"method": method})})
-                save_final(Path(tmp) / f"final-{method}", model, load_tokenizer(cfg.model), DataDir(data_dir).manifest,
-                           cfg_m, state_dict=weights)
+                save_final(Path(tmp) / f"final-{method}", model, load_tokenizer(cfg.model),
+                           DataDir(data_dir).manifest, cfg_m, state_dict=weights)
     accelerator.wait_for_everyone()
 
 
@@ -119,30 +127,45 @@ def two_rank_run(tmp_path_factory, tiny_dir, chat_sources):
     tmp = tmp_path_factory.mktemp("fsdp")
     cfg = make_config(tmp, tiny_dir, chat_sources)
     prepare.run(cfg)
-    assert len(DataDir(Path(cfg.data.output_dir)).load_split("train")) >= STEPS * PER_STEP * MICRO
+    assert len(DataDir(Path(cfg.data.output_dir)).load_split("train")) >= STEPS * 4 * MICRO
     spawn_and_wait(worker, (2, free_port(), str(tmp), str(tiny_dir)), 2)
     return tmp, Path(cfg.data.output_dir)
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
-def test_fsdp_two_ranks_equal_one_process_and_final_loads_plainly(two_rank_run, tiny_dir, method):
-    tmp, data_dir = two_rank_run
+def one_process(tiny_dir: Path, data_dir: Path, method: str, layout: str, ga: int):
     model = build(str(tiny_dir), method)
-    loss_model = CausalLMLoss(model)
-    norms = train(loss_model, model, micro_batches(data_dir, 1, 0), Accelerator(cpu=True), loop.accumulate_gradients)
-    single = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
-    two = load_file(tmp / f"{method}-tokens.safetensors")
-    naive = load_file(tmp / f"{method}-naive.safetensors")
+    norms = train(CausalLMLoss(model), model, micro_batches(data_dir, layout, ga, 1, 0), Accelerator(cpu=True),
+                  loop.accumulate_gradients)
+    return model, {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}, norms
+
+
+@pytest.mark.parametrize(("method", "layout", "ga"), CASES)
+def test_fsdp_two_ranks_make_the_weights_of_one_process(two_rank_run, tiny_dir, method, layout, ga):
+    tmp, data_dir = two_rank_run
+    _, single, norms = one_process(tiny_dir, data_dir, method, layout, ga)
+    two = load_file(tmp / f"{name(method, layout, ga)}-tokens.safetensors")
     assert set(single) <= set(two), sorted(set(single) - set(two))[:3]
     assert min(norms) > CLIP  # clipping was active: a rank-local norm would have clipped differently
     torch.testing.assert_close(two["norms"], torch.tensor(norms), rtol=1e-5, atol=0)
-    for name, value in single.items():
-        torch.testing.assert_close(two[name], value, rtol=1e-5, atol=1e-5)
-    # negative control: a rank-local loss normalisation is a different update
+    for key, value in single.items():
+        torch.testing.assert_close(two[key], value, rtol=1e-5, atol=1e-5)
+
+
+def test_fsdp_with_a_rank_local_loss_normalisation_differs(two_rank_run, tiny_dir):
+    """Negative control: each rank dividing by its own tokens (then averaged) is a different update."""
+    tmp, data_dir = two_rank_run
+    _, single, _ = one_process(tiny_dir, data_dir, *CONTROL)
+    naive = load_file(tmp / f"{name(*CONTROL)}-naive.safetensors")
     worst = max((naive[n] - single[n]).abs().max().item() for n in single)
     assert worst > 1e-4, worst
 
-    # final/ as the sharded run writes it loads with no sftpipe code and gives the sharded model's logits
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_final_of_a_sharded_model_loads_plainly_with_its_logits(two_rank_run, tiny_dir, method):
+    """final/ as a sharded run writes it (gathered weights) loads with no sftpipe code and gives the logits the
+    sharded model computed."""
+    tmp, data_dir = two_rank_run
+    two = load_file(tmp / f"{name(method, 'packed', 2)}-tokens.safetensors")
     final = tmp / f"final-{method}"
     plain = AutoModelForCausalLM.from_pretrained(final if method == "full" else tiny_dir)
     if method == "lora":
