@@ -5,7 +5,7 @@ the newest complete checkpoint), killed again, ... then the last start finishes.
 SIGKILLs itself at a named place: inside a sharded save between the gathered weights and the shards, between the
 shards and the trainer state, between the rename and the COMPLETE marker, during retention, after an optimizer
 step...; see `sftpipe.train.faults`; a point only the main process passes kills it while the other rank waits,
-and torchrun then ends that one) and timed kills of the whole process group at a seeded random moment after the
+and torchrun then ends that one) and timed kills of torchrun and every worker at once at a seeded random moment after the
 restarted run logs a step. The chain's final weights and whole metrics.jsonl (less wall-clock fields) must equal
 those of the uninterrupted 2-rank run. That this comparison catches a wrong resume is shown by
 tests/integration/test_fsdp_cli.py::test_swapped_rank_rng_states_are_caught.
@@ -56,7 +56,7 @@ def start(config: Path, run_dir: Path, log: Path, env: dict[str, str] | None = N
             "-m", "sftpipe.cli", "train", str(config), "--preset", "fast_test", "--set", f"train.output_dir={run_dir}"]
     with log.open("a") as fh:
         fh.write(f"\n=== {' '.join(f'{k}={v}' for k, v in (env or {}).items())}\n")
-    return subprocess.Popen(argv, stdout=log.open("a"), stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
+    return subprocess.Popen(argv, stdout=log.open("a"), stderr=subprocess.STDOUT, cwd=REPO,
                             env={**os.environ, **THREADS, **(env or {})})
 
 
@@ -78,6 +78,19 @@ def last_logged_step(run_dir: Path, since_ns: int) -> int:
     return record["step"] if "loss" in record else -1
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc), children first listed first."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = [int(c) for c in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        for child in children:
+            found += [child, *descendants(child)]
+    return found
+
+
 def kill_timed(config: Path, run_dir: Path, log: Path, delay: float) -> str:
     done = complete_checkpoints(run_dir)
     resumes_at = int(done[-1].name.split("-")[1]) if done else 0
@@ -90,7 +103,11 @@ def kill_timed(config: Path, run_dir: Path, log: Path, delay: float) -> str:
     time.sleep(delay)
     if proc.poll() is not None:
         return f"timed {delay:.2f}s: missed (exit {proc.returncode})"
-    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in [proc.pid, *descendants(proc.pid)]:  # torchrun starts its workers in sessions of their own
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     proc.wait(timeout=60)
     return f"timed {delay:.2f}s: {landed(run_dir)}"
 
