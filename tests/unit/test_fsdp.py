@@ -38,6 +38,10 @@ STEPS = 2
 MICRO = 2  # examples per micro-batch
 CASES = [(method, layout, ga) for method in ("full", "lora") for layout in ("padded", "packed") for ga in (1, 2)]
 CONTROL = ("lora", "padded", 2)
+FINAL = "packed", 2  # the cases whose final/ is written and loaded plainly
+# The default run keeps the cases the other tests need plus one padded GA-1 case; the rest of the table is heavy.
+DEFAULT = {CONTROL, ("full", *FINAL), ("lora", *FINAL), ("full", "padded", 1)}
+TABLE = [case if case in DEFAULT else pytest.param(*case, marks=pytest.mark.heavy) for case in CASES]
 CLIP = 0.05  # below the gradient norms: clipping is active
 PAD = 0
 
@@ -95,14 +99,14 @@ def name(method: str, layout: str, ga: int) -> str:
     return f"{method}-{layout}-ga{ga}"
 
 
-def worker(rank: int, world: int, port: int, tmp: str, model_dir: str) -> None:
+def worker(rank: int, world: int, port: int, tmp: str, model_dir: str, cases: list[tuple[str, str, int]]) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port), OMP_NUM_THREADS="1")
     torch.set_num_threads(1)
     accelerator = Accelerator(cpu=True)
     cfg = load_config(Path(tmp) / "config.json", preset="fast_test")
     data_dir = Path(cfg.data.output_dir)
-    runs = [(case, "tokens", loop.accumulate_gradients) for case in CASES] + [(CONTROL, "naive", naive_accumulate)]
+    runs = [(case, "tokens", loop.accumulate_gradients) for case in cases] + [(CONTROL, "naive", naive_accumulate)]
     for (method, layout, ga), kind, accumulate in runs:
         model = build(model_dir, method)
         loss_model = CausalLMLoss(model)
@@ -115,7 +119,7 @@ def worker(rank: int, world: int, port: int, tmp: str, model_dir: str) -> None:
         if rank == 0:
             save_file({**weights, "logits": logits, "norms": torch.tensor(norms)},
                       f"{tmp}/{name(method, layout, ga)}-{kind}.safetensors")
-            if kind == "tokens" and layout == "packed" and ga == 2:
+            if kind == "tokens" and (layout, ga) == FINAL:
                 cfg_m = cfg.model_copy(update={"train": cfg.train.model_copy(update={"method": method})})
                 save_final(Path(tmp) / f"final-{method}", model, load_tokenizer(cfg.model),
                            DataDir(data_dir).manifest, cfg_m, state_dict=weights)
@@ -123,12 +127,19 @@ def worker(rank: int, world: int, port: int, tmp: str, model_dir: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def two_rank_run(tmp_path_factory, tiny_dir, chat_sources):
+def two_rank_run(request, tmp_path_factory, tiny_dir, chat_sources):
+    """One launch of two processes training every case this session runs (heavy ones only with -m heavy)."""
+    wanted = set(DEFAULT)
+    for item in request.session.items:
+        params = item.callspec.params if isinstance(item, pytest.Function) and hasattr(item, "callspec") else {}
+        if item.module is request.module and "ga" in params:
+            wanted.add((params["method"], params["layout"], params["ga"]))
+    cases = [case for case in CASES if case in wanted]
     tmp = tmp_path_factory.mktemp("fsdp")
     cfg = make_config(tmp, tiny_dir, chat_sources)
     prepare.run(cfg)
     assert len(DataDir(Path(cfg.data.output_dir)).load_split("train")) >= STEPS * 4 * MICRO
-    spawn_and_wait(worker, (2, free_port(), str(tmp), str(tiny_dir)), 2)
+    spawn_and_wait(worker, (2, free_port(), str(tmp), str(tiny_dir), cases), 2)
     return tmp, Path(cfg.data.output_dir)
 
 
@@ -139,7 +150,7 @@ def one_process(tiny_dir: Path, data_dir: Path, method: str, layout: str, ga: in
     return model, {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}, norms
 
 
-@pytest.mark.parametrize(("method", "layout", "ga"), CASES)
+@pytest.mark.parametrize(("method", "layout", "ga"), TABLE)
 def test_fsdp_two_ranks_make_the_weights_of_one_process(two_rank_run, tiny_dir, method, layout, ga):
     tmp, data_dir = two_rank_run
     _, single, norms = one_process(tiny_dir, data_dir, method, layout, ga)
