@@ -206,7 +206,7 @@ def test_show_config_help_fields_documents_every_field(capsys):
         assert f"\n{line}\n" in out, line
     sections = [line for line in out.splitlines() if line.startswith("[")]
     assert sections[:3] == ["[model]", "[data]", "[data.sources[]]  Input datasets."]
-    assert "[eval.code.limits]" in sections and len(sections) == 17
+    assert "[eval.code.limits]" in sections and len(sections) == 18
 
 
 def test_show_config_help_fields_is_fast_and_takes_no_config(tmp_path, capsys):
