@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from sftpipe.config import load_config
+from sftpipe.config.schema import FsdpConfig
 from sftpipe.contracts.data_dir import DataDir
 from sftpipe.data import prepare
 from sftpipe.data.batches.collate import TokenStore, collate_packed, collate_padded
@@ -41,6 +42,9 @@ CONTROL = ("lora", "padded", 2)
 FINAL = "packed", 2  # the cases whose final/ is written and loaded plainly
 # The default run keeps the cases the other tests need plus one padded GA-1 case; the rest of the table is heavy.
 DEFAULT = {CONTROL, ("full", *FINAL), ("lora", *FINAL), ("full", "padded", 1)}
+# Activation checkpointing, parameters kept gathered between forward and backward, CPU offload: same weights.
+OPTIONS_CASE = ("full", "packed", 2)
+OPTIONS = FsdpConfig(reshard_after_forward=False, cpu_offload=True)
 TABLE = [case if case in DEFAULT else pytest.param(*case, marks=pytest.mark.heavy) for case in CASES]
 CLIP = 0.05  # below the gradient norms: clipping is active
 PAD = 0
@@ -60,9 +64,11 @@ def micro_batches(data_dir: Path, layout: str, ga: int, world: int, rank: int) -
     return batches[rank::world]
 
 
-def build(model_dir: str, method: str) -> torch.nn.Module:
+def build(model_dir: str, method: str, checkpointing: bool = False) -> torch.nn.Module:
     torch.manual_seed(0)  # LoRA's A matrices: the same on every process
     model = AutoModelForCausalLM.from_pretrained(model_dir)
+    if checkpointing:  # as build_trainable_model does for model.gradient_checkpointing
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if method == "lora":
         model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
                                                            target_modules="all-linear", task_type="CAUSAL_LM"))
@@ -106,11 +112,15 @@ def worker(rank: int, world: int, port: int, tmp: str, model_dir: str, cases: li
     accelerator = Accelerator(cpu=True)
     cfg = load_config(Path(tmp) / "config.json", preset="fast_test")
     data_dir = Path(cfg.data.output_dir)
-    runs = [(case, "tokens", loop.accumulate_gradients) for case in cases] + [(CONTROL, "naive", naive_accumulate)]
+    runs = [(case, "tokens", loop.accumulate_gradients) for case in cases] + [(CONTROL, "naive", naive_accumulate),
+                                                                            (OPTIONS_CASE, "options", None)]
     for (method, layout, ga), kind, accumulate in runs:
-        model = build(model_dir, method)
+        options = kind == "options"
+        model = build(model_dir, method, checkpointing=options)
         loss_model = CausalLMLoss(model)
-        shard_model(loss_model, decoder_layers(loss_model.causal_lm()), cfg, accelerator.device, world)
+        sharding = cfg.model_copy(update={"train": cfg.train.model_copy(update={"fsdp": OPTIONS})}) if options else cfg
+        shard_model(loss_model, decoder_layers(loss_model.causal_lm()), sharding, accelerator.device, world)
+        accumulate = accumulate or loop.accumulate_gradients
         norms = train(loss_model, model, micro_batches(data_dir, layout, ga, world, rank), accelerator, accumulate)
         weights = gathered_weights(model)
         view = RootForward(loss_model).eval()
@@ -169,6 +179,15 @@ def test_fsdp_with_a_rank_local_loss_normalisation_differs(two_rank_run, tiny_di
     naive = load_file(tmp / f"{name(*CONTROL)}-naive.safetensors")
     worst = max((naive[n] - single[n]).abs().max().item() for n in single)
     assert worst > 1e-4, worst
+
+
+def test_fsdp_options_leave_the_weights_as_they_are(two_rank_run, tiny_dir):
+    """model.gradient_checkpointing, train.fsdp.reshard_after_forward false and cpu_offload: memory, not math."""
+    tmp, data_dir = two_rank_run
+    _, single, _ = one_process(tiny_dir, data_dir, *OPTIONS_CASE)
+    options = load_file(tmp / f"{name(*OPTIONS_CASE)}-options.safetensors")
+    for key, value in single.items():
+        torch.testing.assert_close(options[key], value, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["full", "lora"])
