@@ -24,7 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from sftpipe.contracts.checkpoint import COMPLETE, complete_checkpoints, verify_checkpoint
+from sftpipe.contracts.checkpoint import (
+    COMPLETE,
+    complete_checkpoints,
+    verify_checkpoint,
+)
 from sftpipe.data import prepare
 from sftpipe.train.faults import ENV as FAILPOINT
 from tests.conftest import free_port, make_config, pc_records, write_jsonl

@@ -40,6 +40,7 @@ from sftpipe.train.evaluators import BuildEvaluators, Evaluators
 from sftpipe.train.faults import failpoint
 from sftpipe.train.progress import progress
 from sftpipe.train.resume import resume_from_latest_complete, run_fingerprint, trim_metrics
+from sftpipe.train.saving import save_final, save_inference_files
 from sftpipe.train.sharded_checkpoint import (
     ShardedState,
     gathered_weights,
@@ -55,7 +56,6 @@ from sftpipe.train.sharding import (
     shard_model,
     sharding_from_launch,
 )
-from sftpipe.train.saving import save_final, save_inference_files
 from sftpipe.train.tracking import MetricsLogger, write_run_manifest
 
 

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 from accelerate import Accelerator
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -123,7 +124,7 @@ def save_sharded_checkpoint(
             writer.write_state(state, rng_states=rng_states, fingerprint=fingerprint, config_text=config_text)
             failpoint("checkpoint.state")
             writer.seal(digests)  # fires checkpoint.fsynced and checkpoint.renamed
-    except (OSError, dcp.api.CheckpointException) as exc:
+    except (OSError, CheckpointException) as exc:
         if main:
             writer.discard()
         raise SftpipeError(f"{writer.tmp}: cannot write sharded checkpoint-{state.step} ({exc}); earlier "
@@ -153,7 +154,7 @@ def load_shards(ckpt: Path, live: ShardedState, optimizer: bool = True) -> None:
     state = {"model": model_state, "optimizer": optimizer_state} if optimizer else {"model": model_state}
     try:
         dcp.load(state, checkpoint_id=ckpt / SHARDED)
-    except (OSError, RuntimeError, KeyError, ValueError, dcp.api.CheckpointException) as exc:
+    except (OSError, RuntimeError, KeyError, ValueError, CheckpointException) as exc:
         raise SftpipeError(f"{ckpt / SHARDED}: cannot load the sharded state ({type(exc).__name__}: "
                            f"{str(exc)[:500]})") from None
     trainable = {name for name, p in live.loss_model.named_parameters() if p.requires_grad}

@@ -20,13 +20,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import torch
 from accelerate import Accelerator
-from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.fsdp import register_fsdp_forward_method
+from torch.distributed.fsdp import (
+    CPUOffloadPolicy,
+    FSDPModule,
+    MixedPrecisionPolicy,
+    fully_shard,
+    register_fsdp_forward_method,
+)
 from torch.distributed.tensor import DTensor
 
 from sftpipe.config.schema import Config
@@ -50,7 +55,7 @@ def _env_true(environ: Mapping[str, str], name: str) -> bool:
     return environ.get(name, "false").strip().lower() in ("true", "1", "yes")
 
 
-def sharding_from_launch(cfg: Config, environ: dict[str, str]) -> Config:
+def sharding_from_launch(cfg: Config, environ: MutableMapping[str, str]) -> Config:
     """The config with an FSDP `accelerate launch` turned into `train.sharding: fsdp`, and the launch's env switched
     back to plain data parallel so that `Accelerator(...)` does not build its own FSDP plugin.
 
