@@ -101,6 +101,16 @@ def probe(data_dir: Path) -> torch.Tensor:
     return micro_batches(data_dir, "padded", 1, 1, 0)[0]["input_ids"]
 
 
+def validation(model, data_dir: Path, accelerator: Accelerator) -> torch.Tensor:
+    """evaluate_loss over 7 examples in batches of 3: on 2 ranks one has a batch less and runs a stand-in."""
+    from sftpipe.evaluate.metrics import evaluate_loss
+
+    dataset = DataDir(data_dir).load_split("train").select(range(7))
+    m = evaluate_loss(model, dataset, 3, PAD, accelerator.device, accelerator.process_index,
+                      accelerator.num_processes, reduce=lambda t: accelerator.reduce(t, "sum"))
+    return torch.tensor([m.loss, m.token_accuracy, m.sequence_accuracy, m.tokens, m.examples], dtype=torch.float64)
+
+
 def name(method: str, layout: str, ga: int) -> str:
     return f"{method}-{layout}-ga{ga}"
 
@@ -126,8 +136,9 @@ def worker(rank: int, world: int, port: int, tmp: str, model_dir: str, cases: li
         view = RootForward(loss_model).eval()
         with torch.no_grad():
             logits = view(input_ids=probe(data_dir)).logits  # every rank takes part
+        val = validation(view, data_dir, accelerator) if (method, layout, ga) == CONTROL else torch.zeros(5)
         if rank == 0:
-            save_file({**weights, "logits": logits, "norms": torch.tensor(norms)},
+            save_file({**weights, "logits": logits, "norms": torch.tensor(norms), "val": val},
                       f"{tmp}/{name(method, layout, ga)}-{kind}.safetensors")
             if kind == "tokens" and (layout, ga) == FINAL:
                 cfg_m = cfg.model_copy(update={"train": cfg.train.model_copy(update={"method": method})})
@@ -170,6 +181,16 @@ def test_fsdp_two_ranks_make_the_weights_of_one_process(two_rank_run, tiny_dir, 
     torch.testing.assert_close(two["norms"], torch.tensor(norms), rtol=1e-5, atol=0)
     for key, value in single.items():
         torch.testing.assert_close(two[key], value, rtol=1e-5, atol=1e-5)
+
+
+def test_validation_of_a_sharded_model_equals_one_process(two_rank_run, tiny_dir):
+    """Every rank runs as many forward passes (a sharded forward is a collective); the figures are those of one
+    process on the same weights."""
+    tmp, data_dir = two_rank_run
+    model, _, _ = one_process(tiny_dir, data_dir, *CONTROL)
+    two = load_file(tmp / f"{name(*CONTROL)}-tokens.safetensors")["val"]
+    assert two[4] == 7
+    torch.testing.assert_close(two, validation(model, data_dir, Accelerator(cpu=True)), rtol=1e-6, atol=1e-6)
 
 
 def test_fsdp_with_a_rank_local_loss_normalisation_differs(two_rank_run, tiny_dir):
