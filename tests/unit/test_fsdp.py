@@ -84,9 +84,9 @@ def naive_accumulate(model, batches, accelerator):
     return 0.0, local
 
 
-def train(loss_model, model, batches, accelerator, accumulate) -> list[float]:
+def train(loss_model, model, batches, accelerator, accumulate, optimizer=None) -> list[float]:
     """STEPS AdamW steps of len(batches) // STEPS micro-batches each, clipped at norm CLIP; returns the norms."""
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    optimizer = optimizer or torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     per_step = len(batches) // STEPS
     norms = []
     for step in range(STEPS):
@@ -99,6 +99,32 @@ def train(loss_model, model, batches, accelerator, accumulate) -> list[float]:
 
 def probe(data_dir: Path) -> torch.Tensor:
     return micro_batches(data_dir, "padded", 1, 1, 0)[0]["input_ids"]
+
+
+def reload_from_a_sharded_checkpoint(tmp: Path, loss_model, model, optimizer, accelerator) -> None:
+    """Save a sharded checkpoint, overwrite the live weights, load the checkpoint's weights back (what
+    train.select_best does at the end of a sharded run): the weights must be those saved, on every rank."""
+    from sftpipe.contracts.checkpoint import TrainerState
+    from sftpipe.train.checkpoint import capture_rng
+    from sftpipe.train.sharded_checkpoint import ShardedState, load_shards, save_sharded_checkpoint
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    live = ShardedState(loss_model=loss_model, model=model, optimizer=optimizer, scheduler=scheduler)
+    ckpt = save_sharded_checkpoint(tmp / "run", TrainerState(step=STEPS), live, accelerator, save_limit=2,
+                                   fingerprint={}, config_text="", rng_states=[capture_rng()] * 2, digests=True,
+                                   inference_files=lambda out: None)
+    saved = {k: v.clone() for k, v in gathered_weights(model).items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.mul_(0.5)
+    changed = gathered_weights(model)
+    load_shards(ckpt, live, optimizer=False)
+    again = gathered_weights(model)
+    if accelerator.is_main_process:
+        assert saved and all(not torch.equal(changed[k], saved[k]) for k in saved if saved[k].abs().sum() > 0)
+        assert all(torch.equal(again[k], saved[k]) for k in saved), [k for k in saved
+                                                                     if not torch.equal(again[k], saved[k])]
 
 
 def validation(model, data_dir: Path, accelerator: Accelerator) -> torch.Tensor:
@@ -131,7 +157,11 @@ def worker(rank: int, world: int, port: int, tmp: str, model_dir: str, cases: li
         sharding = cfg.model_copy(update={"train": cfg.train.model_copy(update={"fsdp": OPTIONS})}) if options else cfg
         shard_model(loss_model, decoder_layers(loss_model.causal_lm()), sharding, accelerator.device, world)
         accumulate = accumulate or loop.accumulate_gradients
-        norms = train(loss_model, model, micro_batches(data_dir, layout, ga, world, rank), accelerator, accumulate)
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        norms = train(loss_model, model, micro_batches(data_dir, layout, ga, world, rank), accelerator, accumulate,
+                      optimizer)
+        if (method, layout, ga) == CONTROL and kind == "tokens":
+            reload_from_a_sharded_checkpoint(Path(tmp), loss_model, model, optimizer, accelerator)
         weights = gathered_weights(model)
         view = RootForward(loss_model).eval()
         with torch.no_grad():
