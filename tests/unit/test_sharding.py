@@ -73,3 +73,10 @@ def test_validate_shows_the_sharding_plan_and_the_state_per_process():
     (refused,) = sharding_checks(load_config(overrides=["train.sharding=fsdp", "eval.during_training.every=1"]),
                                  10, 10, 4)
     assert refused.status == "fail" and "eval.during_training.every" in refused.detail
+
+
+def test_an_fsdp_launch_keeps_every_other_setting():
+    base = load_config(overrides=["train.lr=0.5", "data.max_length=77", "lora.r=3"])
+    out = sharding_from_launch(base, {ACCELERATE_FSDP: "true"})
+    expected = base.model_copy(update={"train": base.train.model_copy(update={"sharding": "fsdp"})})
+    assert out.model_dump() == expected.model_dump()

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 # What `accelerate launch` sets for an FSDP config (--use_fsdp, or `distributed_type: FSDP` in its YAML).
 ACCELERATE_FSDP = "ACCELERATE_USE_FSDP"
-# The accelerate FSDP options that have an sftpipe equivalent: (environment variable, config field, value).
+# The accelerate FSDP options that have an sftpipe equivalent: (environment variable, config field).
 ACCELERATE_FSDP_OPTIONS = (
     ("FSDP_ACTIVATION_CHECKPOINTING", "model.gradient_checkpointing"),
     ("FSDP_OFFLOAD_PARAMS", "train.fsdp.cpu_offload"),
