@@ -80,3 +80,12 @@ def test_an_fsdp_launch_keeps_every_other_setting():
     out = sharding_from_launch(base, {ACCELERATE_FSDP: "true"})
     expected = base.model_copy(update={"train": base.train.model_copy(update={"sharding": "fsdp"})})
     assert out.model_dump() == expected.model_dump()
+
+
+def test_a_sharded_checkpoint_is_not_restored_into_an_unsharded_run(tmp_path):
+    from sftpipe.contracts.checkpoint import SHARDED
+    from sftpipe.train.checkpoint import restore_checkpoint
+
+    (tmp_path / SHARDED).mkdir()
+    with pytest.raises(SftpipeError, match="written by a sharded run.*train.sharding: fsdp"):
+        restore_checkpoint(tmp_path, None, None, None)
