@@ -7,6 +7,8 @@ configs/accelerate/fsdp.yaml`, on CPU with gloo, the code path a 4-GPU run takes
   every logged record), after falling back past a newer checkpoint whose rank-1 shard is truncated and one
   whose rank-0 shard is missing (each named); the negative control swaps the two ranks' RNG states in the
   checkpoint (re-sealed, so it looks intact) and the resumed run must then differ;
+- `accelerate launch` with the shipped fsdp.yaml trains as torchrun does (bitwise), with in-training generation on
+  a gathered copy of the model that leaves the training as it was;
 - resuming a 2-rank checkpoint with 1 process and a 1-process one with 2 (--resume-force: resharding) trains on,
   the loss continuing where it was.
 Each launch costs 20-60 s of process start-up on a shared 2-core machine: the module is `heavy`; the fast
@@ -157,17 +159,21 @@ def test_resume_with_another_process_count_trains_on(reference, saved, resumed):
 
 
 def test_accelerate_launch_with_the_shipped_fsdp_config(reference):
-    """`accelerate launch --config_file configs/accelerate/fsdp.yaml` means train.sharding: fsdp, on CPU."""
+    """`accelerate launch --config_file configs/accelerate/fsdp.yaml` means train.sharding: fsdp, on CPU; with
+    in-training generation on a gathered copy after each step, which leaves the training as it was."""
     out = reference / "accelerate"
     launcher = [str(Path(sys.executable).with_name("accelerate")), "launch", "--config_file",
                 str(REPO / "configs" / "accelerate" / "fsdp.yaml"), "--main_process_port", str(free_port())]
     proc = ok(train(reference / "config.json", out, "train.sharding=none", "train.max_steps=2",
-                    "train.epochs=1", launcher=launcher, resume="never"))
+                    "train.epochs=1", "eval.during_training.every=1", "eval.during_training.max_prompts=2",
+                    "eval.during_training.max_new_tokens=8", launcher=launcher, resume="never"))
     assert proc.stdout.count("trained 2 steps") == 1, proc.stdout
     assert json.loads((out / "run_manifest.json").read_text())["world_size"] == 2
     assert "sharding: fsdp" in (out / "config.yaml").read_text()
     assert (out / "checkpoints" / "checkpoint-2" / "sharded" / "__1_0.distcp").is_file()
-    # the same run under torchrun with train.sharding: fsdp makes the same weights
+    generated = [r["step"] for r in read_metrics(out / "logs" / "metrics.jsonl") if "gen_length_mean" in r]
+    assert generated == [1, 2], generated
+    # the same run under torchrun with train.sharding: fsdp (and no generation) makes the same weights
     twin = reference / "torchrun-twin"
     ok(train(reference / "config.json", twin, "train.max_steps=2", "train.epochs=1", resume="never"))
     wa, wb = final_weights(out), final_weights(twin)

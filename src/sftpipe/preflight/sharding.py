@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from sftpipe.config.schema import Config
-from sftpipe.errors import SftpipeError
 from sftpipe.preflight import Check
 from sftpipe.train.checkpoint import human_bytes
-from sftpipe.train.sharding import check_sharding
 
 PROCESS_COUNTS = (2, 4, 8)
 
@@ -16,18 +14,18 @@ def sharding_checks(cfg: Config, total: int | None, trainable: int | None, weigh
     (activations and the one gathered layer at a time come on top); none when the run is not sharded."""
     if cfg.train.sharding != "fsdp":
         return []
-    try:
-        check_sharding(cfg)
-    except SftpipeError as exc:
-        return [Check("sharding", "fail", str(exc))]
+    notes = []
+    if cfg.eval.during_training.every:
+        notes.append(Check("sharding", "warn", "eval.during_training under FSDP gathers a whole copy of the model on "
+                                               "the main process for generation: it must fit one device"))
     plan = (f"FSDP2: one unit per decoder layer, then the rest (embeddings, norm, LM head); "
             f"reshard_after_forward {cfg.train.fsdp.reshard_after_forward}, cpu_offload {cfg.train.fsdp.cpu_offload}, "
             f"activation checkpointing {cfg.model.gradient_checkpointing}; checkpoints sharded, train.output_dir "
             "must be on a filesystem every process sees")
     if total is None or trainable is None:
-        return [Check("sharding", "ok", plan)]
+        return [Check("sharding", "ok", plan), *notes]
     state = total * weight_bytes + 3 * trainable * weight_bytes  # weights, gradients, AdamW's two moments
     where = "CPU" if cfg.train.fsdp.cpu_offload else "device"
     per_process = ", ".join(f"{n} processes {human_bytes(state / n)}" for n in PROCESS_COUNTS)
     return [Check("sharding", "ok", f"{plan}. Sharded state per process ({where} memory; activations not "
-                                    f"included): {per_process}")]
+                                    f"included): {per_process}"), *notes]

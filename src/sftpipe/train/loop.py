@@ -43,6 +43,7 @@ from sftpipe.train.resume import resume_from_latest_complete, run_fingerprint, t
 from sftpipe.train.saving import save_final, save_inference_files
 from sftpipe.train.sharded_checkpoint import (
     ShardedState,
+    gathered_copy,
     gathered_weights,
     load_shards,
     restore_sharded_checkpoint,
@@ -50,7 +51,6 @@ from sftpipe.train.sharded_checkpoint import (
 )
 from sftpipe.train.sharding import (
     RootForward,
-    check_sharding,
     full_norm,
     gradient_sync,
     shard_model,
@@ -270,7 +270,6 @@ def checkpoint_at(run_dir: RunDir, step: int) -> Path:
 def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
     """Load data, tokenizer and model; plan the batches; resume from a checkpoint where there is one."""
     cfg = sharding_from_launch(cfg, os.environ)
-    check_sharding(cfg)
     tc = cfg.train
     device = pick_device(tc.device)
     run_dir = RunDir(Path(tc.output_dir))
@@ -414,12 +413,23 @@ def train_steps(s: Session, evaluation: Evaluators) -> tuple[float, LossMetrics 
                 s.logger.log(state.step, last_val.as_dict("val_"))
                 if saves:  # the best is a checkpoint: one that is kept and can become final/
                     note_best(state, last_val.as_dict("val_"), ranking_metric(tc))
-        if gen_eval is not None and gen_eval.due(state.step):
+        if s.sharded is not None and generation_due(s.cfg, state.step):  # every process gathers a copy
+            copy = gathered_copy(s.sharded, s.cfg, acc.device, acc.is_main_process)
+            if gen_eval is not None:
+                s.logger.log(state.step, gen_eval(copy))
+            del copy
+        elif gen_eval is not None and gen_eval.due(state.step):
             s.logger.log(state.step, gen_eval(acc.unwrap_model(s.model)))
         if saves:
             checkpoint(s)
     bar.close()
     return step_loss, last_val, throughput
+
+
+def generation_due(cfg: Config, step: int) -> bool:
+    """Whether in-training generation runs after `step` (known to every process: under FSDP all take part)."""
+    every = cfg.eval.during_training.every
+    return bool(every) and step % every == 0
 
 
 def checkpoint(s: Session) -> None:

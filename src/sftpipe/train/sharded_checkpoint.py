@@ -39,6 +39,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_state_dict,
 )
 
+from sftpipe.config.schema import Config
 from sftpipe.contracts.checkpoint import (
     RNG,
     SCHEDULER_JSON,
@@ -79,6 +80,30 @@ def gathered_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     A collective: every process must call it. For LoRA only the adapters are gathered.
     """
     return get_model_state_dict(model, options=GATHERED)
+
+
+def gathered_copy(live: ShardedState, cfg: Config, device: torch.device, main: bool) -> torch.nn.Module | None:
+    """A whole, unsharded copy of the model being trained, on the main process (None elsewhere), for in-training
+    generation: `generate` calls the model's own forward many times, which a sharded model can only do with
+    every process taking part. A collective: every process gathers; the main process loads the base model again
+    and puts the trained weights in. It needs the model to fit one device once more (small models).
+
+    Building the copy (LoRA initialises its adapters) draws no random numbers from the training streams.
+    """
+    weights = gathered_weights(live.model)
+    if not main:
+        return None
+    from sftpipe.models.adapters import build_trainable_model
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        copy = build_trainable_model(cfg, device)
+    result = copy.load_state_dict(weights, strict=False)
+    trainable = {name for name, p in copy.named_parameters() if p.requires_grad}
+    missing = [k for k in result.missing_keys if k in trainable]
+    if missing or result.unexpected_keys:
+        raise SftpipeError(f"in-training eval: the gathered weights do not fit a fresh copy of the model (missing "
+                           f"{missing[:5]}, unexpected {list(result.unexpected_keys)[:5]})")
+    return copy.eval()
 
 
 def save_sharded_checkpoint(

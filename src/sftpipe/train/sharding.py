@@ -98,17 +98,6 @@ def sharding_from_launch(cfg: Config, environ: MutableMapping[str, str]) -> Conf
     return Config.model_validate(data)
 
 
-def check_sharding(cfg: Config) -> None:
-    """Refuse what FSDP training does not support yet, naming the field and the way out."""
-    if cfg.train.sharding != "fsdp":
-        return
-    if cfg.eval.during_training.every:
-        raise SftpipeError(
-            f"eval.during_training.every: {cfg.eval.during_training.every} with train.sharding: fsdp: in-training "
-            "generation needs the whole model on one process, which a sharded run does not have. Set "
-            "eval.during_training.every: 0 and run `sftpipe eval` on the checkpoints (each holds gathered weights).")
-
-
 def shard_model(loss_model: torch.nn.Module, layers: list[torch.nn.Module], cfg: Config,
                 device: torch.device, world_size: int) -> None:
     """Apply FSDP2 in place: each decoder layer is a unit, then `loss_model` the root (the embeddings, norm, head).
