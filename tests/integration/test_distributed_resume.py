@@ -110,10 +110,11 @@ def test_cli_under_torchrun_trains_on_two_processes_and_prints_one_summary(refer
 
 
 @pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED", "MEGATRON_LM"])
-def test_sharded_launches_are_refused_with_what_to_do(kind):
+def test_accelerate_sharding_plugins_are_refused_with_what_to_do(kind):
+    """sftpipe shards itself: an Accelerator that built its own sharding plugin is refused, pointing to FSDP."""
     from sftpipe.errors import SftpipeError
 
-    with pytest.raises(SftpipeError, match=f"{kind}.*--multi_gpu"):
+    with pytest.raises(SftpipeError, match=f"{kind}.*configs/accelerate/fsdp.yaml"):
         loop.check_distribution(kind)
 
 
@@ -122,38 +123,22 @@ def test_unsharded_launches_are_accepted(kind):
     loop.check_distribution(kind)  # raises if refused
 
 
-@pytest.mark.parametrize(("variable", "kind"), [("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED",
-                                                 "DEEPSPEED"), ("ACCELERATE_USE_MEGATRON_LM", "MEGATRON_LM")])
-def test_sharded_launch_environment_is_refused_before_accelerate_fails(tmp_path, tiny_dir, chat_sources,
-                                                                       monkeypatch, capsys, variable, kind):
-    """What `accelerate launch --use_fsdp` (or --use_deepspeed, --use_megatron_lm) sets: on this CPU machine,
-    building the Accelerator itself raises (FSDP's plugin wants a GPU, DeepSpeed and Megatron-LM are not
-    installed), so the refusal must come from the environment, before it is built."""
+@pytest.mark.parametrize(("variable", "name"), [("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"),
+                                                ("ACCELERATE_USE_MEGATRON_LM", "Megatron-LM")])
+def test_deepspeed_and_megatron_launches_are_refused_before_accelerate_fails(tmp_path, tiny_dir, chat_sources,
+                                                                             monkeypatch, capsys, variable, name):
+    """What `accelerate launch --use_deepspeed` (or --use_megatron_lm) sets: on this machine building the
+    Accelerator itself raises (neither is installed), so the refusal must come from the environment, before it
+    is built, and point to FSDP."""
     from sftpipe.cli import main
+    from sftpipe.train.sharding import sharding_from_launch
 
     make_config(tmp_path, tiny_dir, chat_sources)
     monkeypatch.setenv(variable, "true")
     assert main(["train", str(tmp_path / "config.json"), "--preset", "fast_test"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: accelerate is set up for {kind} ({variable}=true in the environment)"), err
-    assert "--multi_gpu" in err and not (tmp_path / "run").exists()
-    monkeypatch.setenv(variable, "false")  # control: accelerate's own "not set" value is not a sharded launch
-    loop.check_launch_environment(os.environ)
-
-
-def test_accelerate_launch_use_fsdp_is_refused_cleanly(tmp_path, tiny_dir, chat_sources):
-    """The real launcher, one process: sftpipe's message, not a traceback from inside Accelerator(...)."""
-    import subprocess
-    import sys
-
-    make_config(tmp_path, tiny_dir, chat_sources)
-    launcher = Path(sys.executable).with_name("accelerate")
-    proc = subprocess.run(
-        [str(launcher), "launch", "--use_fsdp", "--num_processes", "1", "--num_machines", "1", "--mixed_precision",
-         "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), "-m", "sftpipe.cli", "train",
-         str(tmp_path / "config.json"), "--preset", "fast_test"],
-        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path)
-    assert proc.returncode != 0
-    assert "error: accelerate is set up for FSDP (ACCELERATE_USE_FSDP=true in the environment)" in proc.stderr, \
-        proc.stderr[-3000:]
-    assert "sftpipe/train/loop.py" not in proc.stderr  # no traceback through sftpipe's code
+    assert err.startswith(f"error: accelerate is set up for {name} ({variable}=true in the environment)"), err
+    assert "configs/accelerate/fsdp.yaml" in err and not (tmp_path / "run").exists()
+    assert "Traceback" not in err
+    monkeypatch.setenv(variable, "false")  # control: accelerate's own "not set" value is not such a launch
+    sharding_from_launch(load_config(tmp_path / "config.json", preset="fast_test"), dict(os.environ))

@@ -224,7 +224,7 @@ def test_show_config_help_fields_documents_every_field(capsys):
     sections = [line for line in out.splitlines() if line.startswith("[")]
     assert sections[:4] == ["[model]", "[model.quantization]  How train.method: qlora loads the frozen base "
                             "(bitsandbytes); unused by full and lora.", "[data]", "[data.sources[]]  Input datasets."]
-    assert "[eval.code.limits]" in sections and len(sections) == 21
+    assert "[eval.code.limits]" in sections and len(sections) == 22
     assert "[hpo]  Hyperparameter search (`sftpipe hpo`): each trial is a normal training run with sampled " \
            "values." in sections
 

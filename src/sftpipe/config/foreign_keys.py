@@ -47,7 +47,7 @@ FOREIGN_KEYS: dict[str, str] = {
     "use_rslora": _renamed("lora.use_rslora"),
     "report_to": _renamed("train.report_to"),
     "fp16": _not_yet("fp16 mixed precision is not offered; use train.precision: bf16 (or fp32)"),
-    "deepspeed": _not_yet("DeepSpeed (sharded checkpoints are not built); launch with DDP"),
-    "fsdp": _not_yet("FSDP (sharded checkpoints are not built); launch with DDP"),
+    "deepspeed": _not_yet("DeepSpeed; sftpipe shards with FSDP2 instead (train.sharding: fsdp)"),
+    "fsdp": _renamed("train.sharding (fsdp), with train.fsdp for its options"),
     "push_to_hub": _not_yet("uploading to the Hugging Face Hub; upload final/ or the merged model yourself"),
 }

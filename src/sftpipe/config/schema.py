@@ -177,6 +177,17 @@ class TrainDataDir(Section):
         return self.name or Path(self.dir).name
 
 
+class FsdpConfig(Section):
+    """How FSDP2 shards the model when train.sharding is fsdp (see train/sharding.py)."""
+
+    reshard_after_forward: bool = Field(
+        True, description="Free each layer's gathered weights after its forward and gather them again for backward "
+        "(ZeRO-3: least memory); false keeps them until backward (ZeRO-2 like: one all-gather less per layer).")
+    cpu_offload: bool = Field(
+        False, description="Keep the sharded weights, gradients and optimizer state in CPU memory and copy each "
+        "layer to the GPU for its forward/backward: fits larger models, trains slower.")
+
+
 class TrainConfig(Section):
     method: Literal["full", "lora", "qlora"] = Field(
         "lora", description="full fine-tune, LoRA adapters, or qlora: LoRA adapters on a base quantized as "
@@ -265,6 +276,12 @@ class TrainConfig(Section):
     mix_unit: Literal["samples", "tokens", "trained_tokens"] = Field(
         "samples", description="What the weights of train.data share: examples, all tokens, or trained "
         "(assistant) tokens.")
+    sharding: Literal["none", "fsdp"] = Field(
+        "none", description="none: every process holds the whole model (DDP when launched on several). fsdp: "
+        "FSDP2 shards weights, gradients and optimizer state over the processes (per decoder layer, then the rest), "
+        "with sharded checkpoints; `accelerate launch` with an FSDP config means the same. Activation "
+        "checkpointing is model.gradient_checkpointing; bf16 keeps weights in bf16 and reduces gradients in fp32.")
+    fsdp: FsdpConfig = Field(default_factory=FsdpConfig, description="FSDP2 settings (used when sharding: fsdp).")
 
     @field_validator("report_to", mode="before")
     @classmethod

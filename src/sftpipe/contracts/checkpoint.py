@@ -37,6 +37,9 @@ CONFIG = "config.yaml"  # the resolved config, for people reading the checkpoint
 OPTIMIZER_TENSORS = "optimizer.safetensors"
 OPTIMIZER_JSON = "optimizer.json"
 SCHEDULER_JSON = "scheduler.json"
+# A sharded (FSDP) checkpoint: model and optimizer state as torch.distributed.checkpoint wrote them, one file per
+# process plus its `.metadata`; the gathered weights beside it are for eval/infer/merge, not for resuming.
+SHARDED = "sharded"
 _NAME = re.compile(r"^checkpoint-(\d+)$")
 _TMP_PREFIX = ".tmp-checkpoint-"
 
@@ -181,6 +184,11 @@ def verify_checkpoint(ckpt: Path) -> None:
 def weight_files(ckpt: Path) -> list[Path]:
     """The model or adapter weight files of a checkpoint (its other safetensors file is optimizer state)."""
     return sorted(p for p in ckpt.glob("*.safetensors") if p.name != OPTIMIZER_TENSORS)
+
+
+def is_sharded_checkpoint(ckpt: Path) -> bool:
+    """Whether `ckpt` was written by a sharded (FSDP) run: its training state is in SHARDED."""
+    return (ckpt / SHARDED).is_dir()
 
 
 def load_trainer_state(ckpt: Path) -> TrainerState:

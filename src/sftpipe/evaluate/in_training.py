@@ -2,8 +2,8 @@
 every `eval.during_training.every` optimizer steps, logged next to the loss as `gen_*` figures.
 
 It runs on the main process with the unwrapped model, in its own RNG stream (the training RNG is left
-as it was, so runs with and without it train identically). Sharded models (FSDP, DeepSpeed ZeRO-3) are
-not supported: the full model must fit on one process.
+as it was, so runs with and without it train identically). Under sftpipe's FSDP (train.sharding: fsdp) the
+loop hands it a whole copy gathered on the main process, so the model must fit one device.
 """
 
 from __future__ import annotations

@@ -34,11 +34,16 @@ def evaluate_loss(
     model.eval()
     totals = torch.zeros(5, dtype=torch.float64, device=device)  # loss, tokens, correct, exact, examples
     indices = list(range(rank, len(dataset), world_size))
-    store = TokenStore(dataset) if indices else None
-    for start in range(0, len(indices), batch_size):
+    store = TokenStore(dataset) if len(dataset) else None
+    # Every rank runs the same number of forward passes (a rank short of a batch runs a stand-in that is not
+    # counted): a sharded (FSDP) model gathers each layer's weights from all ranks in every forward.
+    passes = math.ceil(math.ceil(len(dataset) / world_size) / batch_size)
+    for start in range(0, passes * batch_size, batch_size):
         rows = [[i] for i in indices[start : start + batch_size]]
-        batch = {k: v.to(device) for k, v in collate_padded(store, rows, pad_id).inputs.items()}
+        batch = {k: v.to(device) for k, v in collate_padded(store, rows or [[0]], pad_id).inputs.items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        if not rows:
+            continue
         targets = shifted_targets(batch["labels"])
         supervised = targets != IGNORE_INDEX
         token_loss = torch.nn.functional.cross_entropy(

@@ -29,6 +29,7 @@ from sftpipe.data.templates import check_template, resolve_template
 from sftpipe.data.tokenize import IGNORE_INDEX, ConversationTokenizer
 from sftpipe.errors import SftpipeError
 from sftpipe.preflight import Check
+from sftpipe.preflight.sharding import sharding_checks
 from sftpipe.redact import redact
 from sftpipe.train.checkpoint import human_bytes
 
@@ -72,6 +73,8 @@ def run(cfg: Config) -> ValidateResult:
     _check_device(cfg, checks)
     if plan is not None:
         _check_memory(cfg, checks)
+    checks.extend(sharding_checks(cfg, plan and plan.total_params, plan and plan.trainable_params,
+                                  weight_bytes(cfg)))
     return result
 
 
@@ -411,6 +414,16 @@ def _check_disk(cfg: Config, plan: ModelPlan | None, steps: int | None, checks: 
                                                      "train.output_dir at a bigger disk"))
     else:
         checks.append(Check("disk", "ok", detail))
+
+
+def weight_bytes(cfg: Config) -> int:
+    """Bytes per weight as training will load them (4 when the device cannot be resolved)."""
+    from sftpipe.models.loading import pick_device, resolve_dtype
+
+    try:
+        return torch.finfo(resolve_dtype(cfg.model.dtype, pick_device(cfg.train.device))).bits // 8
+    except SftpipeError:
+        return 4
 
 
 def _check_device(cfg: Config, checks: list[Check]) -> None:

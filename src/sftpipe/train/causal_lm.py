@@ -74,8 +74,8 @@ def decoder_layers(model: PreTrainedModel) -> list[torch.nn.Module]:
     block_types = set(model._no_split_modules or ())
     layers = [m for m in model.get_decoder().modules() if type(m).__name__ in block_types]
     if not layers:
-        raise SftpipeError(f"model type {model.config.model_type!r}: cannot find its decoder layers to compile; "
-                           "set train.compile: false")
+        raise SftpipeError(f"model type {model.config.model_type!r}: cannot find its decoder layers (to compile or "
+                           "shard them); set train.compile: false and train.sharding: none")
     return layers
 
 
@@ -121,6 +121,11 @@ class CausalLMLoss(torch.nn.Module):
     def causal_lm(self) -> PreTrainedModel:
         """The transformers model (inside peft's wrapper for LoRA; its layers carry the adapters)."""
         return self.model.get_base_model() if isinstance(self.model, peft.PeftModel) else self.model
+
+    def logits(self, **inputs) -> torch.Tensor:
+        """The bare model's output (validation). Under FSDP it is registered as a forward method of the root
+        unit (see `train.sharding`), so the root's weights (embeddings, head) are gathered for it too."""
+        return self.model(**inputs)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, **attention_kwargs) -> torch.Tensor:

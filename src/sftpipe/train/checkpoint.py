@@ -29,6 +29,7 @@ from sftpipe.contracts.checkpoint import (
     TrainerState,
     apply_retention,
     complete_checkpoints,
+    is_sharded_checkpoint,
     load_trainer_state,
     read_rng_states,
     weight_files,
@@ -145,6 +146,9 @@ def restore_checkpoint(ckpt: Path, model: torch.nn.Module, optimizer: torch.opti
     Raises:
         SftpipeError: naming the file that is missing, corrupt or does not fit the model.
     """
+    if is_sharded_checkpoint(ckpt):
+        raise SftpipeError(f"{ckpt}: written by a sharded run (train.sharding: fsdp), whose optimizer state is in "
+                           f"shards; resume it with train.sharding: fsdp (any number of processes)")
     state = load_trainer_state(ckpt)
     rng_states = read_rng_states(ckpt)
     load_weights(ckpt, model)

@@ -12,7 +12,6 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from sftpipe.models.loading import load_tokenizer, pick_device, resolve_attn
 from sftpipe.models.loss import LossMetrics
 from sftpipe.models.varlen_attention import VARLEN_ATTENTION, packed_attention
 from sftpipe.train.auto_batch import choose_batch, largest_micro_batch, probe_step
-from sftpipe.train.causal_lm import CausalLMLoss
+from sftpipe.train.causal_lm import CausalLMLoss, decoder_layers
 from sftpipe.train.checkpoint import capture_rng, load_weights, save_checkpoint
 from sftpipe.train.evaluators import BuildEvaluators, Evaluators
 from sftpipe.train.faults import failpoint
@@ -51,6 +50,21 @@ from sftpipe.train.trackers import (
     log_run_end,
     log_run_start,
     start_trackers,
+)
+from sftpipe.train.sharded_checkpoint import (
+    ShardedState,
+    gathered_copy,
+    gathered_weights,
+    load_shards,
+    restore_sharded_checkpoint,
+    save_sharded_checkpoint,
+)
+from sftpipe.train.sharding import (
+    RootForward,
+    full_norm,
+    gradient_sync,
+    shard_model,
+    sharding_from_launch,
 )
 from sftpipe.train.tracking import MetricsLogger, peak_memory_mb, write_run_manifest
 
@@ -85,7 +99,8 @@ class Session:
     run_dir: RunDir
     manifest: DataManifest
     tokenizer: Any
-    model: torch.nn.Module  # the bare model (plain or peft): validation and saving
+    model: torch.nn.Module  # the bare model (plain or peft): saving
+    eval_model: torch.nn.Module  # what validation calls: the bare model, or its forward through the FSDP root
     loss_model: torch.nn.Module  # the model plus its loss, as prepared by accelerate: training
     optimizer: torch.optim.Optimizer
     scheduler: Any
@@ -99,6 +114,7 @@ class Session:
     trainable: int
     total: int
     source_tokens: SourceTokens | None = None  # train tokens per data dir of a train.data mix
+    sharded: ShardedState | None = None  # set when train.sharding is fsdp
 
 
 class Throughput:
@@ -144,34 +160,19 @@ class Throughput:
         return self.run_real / self.run_slots if self.run_slots else float("nan")
 
 
-# Distributed modes that shard weights or optimizer state across processes. The loop saves, validates and
-# resumes from the whole model and optimizer on the main process: under these it would checkpoint one shard
-# and a resumed run would diverge without a word, so they are refused until sharded checkpoints are built.
-SHARDED_DISTRIBUTIONS = frozenset({"FSDP", "DEEPSPEED", "MEGATRON_LM"})
-# How `accelerate launch` (its flags or an `accelerate config` file) tells the launched process to shard: what
-# `Accelerator(...)` reads, compared as accelerate compares it. Building the Accelerator under these fails
-# before check_distribution could run (FSDP's plugin needs a GPU, DeepSpeed and Megatron-LM must be installed),
-# so they are read first.
-SHARDED_LAUNCH_ENV = {"ACCELERATE_USE_FSDP": "FSDP", "ACCELERATE_USE_DEEPSPEED": "DEEPSPEED",
-                      "ACCELERATE_USE_MEGATRON_LM": "MEGATRON_LM"}
+# accelerate's own sharding plugins. sftpipe shards with FSDP2 itself (train/sharding.py) and reads an FSDP launch
+# from the environment before the Accelerator is built, so none of these should reach it; if one does (a
+# launcher that sets it another way), the model would be wrapped by accelerate, not by sftpipe.
+ACCELERATE_SHARDING = frozenset({"FSDP", "DEEPSPEED", "MEGATRON_LM"})
 
 
-def check_launch_environment(environ: Mapping[str, str]) -> None:
-    """Refuse a sharded `accelerate launch` from the environment it set, before an Accelerator is built."""
-    for variable, distributed_type in SHARDED_LAUNCH_ENV.items():
-        if environ.get(variable, "false").lower() == "true":
-            check_distribution(distributed_type, f" ({variable}={environ[variable]} in the environment)")
-
-
-def check_distribution(distributed_type: str, origin: str = "") -> None:
-    """Refuse an accelerate launch whose sharding the loop cannot checkpoint (see SHARDED_DISTRIBUTIONS)."""
-    if distributed_type in SHARDED_DISTRIBUTIONS:
+def check_distribution(distributed_type: str) -> None:
+    """Refuse an Accelerator that set up its own sharding plugin (see ACCELERATE_SHARDING)."""
+    if distributed_type in ACCELERATE_SHARDING:
         raise SftpipeError(
-            f"accelerate is set up for {distributed_type}{origin}, which `sftpipe train` does not support yet: its "
-            "checkpoints hold the whole model and optimizer state of one process, so a sharded run could not "
-            "be resumed correctly. Launch with DDP instead (`accelerate launch --multi_gpu --num_processes N "
-            "-m sftpipe.cli train ...`, or `accelerate config` without FSDP/DeepSpeed); LoRA and models that "
-            "fit one GPU train the same under DDP.")
+            f"accelerate is set up for {distributed_type}, which sftpipe does not let accelerate do: sftpipe "
+            "shards with FSDP2 itself. Launch with `accelerate launch --config_file configs/accelerate/fsdp.yaml` "
+            "(or set train.sharding: fsdp under torchrun); DeepSpeed and Megatron-LM are not supported.")
 
 
 def set_cpu_threads(requested: int) -> int:
@@ -205,23 +206,32 @@ def run(cfg: Config, evaluators: BuildEvaluators, resume: str = "auto", resume_f
     """
     t0 = time.perf_counter()
     s = setup(cfg, resume, resume_force)
+    cfg = s.cfg  # an FSDP launch sets train.sharding (see sharding_from_launch)
     evaluation = evaluators(cfg, s.tokenizer, s.accelerator)
     if cfg.train.select_best != "none" and evaluation.validate is None:
         raise SftpipeError(f"train.select_best: {cfg.train.select_best} needs validation figures, but the data dir "
                            f"{cfg.data.output_dir} has no val split; prepare one (data.split.val > 0) or set "
                            "train.select_best: none")
-    val_before = evaluation.validate(s.model) if evaluation.validate and s.state.step == 0 else None
+    val_before = evaluation.validate(s.eval_model) if evaluation.validate and s.state.step == 0 else None
     if val_before is not None:
         s.logger.log(0, val_before.as_dict("val_"))
     step_loss, last_val, throughput = train_steps(s, evaluation)
     final_dir = s.run_dir.final
     final = final_source(cfg.train, s.state)
-    if s.accelerator.is_main_process:
+    if s.sharded is not None:
+        if final.step != s.state.step:
+            load_shards(checkpoint_at(s.run_dir, final.step), s.sharded, optimizer=False)
+        weights = gathered_weights(s.model)  # every process takes part; the main process gets them
+        if s.accelerator.is_main_process:
+            save_final(final_dir, s.model, s.tokenizer, s.manifest, cfg, state_dict=weights)
+            s.run_dir.write_manifest(s.run_dir.manifest.model_copy(update={"final": final}))
+    elif s.accelerator.is_main_process:
         model = s.accelerator.unwrap_model(s.model)
         if final.step != s.state.step:  # training is over: the model may take the best checkpoint's weights
             load_weights(checkpoint_at(s.run_dir, final.step), model)
         save_final(final_dir, model, s.tokenizer, s.manifest, s.cfg)
         s.run_dir.write_manifest(s.run_dir.manifest.model_copy(update={"final": final}))
+    if s.accelerator.is_main_process:
         log_run_end(s.accelerator.trackers, final_figures(final, s.state.step, last_val))
         write_run_report(s.run_dir)
     # The DDP wrapper's reducer must be gone before end_training destroys the process group: freed after it,
@@ -273,8 +283,8 @@ def checkpoint_at(run_dir: RunDir, step: int) -> Path:
 
 def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
     """Load data, tokenizer and model; plan the batches; resume from a checkpoint where there is one."""
+    cfg = sharding_from_launch(cfg, os.environ)
     tc = cfg.train
-    check_launch_environment(os.environ)
     check_tracker_libraries(tc.report_to)
     device = pick_device(tc.device)
     run_dir = RunDir(Path(tc.output_dir))
@@ -293,9 +303,6 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
 
     model = build_trainable_model(cfg, device)
     trainable, total = count_parameters(model)
-    optimizer = torch.optim.AdamW(
-        _param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.adam_betas, foreach=device.type == "cuda"
-    )
     # The module trained is the model plus its loss (see causal_lm.py); `model` stays the bare model for
     # validation and saving.
     loss_model = CausalLMLoss(model, tc.cross_entropy, tc.loss_chunk_tokens, compile=tc.compile)
@@ -309,7 +316,12 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
                                          attention in VARLEN_ATTENTION, rows), device))
     tc = cfg.train
     speed = {"cross_entropy": loss_model.cross_entropy, "attention": attention, "compile": tc.compile,
-             **({"auto_batch": auto.model_dump()} if auto else {})}
+             "sharding": tc.sharding, **({"auto_batch": auto.model_dump()} if auto else {})}
+    if tc.sharding == "fsdp":  # before the optimizer: sharding replaces the parameters
+        shard_model(loss_model, decoder_layers(loss_model.causal_lm()), cfg, device, accelerator.num_processes)
+    optimizer = torch.optim.AdamW(
+        _param_groups(model, tc.weight_decay), lr=tc.lr, betas=tc.adam_betas, foreach=device.type == "cuda"
+    )
     if device.type == "cpu":
         speed["cpu_threads"] = set_cpu_threads(tc.cpu_threads)
     plan, layout = build_plan(tc, store.lengths, data.max_length, accelerator.num_processes,
@@ -317,13 +329,20 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
     total_micro = tc.max_steps * tc.grad_accum if tc.max_steps else math.ceil(tc.epochs * plan.micro_batches_per_epoch)
     total_steps = math.ceil(total_micro / tc.grad_accum)
     scheduler = build_scheduler(tc, optimizer, total_steps)
-    loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
+    sharded = None
+    if tc.sharding == "fsdp":  # accelerate must not wrap the sharded model (in DDP): it only gets the optimizer
+        optimizer = accelerator.prepare(optimizer)
+        sharded = ShardedState(loss_model=loss_model, model=model, optimizer=optimizer, scheduler=scheduler)
+    else:
+        loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
 
     fingerprint = run_fingerprint(cfg, data.fingerprint_dirs, manifest.tokenizer.sha256, accelerator.num_processes)
     state, resumed_from = resume_from_latest_complete(
         run_dir.path, resume, fingerprint, resume_force, accelerator.unwrap_model(model), optimizer, scheduler,
         warn=lambda msg: accelerator.print(f"warning: {msg}", file=sys.stderr),
-        process_index=accelerator.process_index)
+        process_index=accelerator.process_index,
+        restore=None if sharded is None else (
+            lambda ckpt: restore_sharded_checkpoint(ckpt, sharded, accelerator.process_index)))
 
     run_dir.path.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
@@ -344,10 +363,11 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
         if data.mix is not None:
             logger.log(0, {"data_mix": mix_figures(data.mix)})
     return Session(cfg=cfg, accelerator=accelerator, run_dir=run_dir, manifest=manifest, tokenizer=tokenizer,
-                   model=model, loss_model=loss_model, optimizer=optimizer, scheduler=scheduler,
+                   model=model, eval_model=model if sharded is None else RootForward(loss_model),
+                   loss_model=loss_model, optimizer=optimizer, scheduler=scheduler,
                    source=MicroBatchSource(plan, layout, store, tokenizer.pad_token_id), total_micro=total_micro,
                    total_steps=total_steps, fingerprint=fingerprint, state=state, resumed_from=resumed_from,
-                   logger=logger, trainable=trainable, total=total,
+                   logger=logger, trainable=trainable, total=total, sharded=sharded,
                    source_tokens=SourceTokens(plan, accelerator.num_processes, store, data.names) if data.mix else None)
 
 
@@ -404,7 +424,7 @@ def train_steps(s: Session, evaluation: Evaluators) -> tuple[float, LossMetrics 
             s.logger.log(state.step, {
                 "loss": step_loss, "lr": s.scheduler.get_last_lr()[0], **figures,
                 "epoch": state.micro_batch / s.source.plan.micro_batches_per_epoch,
-                "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                "grad_norm": full_norm(grad_norm),
                 "tokens": state.tokens_seen, "trained_tokens": state.trained_tokens_seen,
                 "peak_memory_mb": peak_memory_mb(acc.device)})
             failpoint("train.logged")
@@ -413,7 +433,7 @@ def train_steps(s: Session, evaluation: Evaluators) -> tuple[float, LossMetrics 
         saves = bool(tc.save_every and state.step % tc.save_every == 0) or is_last
         reported: dict[str, float] = {}  # this step's validation and generation figures, for on_figures
         if (tc.eval_every and state.step % tc.eval_every == 0) or is_last:
-            last_val = evaluation.validate(s.model) if evaluation.validate else None
+            last_val = evaluation.validate(s.eval_model) if evaluation.validate else None
             if last_val is not None:
                 reported.update(last_val.as_dict("val_"))
                 s.logger.log(state.step, last_val.as_dict("val_"))
@@ -421,8 +441,15 @@ def train_steps(s: Session, evaluation: Evaluators) -> tuple[float, LossMetrics 
                     note_best(state, last_val.as_dict("val_"), ranking_metric(tc))
             if s.source_tokens is not None:
                 s.logger.log(state.step, s.source_tokens.upto(state.micro_batch))
-        if gen_eval is not None and gen_eval.due(state.step):
+        generated = None
+        if s.sharded is not None and generation_due(s.cfg, state.step):  # every process gathers a copy
+            copy = gathered_copy(s.sharded, s.cfg, acc.device, acc.is_main_process)
+            if gen_eval is not None:
+                generated = gen_eval(copy)
+            del copy
+        elif gen_eval is not None and gen_eval.due(state.step):
             generated = gen_eval(acc.unwrap_model(s.model))
+        if generated is not None:
             s.logger.log(state.step, generated)
             reported.update(generated)
         if reported and evaluation.on_figures is not None:
@@ -433,11 +460,25 @@ def train_steps(s: Session, evaluation: Evaluators) -> tuple[float, LossMetrics 
     return step_loss, last_val, throughput
 
 
+def generation_due(cfg: Config, step: int) -> bool:
+    """Whether in-training generation runs after `step` (known to every process: under FSDP all take part)."""
+    every = cfg.eval.during_training.every
+    return bool(every) and step % every == 0
+
+
 def checkpoint(s: Session) -> None:
-    """Save a complete checkpoint of the current step (every process's RNG; written by the main process)."""
+    """Save a complete checkpoint of the current step (every process's RNG; written by the main process, or by
+    every process for its shard under FSDP)."""
     acc = s.accelerator
     acc.wait_for_everyone()
     rng_states = gather_object([capture_rng()])  # each process draws its own dropout masks
+    if s.sharded is not None:
+        tc = s.cfg.train
+        save_sharded_checkpoint(
+            s.run_dir.path, s.state, s.sharded, acc, save_limit=tc.save_total_limit, fingerprint=s.fingerprint,
+            config_text=dump_config(s.cfg), rng_states=rng_states, digests=tc.checkpoint_digests,
+            inference_files=lambda out: save_inference_files(out, s.model, s.tokenizer, s.manifest, s.cfg))
+        return
     if acc.is_main_process:
         tc = s.cfg.train
         model = acc.unwrap_model(s.model)
@@ -470,9 +511,9 @@ def accumulate_gradients(model: torch.nn.Module, batches: list[dict[str, torch.T
     for i, batch in enumerate(batches):
         batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
         sync = i == len(batches) - 1
-        with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
+        with gradient_sync(model, accelerator, sync), accelerator.autocast():
             loss_sum = model(**batch)
-            # DDP averages gradients over ranks; scaling by world size turns that into a global token sum.
+            # DDP and FSDP average gradients over ranks; scaling by world size turns that into a global token sum.
             loss = loss_sum * accelerator.num_processes / max(step_tokens, 1)
             accelerator.backward(loss)
         loss_total += loss_sum.detach().double()

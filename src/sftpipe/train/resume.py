@@ -180,6 +180,7 @@ def resume_from_latest_complete(
     scheduler: Any,
     warn: Callable[[str], None],
     process_index: int = 0,
+    restore: Callable[[Path], TrainerState] | None = None,
 ) -> tuple[TrainerState, Path | None]:
     """Restore the checkpoint `resume` asks for into the live objects.
 
@@ -189,6 +190,8 @@ def resume_from_latest_complete(
         force: resume even when the fingerprint differs (the differences are printed as a warning).
         warn: prints one warning line.
         process_index: this process's index, to pick its own RNG state.
+        restore: loads a verified checkpoint into the live objects instead of `restore_checkpoint` (a sharded
+            run's, which every process calls).
 
     Returns:
         (trainer state, checkpoint path) or (fresh state, None) when there is nothing to resume.
@@ -211,6 +214,8 @@ def resume_from_latest_complete(
         try:
             verify_checkpoint(ckpt)
             check_compatible(ckpt, read_fingerprint(ckpt), fingerprint, force, warn)
+            if restore is not None:
+                return restore(ckpt), ckpt
             return restore_checkpoint(ckpt, model, optimizer, scheduler, process_index), ckpt
         except SftpipeError as exc:
             if resume != "auto" or isinstance(exc, ResumeRefused):

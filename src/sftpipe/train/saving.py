@@ -28,12 +28,16 @@ from sftpipe.train.tracking import git_sha
 
 
 def save_final(final: Path, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, manifest: DataManifest,
-               cfg: Config) -> None:
-    """Write final/ under a temporary name and rename it into place, so final/ is whole or absent."""
+               cfg: Config, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+    """Write final/ under a temporary name and rename it into place, so final/ is whole or absent.
+
+    Args:
+        state_dict: the weights to save instead of the model's own (a sharded model's, gathered).
+    """
     out = final.with_name(f".tmp-{final.name}")
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    model.save_pretrained(out, safe_serialization=True)
+    model.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
     save_inference_files(out, model, tokenizer, manifest, cfg)
     failpoint("final.written")
     if final.exists():
