@@ -101,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=int, default=1, help="devices the run is launched on (default 1)")
     p.add_argument("--gpu-memory", help="memory per device, e.g. 24GiB or 48GB (default: the first GPU's)")
     p.add_argument("--sharding", choices=["auto", "none", "fsdp"], default="auto",
-                   help="FSDP full sharding of weights, gradients and optimizer states (auto: for a full "
-                   "fine-tune on more than one GPU)")
+                   help="FSDP full sharding of weights, gradients and optimizer states (auto: as the config's "
+                   "train.sharding says)")
     p.add_argument("--json", action="store_true", help="print the figures as JSON (bytes)")
     p = sub.add_parser("report", help="write RUN/report.html: curves, data summary, config changes, eval figures",
                        description="Write a run dir's report.html from what is on disk (train writes it at the end; "

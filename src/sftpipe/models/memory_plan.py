@@ -144,8 +144,8 @@ def estimate_config(cfg: Config, *, gpus: int = 1, gpu_memory: int | None = None
     Args:
         gpus: devices the run is launched on.
         gpu_memory: bytes per device; default: the first CUDA device's memory, none on a CPU-only machine.
-        sharded: FSDP full sharding of weights, gradients and optimizer states (default: for a full
-            fine-tune on more than one GPU; LoRA runs replicate the frozen base under DDP).
+        sharded: FSDP full sharding of weights, gradients and optimizer states (default: as train.sharding
+            says; without it every process holds the whole model, as under DDP).
         config: a transformers config built in code, instead of reading model.name_or_path's.
         cuda: estimate for CUDA devices (bool dropout masks, context and allocator slack); default: whether
             a budget applies (--gpu-memory given or a GPU present).
@@ -159,7 +159,7 @@ def estimate_config(cfg: Config, *, gpus: int = 1, gpu_memory: int | None = None
     cuda = gpu_memory is not None if cuda is None else cuda
     device = torch.device("cuda") if cuda else pick_device("cpu")
     weight_dtype = resolve_dtype(cfg.model.dtype, device) if cfg.model.dtype != "auto" or not cuda else torch.bfloat16
-    sharded = (cfg.train.method == "full" and gpus > 1) if sharded is None else sharded
+    sharded = cfg.train.sharding == "fsdp" if sharded is None else sharded
     model = meta_model(cfg, config)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     shape = DecoderShape.of(base.config)

@@ -310,10 +310,12 @@ def setup(cfg: Config, resume: str, resume_force: bool) -> Session:
     if tc.packing:
         attention = packed_attention(loss_model.causal_lm(), cfg.model.attn_implementation, attention,
                                      int(store.lengths.max()))
-    cfg, auto = choose_batch(cfg, run_dir, device, accelerator.num_processes, probe=probe_step(
+    # The CUDA probe runs one process's unsharded model: under FSDP the estimate (which shards) decides alone.
+    probe = None if tc.sharding == "fsdp" else probe_step(
         loss_model, 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad),
         lambda rows: largest_micro_batch(cfg, store, tokenizer.pad_token_id, data.max_length,
-                                         attention in VARLEN_ATTENTION, rows), device))
+                                         attention in VARLEN_ATTENTION, rows), device)
+    cfg, auto = choose_batch(cfg, run_dir, device, accelerator.num_processes, probe=probe)
     tc = cfg.train
     speed = {"cross_entropy": loss_model.cross_entropy, "attention": attention, "compile": tc.compile,
              "sharding": tc.sharding, **({"auto_batch": auto.model_dump()} if auto else {})}
