@@ -59,7 +59,8 @@ def violations(source: str) -> list[str]:
             found.append(f"line {node.lineno}: {name}()")
         if name == "torch.load" and not _is_const(_keyword(node, "weights_only"), True):
             found.append(f"line {node.lineno}: torch.load without weights_only=True")
-        if name.split(".")[0] in ("pickle", "dill", "cloudpickle", "marshal", "shelve") or name in (
+        if name.split(".")[0] in ("pickle", "dill", "cloudpickle", "marshal", "shelve") and not name.endswith(
+                "Error") or name in (
                 "joblib.load", "pd.read_pickle", "pandas.read_pickle"):
             found.append(f"line {node.lineno}: {name}() deserializes pickles")
         if name.endswith("np.load") or name == "numpy.load":
@@ -90,6 +91,7 @@ BREAKING = [
     "torch.load(path)",
     "torch.load(path, weights_only=False)",
     "pickle.loads(blob)",
+    "pickle.Unpickler(fh).load()",
     "yaml.load(text)",
     "yaml.load(text, Loader=yaml.Loader)",
     "yaml.unsafe_load(text)",
@@ -107,6 +109,7 @@ def test_each_rule_catches_what_it_forbids(snippet):
 def test_allowed_forms_pass():
     assert not violations("subprocess.run(['git', 'rev-parse'], shell=False)\n"
                           "torch.load(p, weights_only=True)\nyaml.load(t, Loader=_UniqueKeyLoader)\n"
+                          "raise pickle.UnpicklingError('refused')\n"
                           "AutoTokenizer.from_pretrained(n, trust_remote_code=cfg.trust_remote_code)")
 
 
@@ -267,3 +270,32 @@ def test_saved_config_and_config_errors_never_show_secrets(tmp_path):
     # negative control: a field not named like a secret is shown, so the check above can fail
     assert "CANARY-BAD" in _describe({"loc": ("tracking", "project"), "type": "string_type", "msg": "m",
                                       "input": "CANARY-BAD"}, [])
+
+
+def test_a_planted_dcp_metadata_never_runs(tmp_path):
+    """FSDP checkpoints hold DCP's `.metadata`, a pickle: sftpipe reads it with an allow-list, so a planted one
+    is refused without running, while a real one loads its shards."""
+    import pickle as pickle_module
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from sftpipe.train.dcp_reader import METADATA_FILE, SafeFileSystemReader
+
+    real = tmp_path / "real"
+    saved = {"model": {"w": torch.arange(6, dtype=torch.bfloat16).reshape(2, 3)}, "step": {"n": 3}}
+    dcp.save(saved, checkpoint_id=real)
+    loaded = {"model": {"w": torch.zeros(2, 3, dtype=torch.bfloat16)}, "step": {"n": 0}}
+    dcp.load(loaded, storage_reader=SafeFileSystemReader(real))
+    assert torch.equal(loaded["model"]["w"], saved["model"]["w"]) and loaded["step"]["n"] == 3
+
+    canary = tmp_path / "RAN"
+    planted = tmp_path / "planted"
+    shutil.copytree(real, planted)
+    (planted / METADATA_FILE).write_bytes(pickle_module.dumps(_Canary(canary)))
+    with pytest.raises(CheckpointException, match=r"(builtins|io)\.open is not allowed in a checkpoint's \.metadata"):
+        dcp.load(loaded, storage_reader=SafeFileSystemReader(planted))
+    assert not canary.exists()
+    with pytest.raises(CheckpointException):  # control: DCP's own reader runs it (then finds no metadata)
+        dcp.load(loaded, checkpoint_id=planted)
+    assert canary.exists()

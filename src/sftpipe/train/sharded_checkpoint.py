@@ -22,6 +22,7 @@ split over processes differently, and the saved data position counts micro-batch
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,7 @@ from sftpipe.contracts.checkpoint import (
 from sftpipe.contracts.run_dir import RunDir
 from sftpipe.errors import SftpipeError
 from sftpipe.train.checkpoint import restore_rng
+from sftpipe.train.dcp_reader import SafeFileSystemReader
 from sftpipe.train.faults import failpoint
 from sftpipe.train.optim_state import read_scheduler, save_scheduler
 
@@ -165,9 +167,9 @@ def save_sharded_checkpoint(
 def load_shards(ckpt: Path, live: ShardedState, optimizer: bool = True) -> None:
     """Load the model (and optimizer) shards of `ckpt` into the live sharded objects (a collective).
 
-    DCP's `.metadata` is a pickle (its default planner's format). It is loaded only from our own checkpoints,
-    after `verify_checkpoint` has compared it with the size and SHA-256 the COMPLETE marker recorded when it
-    was written; its tensors are read with torch.load(weights_only=True).
+    DCP's `.metadata` is a pickle (its default planner's format): it is read with an allow-list of DCP's own
+    records (`train.dcp_reader`), never with `pickle.load`; the shards' tensors are read with
+    torch.load(weights_only=True).
 
     Raises:
         SftpipeError: the shards are missing, unreadable, or do not fit the model (naming the checkpoint).
@@ -178,8 +180,8 @@ def load_shards(ckpt: Path, live: ShardedState, optimizer: bool = True) -> None:
     model_state, optimizer_state = get_state_dict(live.loss_model, live.optimizer, options=TRAINABLE)
     state = {"model": model_state, "optimizer": optimizer_state} if optimizer else {"model": model_state}
     try:
-        dcp.load(state, checkpoint_id=ckpt / SHARDED)
-    except (OSError, RuntimeError, KeyError, ValueError, CheckpointException) as exc:
+        dcp.load(state, storage_reader=SafeFileSystemReader(ckpt / SHARDED))
+    except (OSError, RuntimeError, KeyError, ValueError, CheckpointException, pickle.UnpicklingError) as exc:
         raise SftpipeError(f"{ckpt / SHARDED}: cannot load the sharded state ({type(exc).__name__}: "
                            f"{str(exc)[:500]})") from None
     trainable = {name for name, p in live.loss_model.named_parameters() if p.requires_grad}
