@@ -218,17 +218,20 @@ def run(cfg: Config, evaluators: BuildEvaluators, resume: str = "auto", resume_f
     step_loss, last_val, throughput = train_steps(s, evaluation)
     final_dir = s.run_dir.final
     final = final_source(cfg.train, s.state)
+    # every process looks the best checkpoint up (the run dir is on a filesystem all see): one that raised alone
+    # would leave the others waiting for it in the next collective
+    best = checkpoint_at(s.run_dir, final.step) if final.step != s.state.step else None
     if s.sharded is not None:
-        if final.step != s.state.step:
-            load_shards(checkpoint_at(s.run_dir, final.step), s.sharded, optimizer=False)
+        if best is not None:
+            load_shards(best, s.sharded, optimizer=False)
         weights = gathered_weights(s.model)  # every process takes part; the main process gets them
         if s.accelerator.is_main_process:
             save_final(final_dir, s.model, s.tokenizer, s.manifest, cfg, state_dict=weights)
             s.run_dir.write_manifest(s.run_dir.manifest.model_copy(update={"final": final}))
     elif s.accelerator.is_main_process:
         model = s.accelerator.unwrap_model(s.model)
-        if final.step != s.state.step:  # training is over: the model may take the best checkpoint's weights
-            load_weights(checkpoint_at(s.run_dir, final.step), model)
+        if best is not None:  # training is over: the model may take the best checkpoint's weights
+            load_weights(best, model)
         save_final(final_dir, model, s.tokenizer, s.manifest, s.cfg)
         s.run_dir.write_manifest(s.run_dir.manifest.model_copy(update={"final": final}))
     if s.accelerator.is_main_process:
