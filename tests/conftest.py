@@ -84,6 +84,22 @@ def spawn_and_wait(fn, args: tuple, nprocs: int, timeout: float = 300) -> None:
             pytest.fail(f"{nprocs} processes did not finish within {timeout:.0f} s")
 
 
+def train_process(rank: int, port: int, world: int, config_path: str, output_dir: str | None = None,
+                  resume: str = "never") -> None:
+    """One process of a `world`-process gloo run started by `spawn_and_wait`: train `config_path` with the
+    fast_test preset (into `output_dir` when given)."""
+    import os
+
+    from sftpipe import stages
+    from sftpipe.config import load_config
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    overrides = [f"train.output_dir={output_dir}"] if output_dir else []
+    stages.train(load_config(config_path, preset="fast_test", overrides=overrides), resume=resume)
+
+
 def free_port() -> int:
     """A TCP port free on localhost now, for a test's process group (gloo) rendezvous."""
     with socket.socket() as s:

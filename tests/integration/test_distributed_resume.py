@@ -13,30 +13,20 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
-from sftpipe import stages
 from sftpipe.config import load_config
 from sftpipe.contracts.checkpoint import COMPLETE, RNG, file_digests, load_trainer_state
 from sftpipe.data import prepare
 from sftpipe.train import loop
-from tests.conftest import free_port, make_config, pc_records, spawn_and_wait, write_jsonl
+from tests.conftest import free_port, make_config, pc_records, spawn_and_wait, train_process, write_jsonl
 from tests.run_compare import run_differences
 
 WORLD = 2
 RESUME_STEP = 2  # of 6: 12 train examples, 2 per micro-batch, 2 processes -> 3 steps per epoch
 
 
-def train_worker(rank: int, port: int, config_path: str, output_dir: str, resume: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-    cfg = load_config(config_path, preset="fast_test", overrides=[f"train.output_dir={output_dir}"])
-    stages.train(cfg, resume=resume)
-
-
 def launch(config_path: Path, output_dir: Path, resume: str) -> None:
-    spawn_and_wait(train_worker, (free_port(), str(config_path), str(output_dir), resume), WORLD)
+    spawn_and_wait(train_process, (free_port(), WORLD, str(config_path), str(output_dir), resume), WORLD)
 
 
 @pytest.fixture(scope="module")

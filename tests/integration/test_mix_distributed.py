@@ -2,26 +2,15 @@
 from the plan of every process, add up to the tokens the processes really trained on (reduced over them)."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-import torch
 
-from sftpipe import stages
-from sftpipe.config import load_config
 from sftpipe.contracts.run_dir import RunDir
 from sftpipe.data import prepare
-from tests.conftest import free_port, make_config, pc_records, spawn_and_wait, write_jsonl
+from tests.conftest import free_port, make_config, pc_records, spawn_and_wait, train_process, write_jsonl
 
 WORLD = 2
-
-
-def train_worker(rank: int, port: int, config_path: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-    stages.train(load_config(config_path, preset="fast_test"), resume="never")
 
 
 @pytest.mark.heavy  # two spawned processes: about a minute on 2 busy cores
@@ -38,7 +27,7 @@ def test_two_processes_count_every_dirs_tokens_once(tmp_path, tiny_dir):
         "data": [{"dir": dirs[0], "weight": 3, "name": "a"}, {"dir": dirs[1], "weight": 1, "name": "b"}],
         "mix_unit": "tokens", "packing": True, "pack_length": 256, "micro_batch_size": 1, "grad_accum": 1,
         "max_steps": 5, "eval_every": 2})
-    spawn_and_wait(train_worker, (free_port(), str(tmp_path / "config.json")), WORLD)
+    spawn_and_wait(train_process, (free_port(), WORLD, str(tmp_path / "config.json")), WORLD)
     records = [json.loads(x) for x in RunDir(Path(cfg.train.output_dir)).metrics.read_text().splitlines()]
     steps = {r["step"]: r for r in records if "loss" in r}
     counted = {r["step"]: r for r in records if "train_tokens/a" in r}

@@ -1,28 +1,17 @@
 """Under a 2-process DDP launch (gloo) only the main process logs: one W&B run, one MLflow run, one TensorBoard
 event file, with each step logged once."""
 
-import os
 
 import pytest
-import torch
 
-from sftpipe import stages
-from sftpipe.config import load_config
 from sftpipe.contracts.run_dir import RunDir
 from sftpipe.data import prepare
 from sftpipe.train.tracking import read_metrics
-from tests.conftest import free_port, make_config, spawn_and_wait
+from tests.conftest import free_port, make_config, spawn_and_wait, train_process
 from tests.unit.test_trackers import record_items, wandb_records
 
 pytestmark = [pytest.mark.integration, pytest.mark.heavy]
 WORLD = 2
-
-
-def train_worker(rank: int, port: int, config_path: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
-    torch.set_num_threads(1)
-    stages.train(load_config(config_path, preset="fast_test"), resume="never")
 
 
 def test_only_the_main_process_logs_to_the_trackers(tmp_path, tiny_dir, chat_sources, monkeypatch):
@@ -35,7 +24,7 @@ def test_only_the_main_process_logs_to_the_trackers(tmp_path, tiny_dir, chat_sou
     cfg = make_config(tmp_path, tiny_dir, chat_sources,
                       train={"report_to": ["tensorboard", "wandb", "mlflow"], "max_steps": 3, "project": "ddp"})
     prepare.run(cfg)
-    spawn_and_wait(train_worker, (free_port(), str(tmp_path / "config.json")), WORLD)
+    spawn_and_wait(train_process, (free_port(), WORLD, str(tmp_path / "config.json")), WORLD)
 
     run = RunDir(cfg.train.output_dir)
     steps = [m["step"] for m in read_metrics(run.metrics) if "loss" in m]
