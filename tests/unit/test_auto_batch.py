@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 from sftpipe import stages
 from sftpipe.config import ConfigError
@@ -81,3 +82,29 @@ def test_the_cuda_probe_halves_the_rows_on_out_of_memory():
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
 
     assert auto_batch.probe_rows(probe, 24) == 3 and tried == [24, 12, 6, 3]
+
+
+def _probe_process(rank: int, port: int, found: dict) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        # process 1's GPU ran out of memory at 8 rows and settled on 4; both must train with 4
+        found[rank] = auto_batch.fewest_over_processes(8 if rank == 0 else 4, torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_processes_agree_on_the_fewest_probed_rows():
+    import torch.multiprocessing as mp
+
+    from tests.conftest import free_port, spawn_and_wait
+
+    with mp.Manager() as manager:
+        found = manager.dict()
+        spawn_and_wait(_probe_process, (free_port(), found), 2, timeout=120)
+        assert dict(found) == {0: 4, 1: 4}
+    assert auto_batch.fewest_over_processes(8, torch.device("cpu")) == 8  # no process group: its own

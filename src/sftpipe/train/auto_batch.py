@@ -60,7 +60,7 @@ def choose_batch(cfg: Config, run_dir: RunDir, device: torch.device, world_size:
     resolved, rec = resolve_auto_batch(cfg, budget, gpus=world_size, cuda=device.type == "cuda")
     rows, probed = rec.micro_batch_size, False
     if probe is not None and device.type == "cuda":
-        rows = probe_rows(probe, rows)
+        rows = fewest_over_processes(probe_rows(probe, rows), device)
         probed = True
     row_length = rec.estimate.row_length
     rows_per_step = rec.micro_batch_size * rec.grad_accum
@@ -89,6 +89,21 @@ def probe_rows(probe: Probe, rows: int) -> int:
                                    "gradient checkpointing, more GPUs or shorter rows") from None
             log.info("auto batch: %d rows ran out of memory in the probe step; trying %d", rows, rows // 2)
             rows //= 2
+
+
+def fewest_over_processes(rows: int, device: torch.device) -> int:
+    """The smallest of every process's `rows` (a collective when a process group is up).
+
+    Each process probes its own GPU; one that ran out of memory sooner must not train with fewer rows and more
+    micro-batches per step than the others: every step would wait for a gradient sync that never comes.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return rows
+    agreed = torch.tensor([rows], dtype=torch.int64, device=device)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+    return int(agreed.item())
 
 
 def probe_step(loss_model: torch.nn.Module, optimizer_bytes: int, batch_of: Callable[[int], MicroBatch],
