@@ -6,7 +6,8 @@
 set -euo pipefail
 USER_NAME=sftpipe
 DB_NAME=sftpipe_test
-if ! command -v pg_ctlcluster >/dev/null 2>&1; then
+# pg_ctlcluster comes with the client packages too: what counts is a cluster to start
+if ! command -v pg_lsclusters >/dev/null 2>&1 || [ -z "$(pg_lsclusters --no-header 2>/dev/null)" ]; then
     if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
         echo "PostgreSQL is not installed and this is not a root Debian machine: install it (apt-get install" \
              "postgresql) or set SFTPIPE_TEST_POSTGRES_URL; the postgres tests are skipped until then" >&2
@@ -14,6 +15,9 @@ if ! command -v pg_ctlcluster >/dev/null 2>&1; then
     fi
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    if [ -z "$(pg_lsclusters --no-header 2>/dev/null)" ]; then  # the server was there without a cluster
+        pg_createcluster "$(ls /usr/lib/postgresql | sort -V | tail -n 1)" main >/dev/null
+    fi
 fi
 # the first cluster pg_lsclusters lists (Debian's package creates <version>/main)
 read -r VERSION CLUSTER PORT STATUS _ < <(pg_lsclusters --no-header | head -n 1)
