@@ -15,6 +15,7 @@ REDACTED = "<redacted>"
 
 _SECRET = re.compile(r"(^|_)(token|key|secret|password|passwd|credentials?)$|password|secret", re.IGNORECASE)
 _NOT_SECRET = {f"{name}_token" for name in ("bos", "eos", "pad", "unk", "sep", "cls", "mask")}
+_URL_PASSWORD = re.compile(r"^([\w+.-]+://[^:/@]*:)[^/?#]*@")  # scheme://user:PASSWORD@host (to the last @)
 
 
 def is_secret_key(key: str) -> bool:
@@ -30,3 +31,8 @@ def redact(value: Any) -> Any:
     if isinstance(value, list):
         return [redact(v) for v in value]
     return value
+
+
+def redact_url(url: str) -> str:
+    """A URL (e.g. a database storage URL) with the password of its user:password@ part replaced by ***."""
+    return _URL_PASSWORD.sub(r"\1***@", url)

@@ -6,22 +6,14 @@ Its keys are checked against the rest of the schema by `config.search_space` onc
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal
 
 from pydantic import Field, field_serializer, model_validator
 
 from sftpipe.config.base import Section
+from sftpipe.redact import redact_url
 
 Choice = bool | int | float | str | None  # what Optuna stores for a categorical parameter
-_URL_PASSWORD = re.compile(r"^([\w+.-]+://[^:/@]*:)[^/?#]*@")  # scheme://user:PASSWORD@host (to the last @)
-
-
-def hide_password(url: str) -> str:
-    """A storage URL with the password of its user:password@ part replaced by ***."""
-    return _URL_PASSWORD.sub(r"\1***@", url)
-
-
 class FloatParam(Section):
     """A float drawn between low and high (both included), on a log scale when `log`."""
 
@@ -119,7 +111,7 @@ class HpoConfig(Section):
     @field_serializer("storage", when_used="json")
     def _storage_without_password(self, url: str | None) -> str | None:
         """Saved configs (run dirs, best.yaml) and show-config never hold the database password."""
-        return hide_password(url) if url else url
+        return redact_url(url) if url else url
 
     @model_validator(mode="after")
     def _stops(self) -> "HpoConfig":

@@ -20,8 +20,9 @@ from sftpipe.config.schema import Config
 from sftpipe.contracts.study_dir import StudyDir
 from sftpipe.errors import SftpipeError
 from sftpipe.hpo.results import HpoResult, best_config, summarize, write_results
-from sftpipe.hpo.study import open_study, shown_url, storage_url
+from sftpipe.hpo.study import open_study, storage_url
 from sftpipe.hpo.trial import objective
+from sftpipe.redact import redact_url
 from sftpipe.stages import train
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)  # what hpo.n_trials counts
@@ -61,7 +62,7 @@ def run(cfg: Config, retrain_best: bool = False) -> HpoResult:
     started = time.perf_counter()
     hpo = cfg.hpo
     study = open_study(cfg)
-    storage = shown_url(storage_url(cfg))
+    storage = redact_url(storage_url(cfg))
     callbacks: list = []
     if hpo.n_trials is not None:
         callbacks.append(optuna.study.MaxTrialsCallback(hpo.n_trials, states=FINISHED))

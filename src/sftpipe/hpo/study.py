@@ -33,12 +33,12 @@ from sftpipe.config.hpo_section import (
     FloatParam,
     HpoConfig,
     IntParam,
-    hide_password,
 )
 from sftpipe.config.schema import Config
 from sftpipe.config.search_space import with_values
 from sftpipe.contracts.study_dir import StudyDir
 from sftpipe.errors import SftpipeError
+from sftpipe.redact import redact_url
 
 JOURNAL_PREFIX = "journal:"
 STORAGE_ATTEMPTS = 3
@@ -48,11 +48,6 @@ BASE_CONFIG_ATTR = "sftpipe_base_config_sha256"  # study user attribute: what ev
 def storage_url(cfg: Config) -> str:
     """hpo.storage, or the SQLite file in the study dir when it is null."""
     return cfg.hpo.storage or StudyDir(Path(cfg.hpo.output_dir)).default_storage
-
-
-def shown_url(url: str) -> str:
-    """The storage URL with its password hidden, for messages and logs."""
-    return hide_password(url)
 
 
 def open_storage(cfg: Config) -> BaseStorage:
@@ -79,7 +74,7 @@ def open_storage(cfg: Config) -> BaseStorage:
             if attempt + 1 < STORAGE_ATTEMPTS and not isinstance(exc, (ImportError, ValueError)):
                 time.sleep(1 + attempt)
                 continue
-            raise SftpipeError(f"hpo.storage {shown_url(url)}: cannot open the study storage: {type(exc).__name__}: "
+            raise SftpipeError(f"hpo.storage {redact_url(url)}: cannot open the study storage: {type(exc).__name__}: "
                                f"{exc}. Check the URL (e.g. postgresql+psycopg://user:pass@host/db, with `pip "
                                "install 'sftpipe[postgres]'` for the driver), that the server is reachable, or "
                                "leave hpo.storage null for a SQLite file in hpo.output_dir") from None
@@ -147,14 +142,14 @@ def open_study(cfg: Config) -> optuna.Study:
                                 pruner=make_pruner(cfg), sampler=make_sampler(hpo, hpo.seed), load_if_exists=True)
     if study.direction.name.lower() != hpo.direction:
         raise SftpipeError(f"hpo.direction: {hpo.direction}, but study '{hpo.study_name}' in "
-                           f"{shown_url(storage_url(cfg))} was created to {study.direction.name.lower()}; use "
+                           f"{redact_url(storage_url(cfg))} was created to {study.direction.name.lower()}; use "
                            "another hpo.study_name for a new study")
     mine = base_config_sha256(cfg)
     theirs = study.user_attrs.get(BASE_CONFIG_ATTR)
     if theirs is None:
         study.set_user_attr(BASE_CONFIG_ATTR, mine)
     elif theirs != mine:
-        raise SftpipeError(f"study '{hpo.study_name}' in {shown_url(storage_url(cfg))} was started with another "
+        raise SftpipeError(f"study '{hpo.study_name}' in {redact_url(storage_url(cfg))} was started with another "
                            "base config (model, data, lora, train or eval differ beyond the output dir): its trials "
                            "would not be comparable. Use the same config as the study's other workers, or another "
                            "hpo.study_name")

@@ -9,8 +9,6 @@ the process's peak resident memory, which also holds Python, the libraries and t
 
 from __future__ import annotations
 
-import resource
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +28,7 @@ from sftpipe.preflight.estimate import run as estimate_memory
 from sftpipe.models.memory_plan import resolve_auto_batch
 from sftpipe.train.auto_batch import device_memory, largest_micro_batch
 from sftpipe.train.causal_lm import CausalLMLoss
+from sftpipe.train.tracking import peak_rss_bytes
 
 
 @dataclass
@@ -95,7 +94,7 @@ def run(cfg: Config, gpu_memory: int | None = None, gpus: int = 1) -> DryRunResu
         torch.cuda.synchronize(device)
         result.peak_bytes, result.peak_kind = torch.cuda.max_memory_allocated(device), "CUDA max_memory_allocated"
     else:
-        result.peak_bytes = peak_rss()
+        result.peak_bytes = peak_rss_bytes()
         result.peak_kind = "process peak RSS (Python, libraries and data included)"
     result.step_s = time.perf_counter() - started
     result.loss = float(loss.detach()) / max(int((inputs["labels"][:, 1:] != -100).sum()), 1)
@@ -103,8 +102,3 @@ def run(cfg: Config, gpu_memory: int | None = None, gpus: int = 1) -> DryRunResu
     result.ran = True
     return result
 
-
-def peak_rss() -> int:
-    """This process's peak resident memory in bytes (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024

@@ -47,8 +47,13 @@ def peak_memory_mb(device: Any) -> float:
         import torch
 
         return torch.cuda.max_memory_allocated(device) / 2**20
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+    return peak_rss_bytes() / 2**20
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory in bytes (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
