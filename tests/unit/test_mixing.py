@@ -11,7 +11,7 @@ import pytest
 from sftpipe.config.data_sections import MixConfig
 from sftpipe.contracts.data_dir import DataDir
 from sftpipe.data import prepare
-from sftpipe.data.prepare.mix import plan_mix
+from sftpipe.data.mixing import plan_mix
 from sftpipe.errors import SftpipeError
 from tests.conftest import distinct_records, make_config, write_jsonl
 

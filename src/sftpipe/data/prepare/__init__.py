@@ -10,7 +10,8 @@
 3. dedup (`dedup.py`): exact and near duplicates, test first, then val, then train, so a near duplicate of
    a test example is removed from train, never kept on both sides.
 4. decontam (`decontam.py`): n-gram overlap of train with eval sets (and, if asked, with val/test).
-5. mix (`mix.py`): weighted up/down-sampling of sources in train, if weights are set.
+5. mix (`sftpipe.data.mixing.plan_mix`, shared with train-time mixing of data dirs): weighted up/down-sampling
+   of sources in train, if weights are set.
 6. write (`write.py`, with `shards.py` for the split dirs, `manifest.py` for the typed manifest of
    `contracts.data_dir` and `card.py` for DATA_CARD.md): sharded split dirs, manifest.json, DATA_CARD.md,
    rejected.jsonl.

@@ -23,7 +23,7 @@ from sftpipe.data.prepare.decontam import find_ngram_overlaps
 from sftpipe.data.prepare.dedup import KEPT, find_duplicates
 from sftpipe.data.prepare.fingerprint import SignatureStore
 from sftpipe.data.prepare.ledger import Ledger
-from sftpipe.data.prepare.mix import plan_mix
+from sftpipe.data.mixing import plan_mix
 from sftpipe.data.prepare.results import PrepareResult, ScanTable, SourceMix, SplitStats
 from sftpipe.data.prepare.scan import LocationStore, read_chunks, run_chunks
 from sftpipe.data.prepare.shards import metadata_template
