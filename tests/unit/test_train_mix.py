@@ -297,3 +297,16 @@ def test_data_fingerprint_reads_content_not_how_it_is_cut_into_files(tmp_path):
     rows["labels"][150] = [IGNORE_INDEX] * len(rows["labels"][150])
     datasets.Dataset.from_dict(rows, features=FEATURES).save_to_disk(str(tmp_path / "masked" / "train"))
     assert data_fingerprint(tmp_path / "masked") != data_fingerprint(tmp_path / "one")
+
+
+def test_the_dry_run_steps_on_the_mix(tmp_path, tiny_dir, two_dirs):
+    """`train --dry-run` reads what the run would read: the train.data dirs, not the unprepared data.output_dir."""
+    from sftpipe.preflight import dry_run
+
+    cfg = mix_run_config(tmp_path, tiny_dir, two_dirs, micro_batch_size=2)
+    assert not DataDir(Path(cfg.data.output_dir)).is_prepared()
+    result = dry_run.run(cfg)
+    assert result.ran and not result.failed, [c.line() for c in result.failed]
+    # the largest micro-batch is the two longest examples of both dirs together, padded
+    lengths = sorted(int(n) for d in two_dirs for n in TokenStore(DataDir(d).load_split("train")).lengths)
+    assert result.rows == 2 and result.tokens == 2 * lengths[-1]  # padded to the longest

@@ -17,7 +17,7 @@ import torch
 
 from sftpipe.config.schema import Config
 from sftpipe.contracts.data_dir import DataDir
-from sftpipe.data.batches.collate import TokenStore
+from sftpipe.data.batches.mix import open_train_data
 from sftpipe.errors import SftpipeError
 from sftpipe.models.adapters import build_trainable_model, count_parameters
 from sftpipe.models.loading import load_tokenizer, pick_device, resolve_attn
@@ -59,10 +59,9 @@ def run(cfg: Config, gpu_memory: int | None = None, gpus: int = 1) -> DryRunResu
     result = DryRunResult(checks=checks, estimate=estimate_memory(cfg, gpus=gpus, gpu_memory=gpu_memory), ran=False)
     if result.failed or result.estimate.fits is False:
         return result
-    data = DataDir(Path(cfg.data.output_dir))
-    if not data.is_prepared():
-        raise SftpipeError(f"{data.path}: not prepared; `sftpipe prepare` it before `train --dry-run` (the step runs "
-                           "on the largest micro-batch of the prepared data)")
+    if not cfg.train.data and not DataDir(Path(cfg.data.output_dir)).is_prepared():
+        raise SftpipeError(f"{cfg.data.output_dir}: not prepared; `sftpipe prepare` it before `train --dry-run` (the "
+                           "step runs on the largest micro-batch of the prepared data)")
     device = pick_device(cfg.train.device)
     if cfg.train.auto_batch:  # the batch training would choose (without the CUDA probe)
         cfg = resolve_auto_batch(cfg, gpu_memory or device_memory(device), gpus=gpus, cuda=device.type == "cuda")[0]
@@ -72,12 +71,14 @@ def run(cfg: Config, gpu_memory: int | None = None, gpus: int = 1) -> DryRunResu
     model = build_trainable_model(cfg, device)
     result.trainable_params = count_parameters(model)[0]
     loss_model = CausalLMLoss(model, tc.cross_entropy, tc.loss_chunk_tokens, compile=tc.compile)
-    store = TokenStore(data.load_split("train"))
+    # the train data the run would read: data.output_dir, or the train.data mix of several dirs
+    data = open_train_data(cfg, tokenizer, cfg.model.tokenizer or cfg.model.name_or_path)
+    store = data.store
     attention = resolve_attn(cfg.model.attn_implementation, device)
     if tc.packing:
         attention = packed_attention(loss_model.causal_lm(), cfg.model.attn_implementation, attention,
                                      int(store.lengths.max()))
-    batch = largest_micro_batch(cfg, store, tokenizer.pad_token_id, data.manifest.max_length,
+    batch = largest_micro_batch(cfg, store, tokenizer.pad_token_id, data.max_length,
                                 flat=attention in VARLEN_ATTENTION)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tc.lr)
     inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.inputs.items()}
